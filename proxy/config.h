@@ -1,0 +1,94 @@
+/*
+ * config: the YAML configuration, read through a table of keys.
+ *
+ * config_load() never logs: it returns a config or collects every error
+ * with its position.  Derived data (resolved addresses) is built here once.
+ */
+#ifndef IMAPGATE_CONFIG_H
+#define IMAPGATE_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "netaddr.h"
+
+enum config_tls_mode {
+	CONFIG_TLS_NONE,
+	CONFIG_TLS_IMPLICIT,
+	CONFIG_TLS_STARTTLS,
+};
+
+enum config_log_level {
+	CONFIG_LOG_ERROR,
+	CONFIG_LOG_WARN,
+	CONFIG_LOG_INFO,
+	CONFIG_LOG_DEBUG,
+};
+
+enum config_guard_mode {
+	CONFIG_GUARD_BYE,
+	CONFIG_GUARD_PASS,
+};
+
+struct config_listen {
+	char			*address;	/* as written */
+	struct netaddr		 addr;
+	enum config_tls_mode	 tls;
+	int			 line, col;	/* position of the entry */
+};
+
+struct config_cert {
+	char			*cert;
+	char			*key;
+	int			 line, col;
+};
+
+struct config_server {
+	char			*address;
+	struct netaddr		 addr;
+	int			 line, col;
+};
+
+struct config {
+	char			*path;
+
+	struct config_listen	*listen;
+	size_t			 nlisten;
+
+	struct config_cert	*certs;
+	size_t			 ncerts;
+
+	struct config_server	*servers;
+	size_t			 nservers;
+
+	enum config_log_level	 log_level;
+
+	size_t			 max_line;		/* limits.max_line */
+	size_t			 buffer;		/* limits.buffer */
+	uint64_t		 backend_connect_ms;	/* timeouts.backend_connect */
+};
+
+struct config_error {
+	char	*file;
+	int	 line, col;	/* 1-based; 0 when the error has no position */
+	char	*msg;
+};
+
+struct config_errors {
+	struct config_error	*v;
+	size_t			 n;
+};
+
+/* Load and check path; on any error return NULL and fill errs. */
+struct config	*config_load(const char *path, struct config_errors *errs);
+/* Free a configuration returned by config_load. */
+void		 config_free(struct config *cf);
+/* Free the error list filled by config_load. */
+void		 config_errors_free(struct config_errors *errs);
+
+/* Parse a duration ("500ms", "30s", "5m", "1h", bare number = seconds) into ms. */
+int		 config_parse_duration(const char *s, uint64_t *ms);
+/* Parse a size ("512", "64KiB", "16MiB", "1GiB") into bytes. */
+int		 config_parse_size(const char *s, uint64_t *bytes);
+
+#endif

@@ -1,0 +1,328 @@
+/* endpoint: bufferevent-backed byte streams, plaintext or TLS. */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#include "endpoint.h"
+#include "netaddr.h"
+#include "tls.h"
+
+struct endpoint {
+	struct bufferevent	*bev;
+	SSL			*ssl;
+	const struct endpoint_cbs *cbs;
+	void			*arg;
+	size_t			 out_high;
+	int			 flushing;
+	int			 connected;
+	uint64_t		 bytes_in;	/* counted as the session takes bytes */
+	uint64_t		 bytes_out;
+	char			 error[128];
+};
+
+/* Input arrived: hand it to the session. */
+static void
+endpoint_readcb(struct bufferevent *bev, void *arg)
+{
+	struct endpoint *ep = arg;
+
+	(void)bev;
+	ep->cbs->readable(ep, ep->arg);
+}
+
+/* Output fell to the low mark (or empty): resume the peer, or finish a flush. */
+static void
+endpoint_writecb(struct bufferevent *bev, void *arg)
+{
+	struct endpoint *ep = arg;
+
+	if (ep->flushing && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
+		ep->flushing = 0;
+		ep->cbs->event(ep, ENDPOINT_FLUSHED, ep->arg);
+		return;
+	}
+	ep->cbs->drained(ep, ep->arg);
+}
+
+/* Record the reason for an error: OpenSSL's queue first, then errno. */
+static void
+endpoint_note_error(struct endpoint *ep, short what)
+{
+	unsigned long e;
+	int sockerr = EVUTIL_SOCKET_ERROR();
+
+	if (ep->ssl != NULL && (e = bufferevent_get_openssl_error(ep->bev)) != 0) {
+		const char *r = ERR_reason_error_string(e);
+		snprintf(ep->error, sizeof(ep->error), "tls: %s", r ? r : "error");
+		while (bufferevent_get_openssl_error(ep->bev) != 0)
+			;
+	} else if (what & BEV_EVENT_TIMEOUT)
+		snprintf(ep->error, sizeof(ep->error), "timeout");
+	else if (sockerr != 0)
+		snprintf(ep->error, sizeof(ep->error), "%s", strerror(sockerr));
+	else
+		snprintf(ep->error, sizeof(ep->error), "connection lost");
+}
+
+/* Translate bufferevent events into endpoint events. */
+static void
+endpoint_eventcb(struct bufferevent *bev, short what, void *arg)
+{
+	struct endpoint *ep = arg;
+
+	(void)bev;
+	if (what & BEV_EVENT_CONNECTED) {
+		int one = 1;
+		setsockopt(bufferevent_getfd(ep->bev), IPPROTO_TCP, TCP_NODELAY,
+		    &one, sizeof(one));
+		ep->connected = 1;
+		ep->cbs->event(ep, ENDPOINT_CONNECTED, ep->arg);
+		return;
+	}
+	if (what & BEV_EVENT_EOF) {
+		ep->cbs->event(ep, ENDPOINT_EOF, ep->arg);
+		return;
+	}
+	endpoint_note_error(ep, what);
+	ep->cbs->event(ep, ENDPOINT_ERROR, ep->arg);
+}
+
+/* Common setup once the bufferevent exists. */
+static struct endpoint *
+endpoint_setup(struct endpoint *ep, const struct endpoint_cbs *cbs, void *arg)
+{
+	ep->cbs = cbs;
+	ep->arg = arg;
+	ep->out_high = 256 * 1024;
+	bufferevent_setcb(ep->bev, endpoint_readcb, endpoint_writecb,
+	    endpoint_eventcb, ep);
+	bufferevent_setwatermark(ep->bev, EV_WRITE, ep->out_high / 2, 0);
+	bufferevent_enable(ep->bev, EV_READ | EV_WRITE);
+	return ep;
+}
+
+/* Wrap an accepted socket, with TLS when tls is set. */
+struct endpoint *
+endpoint_accept(struct event_base *base, int fd, struct tls_ctx *tls,
+    const struct endpoint_cbs *cbs, void *arg)
+{
+	struct endpoint *ep;
+	int one = 1;
+
+	if ((ep = calloc(1, sizeof(*ep))) == NULL)
+		return NULL;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	ep->connected = 1;
+	if (tls != NULL) {
+		if ((ep->ssl = SSL_new(tls_ctx_ssl_ctx(tls))) == NULL) {
+			free(ep);
+			return NULL;
+		}
+		ep->bev = bufferevent_openssl_socket_new(base, fd, ep->ssl,
+		    BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+		if (ep->bev != NULL)
+			bufferevent_openssl_set_allow_dirty_shutdown(ep->bev, 1);
+	} else
+		ep->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (ep->bev == NULL) {
+		if (ep->ssl != NULL)
+			SSL_free(ep->ssl);
+		free(ep);
+		return NULL;
+	}
+	return endpoint_setup(ep, cbs, arg);
+}
+
+/* Start connecting to addr; ENDPOINT_CONNECTED or ENDPOINT_ERROR follows. */
+struct endpoint *
+endpoint_connect(struct event_base *base, const struct netaddr *addr,
+    const struct endpoint_cbs *cbs, void *arg)
+{
+	struct endpoint *ep;
+
+	if ((ep = calloc(1, sizeof(*ep))) == NULL)
+		return NULL;
+	if ((ep->bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE)) == NULL) {
+		free(ep);
+		return NULL;
+	}
+	endpoint_setup(ep, cbs, arg);
+	if (bufferevent_socket_connect(ep->bev, (const struct sockaddr *)&addr->ss,
+	    (int)addr->len) != 0) {
+		/* libevent reports no event for a failure it returns at once. */
+		bufferevent_free(ep->bev);
+		free(ep);
+		return NULL;
+	}
+	return ep;
+}
+
+/* Free the bufferevent (closing the socket and the SSL) and ep. */
+void
+endpoint_free(struct endpoint *ep)
+{
+	if (ep == NULL)
+		return;
+	if (ep->bev != NULL) {
+		if (ep->ssl != NULL) {
+			/* A close_notify for well-behaved peers; we never wait for theirs. */
+			SSL_set_shutdown(ep->ssl, SSL_RECEIVED_SHUTDOWN);
+			SSL_shutdown(ep->ssl);
+		}
+		bufferevent_free(ep->bev);
+	}
+	free(ep);
+}
+
+/* Set the output high mark (resume at half of it) and the input read limit. */
+void
+endpoint_set_limits(struct endpoint *ep, size_t out_high, size_t in_high)
+{
+	ep->out_high = out_high;
+	bufferevent_setwatermark(ep->bev, EV_WRITE, out_high / 2, 0);
+	bufferevent_setwatermark(ep->bev, EV_READ, 0, in_high);
+}
+
+/* Input bytes waiting. */
+size_t
+endpoint_input_len(const struct endpoint *ep)
+{
+	return evbuffer_get_length(bufferevent_get_input(ep->bev));
+}
+
+/* Output bytes waiting. */
+size_t
+endpoint_output_len(const struct endpoint *ep)
+{
+	return evbuffer_get_length(bufferevent_get_output(ep->bev));
+}
+
+/* Is the output above the high mark? */
+int
+endpoint_output_full(const struct endpoint *ep)
+{
+	return endpoint_output_len(ep) > ep->out_high;
+}
+
+/* Return the contiguous run of input that starts at off. */
+const unsigned char *
+endpoint_peek(struct endpoint *ep, size_t off, size_t *len)
+{
+	struct evbuffer *in = bufferevent_get_input(ep->bev);
+	struct evbuffer_ptr pos;
+	struct evbuffer_iovec v;
+
+	*len = 0;
+	if (evbuffer_ptr_set(in, &pos, off, EVBUFFER_PTR_SET) != 0)
+		return NULL;
+	if (evbuffer_peek(in, -1, &pos, &v, 1) < 1)
+		return NULL;
+	*len = v.iov_len;
+	return v.iov_base;
+}
+
+/* Linearize the first n input bytes. */
+const unsigned char *
+endpoint_pullup(struct endpoint *ep, size_t n)
+{
+	return evbuffer_pullup(bufferevent_get_input(ep->bev), (ssize_t)n);
+}
+
+/* Move n input bytes of src to dst's output, chain by chain. */
+void
+endpoint_move(struct endpoint *src, struct endpoint *dst, size_t n)
+{
+	evbuffer_remove_buffer(bufferevent_get_input(src->bev),
+	    bufferevent_get_output(dst->bev), n);
+	src->bytes_in += n;
+	dst->bytes_out += n;
+}
+
+/* Throw away n input bytes. */
+void
+endpoint_drop(struct endpoint *ep, size_t n)
+{
+	evbuffer_drain(bufferevent_get_input(ep->bev), n);
+	ep->bytes_in += n;
+}
+
+/* Queue len bytes for writing. */
+void
+endpoint_write(struct endpoint *ep, const void *buf, size_t len)
+{
+	bufferevent_write(ep->bev, buf, len);
+	ep->bytes_out += len;
+}
+
+/* Enable or disable reading. */
+void
+endpoint_read_enable(struct endpoint *ep, int on)
+{
+	if (on)
+		bufferevent_enable(ep->bev, EV_READ);
+	else
+		bufferevent_disable(ep->bev, EV_READ);
+}
+
+/* Ask for ENDPOINT_FLUSHED once everything queued has been written. */
+void
+endpoint_flush(struct endpoint *ep)
+{
+	bufferevent_disable(ep->bev, EV_READ);
+	if (endpoint_output_len(ep) == 0) {
+		ep->cbs->event(ep, ENDPOINT_FLUSHED, ep->arg);
+		return;
+	}
+	ep->flushing = 1;
+	/* The write callback must fire at empty, not at the low mark. */
+	bufferevent_setwatermark(ep->bev, EV_WRITE, 0, 0);
+}
+
+/* Bytes taken from this endpoint's input. */
+uint64_t
+endpoint_bytes_in(const struct endpoint *ep)
+{
+	return ep->bytes_in;
+}
+
+/* Bytes queued to this endpoint's output. */
+uint64_t
+endpoint_bytes_out(const struct endpoint *ep)
+{
+	return ep->bytes_out;
+}
+
+/* Negotiated TLS version. */
+const char *
+endpoint_tls_version(const struct endpoint *ep)
+{
+	return ep->ssl != NULL ? SSL_get_version(ep->ssl) : "-";
+}
+
+/* Negotiated cipher. */
+const char *
+endpoint_tls_cipher(const struct endpoint *ep)
+{
+	const char *c = ep->ssl != NULL ? SSL_get_cipher_name(ep->ssl) : NULL;
+
+	return c != NULL && strcmp(c, "(NONE)") != 0 ? c : "-";
+}
+
+/* Last error text. */
+const char *
+endpoint_error(const struct endpoint *ep)
+{
+	return ep->error;
+}

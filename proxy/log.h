@@ -1,0 +1,21 @@
+/* log: leveled key=value logging to stderr. */
+#ifndef IMAPGATE_LOG_H
+#define IMAPGATE_LOG_H
+
+#include "config.h"
+
+/* Set the least severe level that is printed. */
+void	log_set_level(enum config_log_level level);
+/* Is level printed at all (to skip building expensive lines)? */
+int	log_enabled(enum config_log_level level);
+/* Print one line "ts level=L msg" with printf-style key=value fields. */
+void	log_msg(enum config_log_level level, const char *fmt, ...)
+	    __attribute__((format(printf, 2, 3)));
+
+#define log_error(...)	log_msg(CONFIG_LOG_ERROR, __VA_ARGS__)
+#define log_warn(...)	log_msg(CONFIG_LOG_WARN, __VA_ARGS__)
+#define log_info(...)	log_msg(CONFIG_LOG_INFO, __VA_ARGS__)
+#define log_debug(...)	do { if (log_enabled(CONFIG_LOG_DEBUG)) \
+		log_msg(CONFIG_LOG_DEBUG, __VA_ARGS__); } while (0)
+
+#endif

@@ -1,0 +1,84 @@
+/* main: command line, configuration check, and the daemon's life. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "log.h"
+#include "server.h"
+
+/* Print the usage line to f. */
+static void
+usage(FILE *f)
+{
+	fprintf(f, "usage: imapgate [-t] -c FILE\n       imapgate -V\n");
+}
+
+/* Print every configuration error as FILE:LINE:COL: message. */
+static void
+print_errors(const char *path, const struct config_errors *errs)
+{
+	for (size_t i = 0; i < errs->n; i++) {
+		const struct config_error *e = &errs->v[i];
+		const char *file = e->file ? e->file : path;
+
+		if (e->line > 0)
+			fprintf(stderr, "%s:%d:%d: %s\n", file, e->line, e->col, e->msg);
+		else
+			fprintf(stderr, "%s: %s\n", file, e->msg);
+	}
+}
+
+int
+main(int argc, char *argv[])
+{
+	struct config_errors errs = { NULL, 0 };
+	struct server srv;
+	const char *path = NULL;
+	int test = 0, ch, rc;
+
+	while ((ch = getopt(argc, argv, "c:tVh")) != -1) {
+		switch (ch) {
+		case 'c':
+			path = optarg;
+			break;
+		case 't':
+			test = 1;
+			break;
+		case 'V':
+			printf("imapgate %s\n", IMAPGATE_VERSION);
+			return 0;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (path == NULL || optind != argc) {
+		usage(stderr);
+		return 2;
+	}
+
+	memset(&srv, 0, sizeof(srv));
+	if ((srv.cf = config_load(path, &errs)) == NULL) {
+		print_errors(path, &errs);
+		config_errors_free(&errs);
+		return 1;
+	}
+	if (test) {
+		printf("configuration OK\n");
+		config_free(srv.cf);
+		return 0;
+	}
+	log_set_level(srv.cf->log_level);
+	log_info("msg=starting version=%s config=%s pid=%d", IMAPGATE_VERSION,
+	    path, (int)getpid());
+	rc = server_open(&srv) == 0 && server_run(&srv) == 0 ? 0 : 1;
+	server_close(&srv);
+	config_free(srv.cf);
+	log_info("msg=stopped");
+	return rc;
+}

@@ -1,0 +1,588 @@
+/* session: both halves of a proxied IMAP connection, from accept to close. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "config.h"
+#include "endpoint.h"
+#include "log.h"
+#include "netaddr.h"
+#include "server.h"
+#include "session.h"
+#include "state.h"
+
+/* How long a closing session may take to hand its last bytes to the client. */
+#define SESSION_FLUSH_TIMEOUT_MS	5000
+/* Our own replies waiting for the backend to reach a response boundary. */
+#define SESSION_MAX_INJECT		(16 * 1024)
+
+struct session_half {
+	struct session		*s;
+	struct endpoint		*ep;
+	struct session_half	*peer;
+	const char		*name;		/* "client" or "backend" */
+	int			 paused;	/* reading stopped (peer's output full, or too many in flight) */
+	struct imap_parser	 parser;	/* frames what this side sends */
+	size_t			 pending;	/* input bytes parsed but not yet moved */
+	int			 dropping;	/* the current command is answered by us, not forwarded */
+	int			 streaming;	/* over-long line: move bytes as they are parsed */
+	int			 sync_wait;	/* client: sent "{n}", no literal byte moved yet */
+};
+
+struct session {
+	TAILQ_ENTRY(session)	 entry;
+	struct server		*srv;
+	const struct config_listen *lc;
+	char			 id[20];
+	char			 client_addr[NETADDR_STRLEN];
+	const struct config_server *backend_cf;
+	struct session_half	 client, backend;
+	struct timeval		 start;
+	struct event		*ev_timer;	/* connect timeout, then flush timeout */
+	struct event		*ev_free;
+	struct state		 st;
+	char			*inject;	/* our own replies, waiting for a response boundary */
+	size_t			 ninject;
+	int			 backend_up;
+	int			 backend_gone;	/* EOF or error: drain its input, whatever the client's pace */
+	int			 finishing;	/* flushing the client before close */
+	int			 closed;
+	const char		*reason;
+	char			 detail[192];
+};
+
+static void session_readable(struct endpoint *, void *);
+static void session_drained(struct endpoint *, void *);
+static void session_event(struct endpoint *, enum endpoint_event, void *);
+
+static const struct endpoint_cbs session_cbs = {
+	session_readable, session_drained, session_event,
+};
+
+/* The half that owns endpoint ep. */
+static struct session_half *
+session_half_of(struct session *s, struct endpoint *ep)
+{
+	return ep == s->client.ep ? &s->client : &s->backend;
+}
+
+/* Milliseconds since the session began. */
+static long long
+session_age_ms(const struct session *s)
+{
+	struct timeval now, d;
+
+	gettimeofday(&now, NULL);
+	timersub(&now, &s->start, &d);
+	return (long long)d.tv_sec * 1000 + d.tv_usec / 1000;
+}
+
+/* Free everything; runs from the deferred event, outside any endpoint callback. */
+static void
+session_free_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct session *s = arg;
+
+	(void)fd;
+	(void)what;
+	endpoint_free(s->client.ep);
+	endpoint_free(s->backend.ep);
+	state_free(&s->st);
+	free(s->inject);
+	event_free(s->ev_timer);
+	event_free(s->ev_free);
+	free(s);
+}
+
+/* End the session: one summary line, both sides stopped, free scheduled. */
+void
+session_close(struct session *s, const char *reason)
+{
+	char bk[NETADDR_STRLEN];
+
+	if (s->closed)
+		return;
+	s->closed = 1;
+	if (s->reason == NULL)
+		s->reason = reason;
+	TAILQ_REMOVE(&s->srv->sessions, s, entry);
+	s->srv->nsessions--;
+	evtimer_del(s->ev_timer);
+	if (s->client.ep != NULL)
+		endpoint_read_enable(s->client.ep, 0);
+	if (s->backend.ep != NULL)
+		endpoint_read_enable(s->backend.ep, 0);
+
+	log_info("session=%s msg=session-end client=%s backend=%s tls=%s cipher=%s "
+	    "bytes_in=%llu bytes_out=%llu backend_in=%llu backend_out=%llu "
+	    "duration_ms=%lld user=\"%s\" state=%s reason=%s%s%s%s",
+	    s->id, s->client_addr,
+	    netaddr_str((const struct sockaddr *)&s->backend_cf->addr.ss, bk, sizeof(bk)),
+	    s->client.ep ? endpoint_tls_version(s->client.ep) : "-",
+	    s->client.ep ? endpoint_tls_cipher(s->client.ep) : "-",
+	    (unsigned long long)(s->client.ep ? endpoint_bytes_in(s->client.ep) : 0),
+	    (unsigned long long)(s->client.ep ? endpoint_bytes_out(s->client.ep) : 0),
+	    (unsigned long long)(s->backend.ep ? endpoint_bytes_in(s->backend.ep) : 0),
+	    (unsigned long long)(s->backend.ep ? endpoint_bytes_out(s->backend.ep) : 0),
+	    session_age_ms(s), s->st.user, state_name(s->st.proto), s->reason,
+	    s->detail[0] ? " error=\"" : "", s->detail, s->detail[0] ? "\"" : "");
+	event_active(s->ev_free, EV_TIMEOUT, 0);
+}
+
+/*
+ * Finish the session: stop reading both sides, let the client read what is
+ * already queued for it (a BYE, the backend's last bytes), then close.
+ */
+static void
+session_finish(struct session *s, const char *reason)
+{
+	struct timeval tv = { SESSION_FLUSH_TIMEOUT_MS / 1000,
+	    (SESSION_FLUSH_TIMEOUT_MS % 1000) * 1000 };
+
+	if (s->finishing || s->closed)
+		return;
+	s->finishing = 1;
+	s->reason = reason;
+	if (s->backend.ep != NULL)
+		endpoint_read_enable(s->backend.ep, 0);
+	evtimer_del(s->ev_timer);
+	evtimer_add(s->ev_timer, &tv);
+	endpoint_flush(s->client.ep);
+}
+
+/* Tell the client the backend is gone, then finish. */
+static void
+session_bye_unavailable(struct session *s, const char *reason)
+{
+	static const char bye[] = "* BYE [UNAVAILABLE] Backend server unavailable\r\n";
+
+	endpoint_write(s->client.ep, bye, sizeof(bye) - 1);
+	session_finish(s, reason);
+}
+
+/* Is the backend between two responses, so that a line of ours fits in? */
+static int
+session_backend_at_boundary(const struct session *s)
+{
+	return s->backend.pending == 0 && imap_parse_at_boundary(&s->backend.parser);
+}
+
+/* Write our queued replies to the client if the backend stream allows it now. */
+static void
+session_inject_flush(struct session *s)
+{
+	if (s->ninject == 0 || !session_backend_at_boundary(s))
+		return;
+	endpoint_write(s->client.ep, s->inject, s->ninject);
+	s->ninject = 0;
+}
+
+/*
+ * Queue one reply line of ours for the client.  It goes out at once if the
+ * backend is between responses, else after the response in progress: a line
+ * dropped into the middle of a response would corrupt the client's view.
+ */
+static int
+session_inject(struct session *s, const char *fmt, ...)
+{
+	char line[IMAP_MAX_TAG + 256];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(line, sizeof(line) - 2, fmt, ap);
+	va_end(ap);
+	if (n < 0 || (size_t)n >= sizeof(line) - 2)
+		return -1;
+	memcpy(line + n, "\r\n", 2);
+	n += 2;
+	if (s->ninject + (size_t)n > SESSION_MAX_INJECT) {
+		session_finish(s, "too-many-errors");
+		return -1;
+	}
+	if (s->inject == NULL && (s->inject = malloc(SESSION_MAX_INJECT)) == NULL) {
+		session_close(s, "out-of-memory");
+		return -1;
+	}
+	memcpy(s->inject + s->ninject, line, (size_t)n);
+	s->ninject += (size_t)n;
+	session_inject_flush(s);
+	return 0;
+}
+
+/* Hand the parsed-but-held bytes of h on to the peer, or drop them. */
+static void
+session_pass(struct session_half *h)
+{
+	if (h->pending == 0)
+		return;
+	if (h->dropping)
+		endpoint_drop(h->ep, h->pending);
+	else
+		endpoint_move(h->ep, h->peer->ep, h->pending);
+	h->pending = 0;
+}
+
+/*
+ * The first part of a client command is known (at a literal header or the
+ * line end): decide whether it goes to the backend or we answer it.
+ */
+static void
+session_client_decide(struct session *s, const struct imap_line *l)
+{
+	struct session_half *h = &s->client;
+	enum state_cmd_kind kind;
+
+	h->dropping = 0;
+	if (l->kind != IMAP_KIND_COMMAND)
+		return;
+	kind = state_classify(l);
+	if (kind == STATE_CMD_STARTTLS || kind == STATE_CMD_COMPRESS) {
+		/*
+		 * Either would change the byte stream under the parser; neither
+		 * is offered on this listener (the capability filter removes them).
+		 */
+		h->dropping = 1;
+		session_inject(s, "%s NO %s is not available here", l->tag, l->name);
+	}
+}
+
+/* A complete client command (or SASL line, or DONE) has been parsed. */
+static void
+session_client_line(struct session *s)
+{
+	struct session_half *h = &s->client;
+	const struct imap_line *l = &h->parser.line;
+
+	if (l->toolong) {
+		h->dropping = 1;
+		session_pass(h);
+		h->dropping = 0;
+		if (l->tag[0] != '\0')
+			session_inject(s, "%s BAD Command line too long", l->tag);
+		else
+			session_inject(s, "* BAD Command line too long");
+		return;
+	}
+	if (l->kind == IMAP_KIND_INVALID) {
+		h->dropping = 1;
+		session_pass(h);
+		h->dropping = 0;
+		if (l->tag[0] != '\0')
+			session_inject(s, "%s BAD Invalid command", l->tag);
+		else
+			session_inject(s, "* BAD Invalid command line");
+		return;
+	}
+	if (l->nliterals == 0)
+		session_client_decide(s, l);
+	if (!h->dropping && l->kind == IMAP_KIND_COMMAND &&
+	    state_client_command(&s->st, l) != 0) {
+		/* Cannot happen while reading pauses at the limit; be safe anyway. */
+		session_close(s, "too-many-in-flight");
+		return;
+	}
+	session_pass(h);
+	h->dropping = 0;
+}
+
+/* A complete server response has been parsed. */
+static void
+session_backend_line(struct session *s)
+{
+	struct session_half *h = &s->backend;
+	struct imap_parser *cp = &s->client.parser;
+	const struct imap_line *l = &h->parser.line;
+	struct state_result res;
+
+	state_server_response(&s->st, l, &res);
+	if (res.completed && (res.kind == STATE_CMD_LOGIN || res.kind == STATE_CMD_IDLE))
+		imap_parse_set_mode(cp, IMAP_MODE_COMMAND);
+	if (l->kind == IMAP_KIND_TAGGED && s->client.sync_wait &&
+	    strcmp(l->tag, cp->cur.tag) == 0) {
+		/* The server refused a synchronizing literal: it will not come. */
+		imap_parse_literal_cancel(cp);
+		s->client.sync_wait = 0;
+	}
+	session_pass(h);
+	session_inject_flush(s);
+	if (s->client.paused && !state_inflight_full(&s->st) &&
+	    !endpoint_output_full(s->backend.ep)) {
+		s->client.paused = 0;
+		endpoint_read_enable(s->client.ep, 1);
+	}
+}
+
+/* The parser lost the stream: nothing after this point can be trusted. */
+static void
+session_parse_error(struct session_half *h)
+{
+	struct session *s = h->s;
+
+	snprintf(s->detail, sizeof(s->detail), "%s: %s", h->name, h->parser.error);
+	if (h == &s->client) {
+		session_inject(s, "* BYE Unreadable command stream");
+		session_finish(s, "client-protocol-error");
+	} else
+		session_close(s, "backend-protocol-error");
+}
+
+/* Stop reading h: its peer's output is full, or too many commands are in flight. */
+static int
+session_must_pause(struct session_half *h)
+{
+	if (h == &h->s->backend && h->s->backend_gone)
+		return 0;
+	if (endpoint_output_full(h->peer->ep) ||
+	    (h == &h->s->client && state_inflight_full(&h->s->st))) {
+		if (!h->paused) {
+			h->paused = 1;
+			endpoint_read_enable(h->ep, 0);
+		}
+		return 1;
+	}
+	return 0;
+}
+
+/*
+ * Parse what h has read and move it to the peer.  Lines are parsed in
+ * place and moved whole once framed; literal bytes are moved by count,
+ * without being looked at.
+ */
+static void
+session_relay(struct session_half *h)
+{
+	struct session *s = h->s;
+	struct imap_parser *p = &h->parser;
+	struct imap_event ev;
+	const unsigned char *buf;
+	size_t avail, len, used;
+	uint64_t left;
+
+	while (!s->finishing && !s->closed && s->backend_up) {
+		if (session_must_pause(h))
+			return;
+		avail = endpoint_input_len(h->ep);
+		left = imap_parse_literal_left(p);
+		if (left > 0 && h->pending == 0 && !imap_parse_literal_wanted(p)) {
+			if (avail == 0)
+				return;
+			len = left < avail ? (size_t)left : avail;
+			h->pending = len;
+			h->sync_wait = 0;
+			session_pass(h);
+			imap_parse_skip(p, len);
+			continue;
+		}
+		if (avail <= h->pending && !(left == 0 && imap_parse_literal_wanted(p)))
+			return;
+		buf = endpoint_peek(h->ep, h->pending, &len);
+		if (buf == NULL)
+			len = 0;
+		used = imap_parse_feed(p, buf, len, &ev);
+		h->pending += used;
+		switch (ev.type) {
+		case IMAP_EV_NONE:
+			if (h->streaming)
+				session_pass(h);
+			if (used == 0)
+				return;
+			break;
+		case IMAP_EV_TOOLONG:
+			h->streaming = 1;
+			if (h == &s->client)
+				h->dropping = 1;
+			session_pass(h);
+			break;
+		case IMAP_EV_LITERAL_HEAD:
+			if (h == &s->client) {
+				if (p->cur.nliterals <= 1 && !h->streaming)
+					session_client_decide(s, &p->cur);
+				h->sync_wait = ev.lit_sync;
+			}
+			session_pass(h);
+			break;
+		case IMAP_EV_LITERAL_DONE:
+			session_pass(h);
+			break;
+		case IMAP_EV_LINE:
+			h->streaming = 0;
+			if (h == &s->client)
+				session_client_line(s);
+			else
+				session_backend_line(s);
+			break;
+		case IMAP_EV_ERROR:
+			session_parse_error(h);
+			return;
+		}
+	}
+}
+
+/* New input on one side. */
+static void
+session_readable(struct endpoint *ep, void *arg)
+{
+	struct session *s = arg;
+
+	session_relay(session_half_of(s, ep));
+}
+
+/* One side's output drained to the low mark: let its peer read again. */
+static void
+session_drained(struct endpoint *ep, void *arg)
+{
+	struct session *s = arg;
+	struct session_half *h = session_half_of(s, ep);
+	struct session_half *src = h->peer;
+
+	if (s->finishing || s->closed || !src->paused)
+		return;
+	if (src == &s->client && state_inflight_full(&s->st))
+		return;
+	src->paused = 0;
+	endpoint_read_enable(src->ep, 1);
+	session_relay(src);
+}
+
+/* Connection events from either side. */
+static void
+session_event(struct endpoint *ep, enum endpoint_event what, void *arg)
+{
+	struct session *s = arg;
+	struct session_half *h = session_half_of(s, ep);
+
+	if (s->closed)
+		return;
+	if (what == ENDPOINT_FLUSHED) {
+		if (h == &s->client)
+			session_close(s, s->reason);
+		return;
+	}
+	if (h == &s->backend && what == ENDPOINT_CONNECTED) {
+		evtimer_del(s->ev_timer);
+		s->backend_up = 1;
+		log_debug("session=%s msg=backend-connected", s->id);
+		session_relay(&s->client);
+		session_relay(&s->backend);
+		return;
+	}
+	if (what == ENDPOINT_ERROR)
+		snprintf(s->detail, sizeof(s->detail), "%s", endpoint_error(ep));
+	if (h == &s->client) {
+		/* Nobody is left to tell; pass on what the client sent, then stop. */
+		if (s->backend_up && endpoint_input_len(s->client.ep) > 0)
+			endpoint_move(s->client.ep, s->backend.ep, endpoint_input_len(s->client.ep));
+		session_close(s, what == ENDPOINT_EOF ? "client-eof" : "client-error");
+		return;
+	}
+	if (s->finishing)
+		return;
+	if (!s->backend_up) {
+		session_bye_unavailable(s, "backend-connect-failed");
+		return;
+	}
+	/*
+	 * The backend went away.  Deliver what it sent; then, if the client
+	 * still thinks it has a session and the stream is between responses,
+	 * say so with a BYE (RFC 3501 7.1.5) rather than a bare close.
+	 */
+	s->backend_gone = 1;
+	session_relay(&s->backend);
+	if (s->finishing || s->closed)
+		return;
+	if (!session_backend_at_boundary(s) || endpoint_input_len(s->backend.ep) > 0) {
+		session_finish(s, what == ENDPOINT_EOF ? "backend-eof-mid-response" :
+		    "backend-error-mid-response");
+		return;
+	}
+	session_inject_flush(s);
+	if (s->st.bye || s->st.proto == STATE_LOGOUT)
+		session_finish(s, what == ENDPOINT_EOF ? "backend-eof" : "backend-error");
+	else
+		session_bye_unavailable(s, what == ENDPOINT_EOF ? "backend-eof" :
+		    "backend-error");
+}
+
+/* Connect timeout (before the backend is up) or flush timeout (while finishing). */
+static void
+session_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct session *s = arg;
+
+	(void)fd;
+	(void)what;
+	if (s->finishing) {
+		session_close(s, s->reason);
+		return;
+	}
+	if (!s->backend_up) {
+		snprintf(s->detail, sizeof(s->detail), "connect timeout");
+		session_bye_unavailable(s, "backend-connect-timeout");
+	}
+}
+
+/* Accept: wrap the client socket and start the backend connection at once. */
+void
+session_start(struct server *srv, const struct config_listen *lc, int fd,
+    const struct sockaddr *sa, socklen_t salen)
+{
+	const struct config *cf = srv->cf;
+	struct session *s;
+	struct timeval tv;
+
+	(void)salen;
+	if ((s = calloc(1, sizeof(*s))) == NULL) {
+		close(fd);
+		return;
+	}
+	s->srv = srv;
+	s->lc = lc;
+	gettimeofday(&s->start, NULL);
+	snprintf(s->id, sizeof(s->id), "%06x%06llx", srv->id_prefix & 0xffffff,
+	    (unsigned long long)(++srv->next_id & 0xffffff));
+	netaddr_str(sa, s->client_addr, sizeof(s->client_addr));
+	s->backend_cf = &cf->servers[0];
+	s->client.s = s->backend.s = s;
+	s->client.peer = &s->backend;
+	s->backend.peer = &s->client;
+	s->client.name = "client";
+	s->backend.name = "backend";
+	imap_parse_init(&s->client.parser, IMAP_DIR_CLIENT, cf->max_line);
+	imap_parse_init(&s->backend.parser, IMAP_DIR_SERVER, cf->max_line);
+	state_init(&s->st, s->id);
+	s->ev_timer = evtimer_new(srv->base, session_timer_cb, s);
+	s->ev_free = event_new(srv->base, -1, 0, session_free_cb, s);
+	TAILQ_INSERT_TAIL(&srv->sessions, s, entry);
+	srv->nsessions++;
+
+	s->client.ep = endpoint_accept(srv->base, fd,
+	    lc->tls == CONFIG_TLS_IMPLICIT ? srv->tls : NULL, &session_cbs, s);
+	if (s->client.ep == NULL) {
+		close(fd);
+		snprintf(s->detail, sizeof(s->detail), "out of memory");
+		session_close(s, "client-setup-failed");
+		return;
+	}
+	endpoint_set_limits(s->client.ep, cf->buffer, cf->buffer + cf->max_line);
+	log_debug("session=%s msg=accepted client=%s listen=%s", s->id,
+	    s->client_addr, lc->address);
+
+	s->backend.ep = endpoint_connect(srv->base, &s->backend_cf->addr, &session_cbs, s);
+	if (s->backend.ep == NULL) {
+		snprintf(s->detail, sizeof(s->detail), "connect failed");
+		session_bye_unavailable(s, "backend-connect-failed");
+		return;
+	}
+	endpoint_set_limits(s->backend.ep, cf->buffer, cf->buffer + cf->max_line);
+	tv.tv_sec = (time_t)(cf->backend_connect_ms / 1000);
+	tv.tv_usec = (suseconds_t)((cf->backend_connect_ms % 1000) * 1000);
+	evtimer_add(s->ev_timer, &tv);
+}

@@ -1,0 +1,23 @@
+/*
+ * session: one client connection and its backend connection.
+ *
+ * The session owns both halves; each half points at its peer.  A session
+ * ends in exactly one place, session_close(), and is freed from a deferred
+ * event, never inside the callback that decided to close it.
+ */
+#ifndef IMAPGATE_SESSION_H
+#define IMAPGATE_SESSION_H
+
+#include <sys/socket.h>
+
+struct config_listen;
+struct server;
+struct session;
+
+/* Start a session for an accepted socket on listener lc. */
+void	session_start(struct server *srv, const struct config_listen *lc, int fd,
+	    const struct sockaddr *sa, socklen_t salen);
+/* End s now: log the summary line once and schedule the free. */
+void	session_close(struct session *s, const char *reason);
+
+#endif

@@ -1,0 +1,307 @@
+/* state: per-session IMAP protocol state from both directions of traffic. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "log.h"
+#include "state.h"
+
+static const char *const state_names[] = {
+	"NotAuthenticated", "Authenticated", "Selected", "Logout",
+};
+
+/* Command names and their kinds (RFC 3501/9051 section 6, and extensions). */
+static const struct {
+	const char		*name;
+	enum state_cmd_kind	 kind;
+} state_commands[] = {
+	{ "CAPABILITY", STATE_CMD_ANY },	{ "NOOP", STATE_CMD_ANY },
+	{ "ID", STATE_CMD_ANY },		{ "LOGOUT", STATE_CMD_LOGOUT },
+	{ "LOGIN", STATE_CMD_LOGIN },		{ "AUTHENTICATE", STATE_CMD_LOGIN },
+	{ "STARTTLS", STATE_CMD_STARTTLS },	{ "ENABLE", STATE_CMD_AUTH },
+	{ "SELECT", STATE_CMD_SELECT },		{ "EXAMINE", STATE_CMD_SELECT },
+	{ "CREATE", STATE_CMD_AUTH },		{ "DELETE", STATE_CMD_AUTH },
+	{ "RENAME", STATE_CMD_AUTH },		{ "SUBSCRIBE", STATE_CMD_AUTH },
+	{ "UNSUBSCRIBE", STATE_CMD_AUTH },	{ "LIST", STATE_CMD_AUTH },
+	{ "LSUB", STATE_CMD_AUTH },		{ "XLIST", STATE_CMD_AUTH },
+	{ "NAMESPACE", STATE_CMD_AUTH },	{ "STATUS", STATE_CMD_AUTH },
+	{ "APPEND", STATE_CMD_AUTH },		{ "IDLE", STATE_CMD_IDLE },
+	{ "GETQUOTA", STATE_CMD_AUTH },		{ "GETQUOTAROOT", STATE_CMD_AUTH },
+	{ "SETQUOTA", STATE_CMD_AUTH },		{ "GETACL", STATE_CMD_AUTH },
+	{ "SETACL", STATE_CMD_AUTH },		{ "DELETEACL", STATE_CMD_AUTH },
+	{ "LISTRIGHTS", STATE_CMD_AUTH },	{ "MYRIGHTS", STATE_CMD_AUTH },
+	{ "GETMETADATA", STATE_CMD_AUTH },	{ "SETMETADATA", STATE_CMD_AUTH },
+	{ "COMPRESS", STATE_CMD_COMPRESS },	{ "NOTIFY", STATE_CMD_AUTH },
+	{ "CHECK", STATE_CMD_SELECTED },	{ "CLOSE", STATE_CMD_CLOSE },
+	{ "UNSELECT", STATE_CMD_CLOSE },	{ "EXPUNGE", STATE_CMD_SELECTED },
+	{ "SEARCH", STATE_CMD_SELECTED },	{ "FETCH", STATE_CMD_SELECTED },
+	{ "STORE", STATE_CMD_SELECTED },	{ "COPY", STATE_CMD_SELECTED },
+	{ "MOVE", STATE_CMD_SELECTED },		{ "UID", STATE_CMD_SELECTED },
+	{ "SORT", STATE_CMD_SELECTED },		{ "THREAD", STATE_CMD_SELECTED },
+	{ "ESEARCH", STATE_CMD_SELECTED },
+};
+
+/* Printable state name. */
+const char *
+state_name(enum state_proto proto)
+{
+	return state_names[proto];
+}
+
+/* Start in Not Authenticated, before the greeting. */
+void
+state_init(struct state *st, const char *sid)
+{
+	memset(st, 0, sizeof(*st));
+	st->sid = sid;
+	st->proto = STATE_NOT_AUTH;
+}
+
+/* Free one in-flight entry's strings. */
+static void
+state_cmd_clear(struct state_cmd *c)
+{
+	free(c->mailbox);
+	free(c->user);
+	c->mailbox = c->user = NULL;
+}
+
+/* Release the in-flight table. */
+void
+state_free(struct state *st)
+{
+	for (size_t i = 0; i < st->ninflight; i++)
+		state_cmd_clear(&st->inflight[i]);
+	free(st->inflight);
+	st->inflight = NULL;
+	st->ninflight = 0;
+}
+
+/* The one place the protocol state changes. */
+void
+state_set(struct state *st, enum state_proto proto, const char *why)
+{
+	enum state_proto old = st->proto;
+
+	if (proto != STATE_SELECTED) {
+		st->mailbox[0] = '\0';
+		st->readonly = 0;
+	}
+	st->proto = proto;
+	if (old == proto && proto != STATE_SELECTED)
+		return;
+	if (proto == STATE_SELECTED)
+		log_debug("session=%s state=%s->%s mailbox=\"%s\" readonly=%d why=%s",
+		    st->sid, state_names[old], state_names[proto], st->mailbox,
+		    st->readonly, why);
+	else
+		log_debug("session=%s state=%s->%s why=%s", st->sid,
+		    state_names[old], state_names[proto], why);
+}
+
+/* Map a command line to its kind. */
+enum state_cmd_kind
+state_classify(const struct imap_line *l)
+{
+	for (size_t i = 0; i < sizeof(state_commands) / sizeof(state_commands[0]); i++)
+		if (strcmp(l->name, state_commands[i].name) == 0)
+			return state_commands[i].kind;
+	return STATE_CMD_UNKNOWN;
+}
+
+/*
+ * The state the pipeline leads to.  RFC 3501 5.5 lets a client send a
+ * command that depends on an earlier one before the answer: a SELECT
+ * behind a LOGIN is judged as if the LOGIN had succeeded.
+ */
+enum state_proto
+state_expected(const struct state *st)
+{
+	enum state_proto p = st->proto;
+
+	for (size_t i = 0; i < st->ninflight; i++) {
+		switch (st->inflight[i].kind) {
+		case STATE_CMD_LOGIN:
+			if (p == STATE_NOT_AUTH)
+				p = STATE_AUTH;
+			break;
+		case STATE_CMD_SELECT:
+			if (p != STATE_NOT_AUTH && p != STATE_LOGOUT)
+				p = STATE_SELECTED;
+			break;
+		case STATE_CMD_CLOSE:
+			if (p == STATE_SELECTED)
+				p = STATE_AUTH;
+			break;
+		case STATE_CMD_LOGOUT:
+			p = STATE_LOGOUT;
+			break;
+		default:
+			break;
+		}
+	}
+	return p;
+}
+
+/* Is there no room for another command in flight? */
+int
+state_inflight_full(const struct state *st)
+{
+	return st->ninflight >= STATE_MAX_INFLIGHT;
+}
+
+/* Record a client command as in flight. */
+int
+state_client_command(struct state *st, const struct imap_line *l)
+{
+	struct state_cmd *c;
+
+	if (l->kind != IMAP_KIND_COMMAND)
+		return 0;
+	if (state_inflight_full(st))
+		return -1;
+	if (st->ninflight % 16 == 0) {
+		struct state_cmd *v = realloc(st->inflight,
+		    (st->ninflight + 16) * sizeof(*v));
+		if (v == NULL)
+			return -1;
+		st->inflight = v;
+	}
+	c = &st->inflight[st->ninflight++];
+	memset(c, 0, sizeof(*c));
+	memcpy(c->tag, l->tag, sizeof(c->tag));
+	memcpy(c->name, l->name, sizeof(c->name));
+	c->kind = state_classify(l);
+	switch (c->kind) {
+	case STATE_CMD_SELECT:
+		c->examine = strcmp(l->name, "EXAMINE") == 0;
+		c->mailbox = strdup(l->arg);
+		break;
+	case STATE_CMD_LOGIN:
+		c->user = strdup(l->user);
+		if (strcmp(l->name, "AUTHENTICATE") == 0)
+			st->authenticating = 1;
+		break;
+	default:
+		break;
+	}
+	return 0;
+}
+
+/* Remove in-flight entry i. */
+static void
+state_inflight_remove(struct state *st, size_t i)
+{
+	state_cmd_clear(&st->inflight[i]);
+	memmove(&st->inflight[i], &st->inflight[i + 1],
+	    (st->ninflight - i - 1) * sizeof(st->inflight[0]));
+	st->ninflight--;
+}
+
+/* Find the in-flight command with this tag (normally the oldest). */
+static struct state_cmd *
+state_find(struct state *st, const char *tag, size_t *idx)
+{
+	for (size_t i = 0; i < st->ninflight; i++)
+		if (strcmp(st->inflight[i].tag, tag) == 0) {
+			*idx = i;
+			return &st->inflight[i];
+		}
+	return NULL;
+}
+
+/* A tagged response ended command c: apply what it means. */
+static void
+state_complete(struct state *st, struct state_cmd *c, const struct imap_line *l)
+{
+	int ok = l->status == IMAP_STATUS_OK;
+
+	switch (c->kind) {
+	case STATE_CMD_LOGIN:
+		st->authenticating = 0;
+		if (ok && st->proto == STATE_NOT_AUTH) {
+			if (c->user != NULL)
+				snprintf(st->user, sizeof(st->user), "%s", c->user);
+			state_set(st, STATE_AUTH, c->name);
+		}
+		break;
+	case STATE_CMD_SELECT:
+		if (ok && st->proto != STATE_NOT_AUTH && st->proto != STATE_LOGOUT) {
+			snprintf(st->mailbox, sizeof(st->mailbox), "%s",
+			    c->mailbox ? c->mailbox : "");
+			st->readonly = c->examine || strcmp(l->code, "READ-ONLY") == 0;
+			state_set(st, STATE_SELECTED, c->name);
+		} else if (l->status == IMAP_STATUS_NO && st->proto == STATE_SELECTED) {
+			/* RFC 3501 6.3.1: a failed SELECT leaves no mailbox selected. */
+			state_set(st, STATE_AUTH, "select-failed");
+		}
+		break;
+	case STATE_CMD_CLOSE:
+		if (ok && st->proto == STATE_SELECTED)
+			state_set(st, STATE_AUTH, c->name);
+		break;
+	case STATE_CMD_LOGOUT:
+		if (ok)
+			state_set(st, STATE_LOGOUT, "LOGOUT");
+		break;
+	case STATE_CMD_IDLE:
+		st->idling = 0;
+		break;
+	default:
+		break;
+	}
+}
+
+/* Apply one complete server response to the state. */
+void
+state_server_response(struct state *st, const struct imap_line *l,
+    struct state_result *res)
+{
+	struct state_cmd *c;
+	size_t i;
+
+	memset(res, 0, sizeof(*res));
+	res->status = l->status;
+	switch (l->kind) {
+	case IMAP_KIND_GREETING:
+		res->greeting = 1;
+		st->greeted = 1;
+		if (l->status == IMAP_STATUS_PREAUTH)
+			state_set(st, STATE_AUTH, "PREAUTH");
+		else if (l->status == IMAP_STATUS_BYE) {
+			st->bye = 1;
+			state_set(st, STATE_LOGOUT, "BYE-greeting");
+		}
+		break;
+	case IMAP_KIND_UNTAGGED:
+		if (l->status == IMAP_STATUS_BYE) {
+			st->bye = 1;
+			state_set(st, STATE_LOGOUT, "BYE");
+		} else if (l->status == IMAP_STATUS_OK && strcmp(l->code, "CLOSED") == 0 &&
+		    st->proto == STATE_SELECTED) {
+			/* RFC 7162 3.2.11: the previous mailbox is closed. */
+			state_set(st, STATE_AUTH, "CLOSED");
+		}
+		break;
+	case IMAP_KIND_CONTINUATION:
+		if (st->ninflight > 0 && st->inflight[st->ninflight - 1].kind == STATE_CMD_IDLE &&
+		    !st->idling) {
+			st->idling = 1;
+			log_debug("session=%s msg=idle-start", st->sid);
+		}
+		break;
+	case IMAP_KIND_TAGGED:
+		if ((c = state_find(st, l->tag, &i)) == NULL) {
+			log_debug("session=%s msg=unknown-tag tag=\"%s\"", st->sid, l->tag);
+			break;
+		}
+		res->completed = 1;
+		res->kind = c->kind;
+		state_complete(st, c, l);
+		state_inflight_remove(st, i);
+		break;
+	default:
+		break;
+	}
+}

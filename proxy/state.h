@@ -1,0 +1,94 @@
+/*
+ * state: the IMAP protocol state of one session, fed by both tokenizers.
+ *
+ * The lexers (imap.c) say what each command and response is; this module
+ * decides what they mean for the session: Not Authenticated,
+ * Authenticated, Selected or Logout, the tags in flight, IDLE and
+ * AUTHENTICATE.  The protocol state changes only in state_set(), which
+ * logs "old->new".
+ */
+#ifndef IMAPGATE_STATE_H
+#define IMAPGATE_STATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "imap.h"
+
+/* Commands in flight per session; past this the session stops reading the client. */
+#define STATE_MAX_INFLIGHT	1024
+
+enum state_proto {
+	STATE_NOT_AUTH,
+	STATE_AUTH,
+	STATE_SELECTED,
+	STATE_LOGOUT,
+};
+
+/* What a command does to the state, and which state it needs. */
+enum state_cmd_kind {
+	STATE_CMD_ANY,		/* CAPABILITY NOOP ID ... */
+	STATE_CMD_LOGIN,	/* LOGIN, AUTHENTICATE */
+	STATE_CMD_STARTTLS,
+	STATE_CMD_AUTH,		/* needs Authenticated or Selected */
+	STATE_CMD_SELECT,	/* SELECT, EXAMINE */
+	STATE_CMD_SELECTED,	/* needs Selected: FETCH, STORE, ... */
+	STATE_CMD_CLOSE,	/* CLOSE, UNSELECT */
+	STATE_CMD_IDLE,
+	STATE_CMD_LOGOUT,
+	STATE_CMD_COMPRESS,
+	STATE_CMD_UNKNOWN,	/* not a command we know: the backend judges */
+};
+
+struct state_cmd {
+	char			 tag[IMAP_MAX_TAG + 1];
+	char			 name[IMAP_MAX_ATOM + 1];
+	enum state_cmd_kind	 kind;
+	int			 examine;
+	char			*mailbox;	/* SELECT/EXAMINE only */
+	char			*user;		/* LOGIN/AUTHENTICATE only */
+};
+
+struct state {
+	const char		*sid;		/* session id, for log lines */
+	enum state_proto	 proto;
+	char			 mailbox[IMAP_MAX_ARG + 1];
+	int			 readonly;
+	char			 user[IMAP_MAX_ARG + 1];
+	int			 greeted;
+	int			 idling;	/* the server accepted IDLE ("+") */
+	int			 authenticating;/* an AUTHENTICATE is in flight */
+	int			 bye;		/* the server sent BYE */
+	struct state_cmd	*inflight;	/* oldest first */
+	size_t			 ninflight;
+};
+
+/* What a server response meant, for the session to act on. */
+struct state_result {
+	int			 completed;	/* a tagged response ended a command we knew */
+	enum state_cmd_kind	 kind;		/* ... of this kind */
+	enum imap_status	 status;
+	int			 greeting;	/* this was the greeting */
+};
+
+/* Set up st for session sid (sid must outlive st). */
+void		 state_init(struct state *st, const char *sid);
+/* Free what st holds. */
+void		 state_free(struct state *st);
+/* Change the protocol state, logging old->new at debug level. */
+void		 state_set(struct state *st, enum state_proto proto, const char *why);
+/* Classify a command name (and UID subcommand). */
+enum state_cmd_kind state_classify(const struct imap_line *l);
+/* The state the session will be in once every command in flight succeeds. */
+enum state_proto state_expected(const struct state *st);
+/* Record a complete client command; -1 if too many are in flight. */
+int		 state_client_command(struct state *st, const struct imap_line *l);
+/* Apply a complete server response. */
+void		 state_server_response(struct state *st, const struct imap_line *l,
+		    struct state_result *res);
+/* Is the in-flight table full (the session should stop reading the client)? */
+int		 state_inflight_full(const struct state *st);
+/* Printable name of a protocol state. */
+const char	*state_name(enum state_proto proto);
+
+#endif
