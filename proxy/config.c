@@ -1,0 +1,1158 @@
+/* config: the YAML configuration, read through a table of keys. */
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include <yaml.h>
+
+#include "config.h"
+#include "netaddr.h"
+#include "tls.h"
+
+#define CONFIG_MAX_FILE		(4u * 1024 * 1024)	/* bytes of YAML read at most */
+#define CONFIG_MAX_ENTRIES	1024	/* entries in any one list */
+#define CONFIG_MAX_KEYLEN	64	/* bytes in one key name */
+#define CONFIG_MAX_KEYS		256	/* keys in one mapping */
+#define CONFIG_MAX_PATH		256	/* bytes in a dotted key path */
+#define CONFIG_MAX_ERRORS	200	/* errors collected before giving up */
+#define CONFIG_MAX_SUBMAPS	16	/* nested mappings remembered per scope */
+#define CONFIG_MSGLEN		512	/* bytes in one error message */
+#define CONFIG_NOPOS		((size_t)-1)
+
+#define KIB	((uint64_t)1024)
+#define MIB	(KIB * 1024)
+#define GIB	(MIB * 1024)
+
+enum config_type {
+	CFT_STRING,	/* char * */
+	CFT_PATH,	/* char *, relative to the config file's directory */
+	CFT_ENUM,	/* int-sized enum, from words */
+	CFT_DURATION,	/* uint64_t milliseconds */
+	CFT_SIZE,	/* size_t bytes */
+	CFT_INT,	/* int64_t */
+	CFT_BOOL,	/* int, 0 or 1 */
+	CFT_ADDR,	/* char * at off, struct netaddr at off2 */
+	CFT_STRLIST,	/* char ** at off, size_t count at off2 */
+	CFT_LIST,	/* array of mappings at off, size_t count at off2 */
+};
+
+struct config_word {
+	const char	*word;
+	int		 value;
+	const char	*reject;	/* non-NULL: the word is known but refused */
+};
+
+struct config_loader;
+struct config_scope;
+
+/*
+ * One row per key.  The path names the key the way messages do, with "[]"
+ * for "each entry of this list"; a key under "x[]." lives in the entry
+ * struct of list x, every other key in struct config.  Mappings that only
+ * group keys (tls, log, rewrite.rules[].match) need no row of their own:
+ * any path that prefixes a row's path is a mapping.
+ */
+struct config_key {
+	const char		*path;
+	enum config_type	 type;
+	int			 required;
+	int64_t			 min, max;	/* INT/SIZE/DURATION value bounds (set both
+						   for INT); entry counts for LIST */
+	const char		*def;		/* default, in the syntax of the file */
+	size_t			 off;		/* the value, in the scope's struct */
+	size_t			 off2;		/* count (lists) or struct netaddr (ADDR) */
+	size_t			 elemsize;	/* LIST: size of one entry */
+	size_t			 lineoff, coloff; /* LIST: entry position, or NOPOS */
+	const struct config_word *words;	/* ENUM */
+	int			 passive;	/* ADDR: a listening address */
+	/* LIST: called after each entry is read, for checks across its keys. */
+	void			(*check)(struct config_loader *, struct config_scope *);
+};
+
+static const struct config_word config_tls_words[] = {
+	{ "implicit", CONFIG_TLS_IMPLICIT, NULL },
+	{ "none", CONFIG_TLS_NONE, NULL },
+	{ "starttls", CONFIG_TLS_STARTTLS, "is not supported yet (use implicit or none)" },
+	{ NULL, 0, NULL },
+};
+
+static const struct config_word config_log_words[] = {
+	{ "error", CONFIG_LOG_ERROR, NULL },
+	{ "warn", CONFIG_LOG_WARN, NULL },
+	{ "info", CONFIG_LOG_INFO, NULL },
+	{ "debug", CONFIG_LOG_DEBUG, NULL },
+	{ NULL, 0, NULL },
+};
+
+static void	config_cert_check(struct config_loader *, struct config_scope *);
+
+#define LIST_OF(stype, field, nfield, etype)				\
+	.off = offsetof(stype, field), .off2 = offsetof(stype, nfield),	\
+	.elemsize = sizeof(etype), .lineoff = offsetof(etype, line),	\
+	.coloff = offsetof(etype, col)
+#define AT(stype, field)	.off = offsetof(stype, field), .lineoff = CONFIG_NOPOS
+
+static const struct config_key config_keys[] = {
+	{ .path = "listen", .type = CFT_LIST, .required = 1,
+	  .min = 1, .max = CONFIG_MAX_ENTRIES,
+	  LIST_OF(struct config, listen, nlisten, struct config_listen) },
+	{ .path = "listen[].address", .type = CFT_ADDR, .required = 1, .passive = 1,
+	  AT(struct config_listen, address), .off2 = offsetof(struct config_listen, addr) },
+	{ .path = "listen[].tls", .type = CFT_ENUM, .def = "implicit",
+	  .words = config_tls_words, AT(struct config_listen, tls) },
+
+	{ .path = "tls.certificates", .type = CFT_LIST, .min = 1,
+	  .max = CONFIG_MAX_ENTRIES, .check = config_cert_check,
+	  LIST_OF(struct config, certs, ncerts, struct config_cert) },
+	{ .path = "tls.certificates[].cert", .type = CFT_PATH, .required = 1,
+	  AT(struct config_cert, cert) },
+	{ .path = "tls.certificates[].key", .type = CFT_PATH, .required = 1,
+	  AT(struct config_cert, key) },
+
+	{ .path = "backend.servers", .type = CFT_LIST, .required = 1,
+	  .min = 1, .max = CONFIG_MAX_ENTRIES,
+	  LIST_OF(struct config, servers, nservers, struct config_server) },
+	{ .path = "backend.servers[].address", .type = CFT_ADDR, .required = 1,
+	  AT(struct config_server, address), .off2 = offsetof(struct config_server, addr) },
+
+	{ .path = "log.level", .type = CFT_ENUM, .def = "info",
+	  .words = config_log_words, AT(struct config, log_level) },
+
+	{ .path = "limits.max_line", .type = CFT_SIZE, .def = "64KiB",
+	  .min = 1 * KIB, .max = 16 * MIB, AT(struct config, max_line) },
+	{ .path = "limits.buffer", .type = CFT_SIZE, .def = "256KiB",
+	  .min = 16 * KIB, .max = 64 * MIB, AT(struct config, buffer) },
+
+	{ .path = "timeouts.backend_connect", .type = CFT_DURATION, .def = "5s",
+	  .min = 100, .max = 10 * 60 * 1000, AT(struct config, backend_connect_ms) },
+};
+
+#define CONFIG_NKEYS	(sizeof(config_keys) / sizeof(config_keys[0]))
+
+/* Enums are stored through an int pointer; make sure they are int-sized. */
+_Static_assert(sizeof(enum config_tls_mode) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum config_log_level) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum config_guard_mode) == sizeof(int), "enum size");
+
+struct config_loader {
+	const char		*file;
+	char			*dir;		/* for relative paths; NULL = cwd */
+	const char		*text;		/* the file, for reader error offsets */
+	size_t			 textlen;
+	yaml_document_t		*doc;
+	struct config		*cf;
+	struct config_errors	*errs;
+	int			 oom;
+};
+
+/* One mapping with its own keys: the top level or one list entry. */
+struct config_scope {
+	const char		*pattern;	/* "" or "listen[]" */
+	const char		*where;		/* "" or "listen[0]", for messages */
+	char			*base;		/* struct config or the entry struct */
+	yaml_mark_t		 mark;		/* the scope's mapping */
+	unsigned char		 seen[CONFIG_NKEYS];
+	yaml_mark_t		 vmark[CONFIG_NKEYS];	/* where each seen value is */
+	struct {
+		char		 rel[CONFIG_MAX_PATH];
+		yaml_mark_t	 mark;
+	}			 submaps[CONFIG_MAX_SUBMAPS];
+	size_t			 nsubmaps;
+};
+
+/* Append an error at line/col (1-based, 0 = none) to the loader's list. */
+static void
+config_errorv(struct config_loader *ld, int line, int col, const char *fmt, va_list ap)
+{
+	struct config_errors *e = ld->errs;
+	struct config_error *v;
+	char buf[CONFIG_MSGLEN];
+
+	if (e->n >= CONFIG_MAX_ERRORS)
+		return;
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	if (e->n + 1 == CONFIG_MAX_ERRORS)
+		snprintf(buf, sizeof(buf), "too many errors, giving up");
+	if ((v = realloc(e->v, (e->n + 1) * sizeof(*v))) == NULL) {
+		ld->oom = 1;
+		return;
+	}
+	e->v = v;
+	v = &e->v[e->n];
+	v->line = line;
+	v->col = col;
+	v->file = strdup(ld->file);
+	v->msg = strdup(buf);
+	if (v->file == NULL || v->msg == NULL) {
+		free(v->file);
+		free(v->msg);
+		ld->oom = 1;
+		return;
+	}
+	e->n++;
+}
+
+/* Add an error positioned at a libyaml mark (0-based) or, with NULL, nowhere. */
+__attribute__((format(printf, 3, 4)))
+static void
+config_error(struct config_loader *ld, const yaml_mark_t *m, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	if (m != NULL)
+		config_errorv(ld, (int)m->line + 1, (int)m->column + 1, fmt, ap);
+	else
+		config_errorv(ld, 0, 0, fmt, ap);
+	va_end(ap);
+}
+
+/* Add an error at an explicit 1-based position. */
+__attribute__((format(printf, 4, 5)))
+static void
+config_error_at(struct config_loader *ld, int line, int col, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	config_errorv(ld, line, col, fmt, ap);
+	va_end(ap);
+}
+
+/* strdup that records an allocation failure in the loader. */
+static char *
+config_strdup(struct config_loader *ld, const char *s)
+{
+	char *p = strdup(s);
+
+	if (p == NULL)
+		ld->oom = 1;
+	return p;
+}
+
+/*
+ * Parse an unsigned decimal number followed by a unit, scaling by the
+ * unit's factor.  Returns 0, -1 on bad syntax, -2 on overflow.
+ */
+static int
+config_parse_scaled(const char *s, const char *const *units, const uint64_t *factors,
+    uint64_t *out)
+{
+	uint64_t v = 0;
+	const char *p = s;
+	size_t i;
+
+	if (*p < '0' || *p > '9')
+		return -1;
+	for (; *p >= '0' && *p <= '9'; p++) {
+		unsigned d = (unsigned)(*p - '0');
+		if (v > (UINT64_MAX - d) / 10)
+			return -2;
+		v = v * 10 + d;
+	}
+	for (i = 0; units[i] != NULL; i++)
+		if (strcmp(p, units[i]) == 0)
+			break;
+	if (units[i] == NULL)
+		return -1;
+	if (factors[i] != 0 && v > UINT64_MAX / factors[i])
+		return -2;
+	*out = v * factors[i];
+	return 0;
+}
+
+static const char *const config_duration_units[] = { "", "ms", "s", "m", "h", NULL };
+static const uint64_t config_duration_factors[] = { 1000, 1, 1000, 60000, 3600000 };
+static const char *const config_size_units[] = { "", "KiB", "MiB", "GiB", NULL };
+static const uint64_t config_size_factors[] = { 1, KIB, MIB, GIB };
+
+/* Duration parser with the overflow distinction kept for messages. */
+static int
+config_duration(const char *s, uint64_t *ms)
+{
+	return config_parse_scaled(s, config_duration_units, config_duration_factors, ms);
+}
+
+/* Size parser with the overflow distinction kept for messages. */
+static int
+config_size(const char *s, uint64_t *bytes)
+{
+	return config_parse_scaled(s, config_size_units, config_size_factors, bytes);
+}
+
+/* Parse a duration ("500ms", "30s", "5m", "1h", bare number = seconds) into ms. */
+int
+config_parse_duration(const char *s, uint64_t *ms)
+{
+	return config_duration(s, ms) == 0 ? 0 : -1;
+}
+
+/* Parse a size ("512", "64KiB", "16MiB", "1GiB") into bytes. */
+int
+config_parse_size(const char *s, uint64_t *bytes)
+{
+	return config_size(s, bytes) == 0 ? 0 : -1;
+}
+
+/* Write a bound the way a user would write it: the largest exact unit. */
+static const char *
+config_fmt_bound(const struct config_key *k, int64_t v, char *buf, size_t len)
+{
+	uint64_t u = (uint64_t)v;
+
+	if (k->type == CFT_SIZE) {
+		if (u != 0 && u % GIB == 0)
+			snprintf(buf, len, "%" PRIu64 "GiB", u / GIB);
+		else if (u != 0 && u % MIB == 0)
+			snprintf(buf, len, "%" PRIu64 "MiB", u / MIB);
+		else if (u != 0 && u % KIB == 0)
+			snprintf(buf, len, "%" PRIu64 "KiB", u / KIB);
+		else
+			snprintf(buf, len, "%" PRIu64, u);
+	} else if (k->type == CFT_DURATION) {
+		if (u != 0 && u % 3600000 == 0)
+			snprintf(buf, len, "%" PRIu64 "h", u / 3600000);
+		else if (u != 0 && u % 60000 == 0)
+			snprintf(buf, len, "%" PRIu64 "m", u / 60000);
+		else if (u != 0 && u % 1000 == 0)
+			snprintf(buf, len, "%" PRIu64 "s", u / 1000);
+		else
+			snprintf(buf, len, "%" PRIu64 "ms", u);
+	} else
+		snprintf(buf, len, "%" PRId64, v);
+	return buf;
+}
+
+/* The list scope a key belongs to: its path up to the last "[]", or "". */
+static size_t
+config_key_scope_len(const char *path)
+{
+	const char *p, *last = NULL;
+
+	for (p = path; (p = strstr(p, "[]")) != NULL; p += 2)
+		last = p;
+	return last == NULL ? 0 : (size_t)(last - path) + 2;
+}
+
+/* Whether key k lives directly in the scope named pattern. */
+static int
+config_key_in_scope(const struct config_key *k, const char *pattern)
+{
+	size_t n = config_key_scope_len(k->path);
+
+	return n == strlen(pattern) && strncmp(k->path, pattern, n) == 0;
+}
+
+/* The table row for an exact path, or NULL. */
+static const struct config_key *
+config_key_find(const char *path)
+{
+	for (size_t i = 0; i < CONFIG_NKEYS; i++)
+		if (strcmp(config_keys[i].path, path) == 0)
+			return &config_keys[i];
+	return NULL;
+}
+
+/* Whether path names a grouping mapping (a proper prefix of some row's path). */
+static int
+config_key_is_group(const char *path)
+{
+	size_t n = strlen(path);
+
+	for (size_t i = 0; i < CONFIG_NKEYS; i++)
+		if (strncmp(config_keys[i].path, path, n) == 0 && config_keys[i].path[n] == '.')
+			return 1;
+	return 0;
+}
+
+/* Join a message prefix and a relative name with a dot when both are set. */
+static void
+config_join(char *buf, size_t len, const char *a, const char *b)
+{
+	if (a[0] == '\0')
+		snprintf(buf, len, "%s", b);
+	else if (b[0] == '\0')
+		snprintf(buf, len, "%s", a);
+	else
+		snprintf(buf, len, "%s.%s", a, b);
+}
+
+/* A word for the kind of node found where something else was expected. */
+static const char *
+config_node_kind(const yaml_node_t *n)
+{
+	switch (n->type) {
+	case YAML_SEQUENCE_NODE:
+		return "a list";
+	case YAML_MAPPING_NODE:
+		return "a mapping";
+	default:
+		return "a scalar";
+	}
+}
+
+/* Whether n is a plain null (empty, "~" or "null"): a key written with no value. */
+static int
+config_node_is_null(const yaml_node_t *n)
+{
+	const char *v;
+
+	if (n->type != YAML_SCALAR_NODE || n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE)
+		return 0;
+	v = (const char *)n->data.scalar.value;
+	return v[0] == '\0' || strcmp(v, "~") == 0 || strcmp(v, "null") == 0 ||
+	    strcmp(v, "Null") == 0 || strcmp(v, "NULL") == 0;
+}
+
+static void config_free_scope(const char *pattern, char *base);
+
+/* Free the value stored for key k in base (strings and lists), recursively. */
+static void
+config_free_value(const struct config_key *k, char *base)
+{
+	char **sp = (char **)(base + k->off);
+	size_t *np = (size_t *)(base + k->off2);
+
+	switch (k->type) {
+	case CFT_STRING:
+	case CFT_PATH:
+	case CFT_ADDR:
+		free(*sp);
+		*sp = NULL;
+		break;
+	case CFT_STRLIST: {
+		char ***vp = (char ***)(base + k->off);
+		for (size_t i = 0; *vp != NULL && i < *np; i++)
+			free((*vp)[i]);
+		free(*vp);
+		*vp = NULL;
+		*np = 0;
+		break;
+	}
+	case CFT_LIST: {
+		char **ep = (char **)(base + k->off);
+		char pattern[CONFIG_MAX_PATH];
+		snprintf(pattern, sizeof(pattern), "%s[]", k->path);
+		for (size_t i = 0; *ep != NULL && i < *np; i++)
+			config_free_scope(pattern, *ep + i * k->elemsize);
+		free(*ep);
+		*ep = NULL;
+		*np = 0;
+		break;
+	}
+	default:
+		break;
+	}
+}
+
+/* Free every value owned by the keys of one scope. */
+static void
+config_free_scope(const char *pattern, char *base)
+{
+	for (size_t i = 0; i < CONFIG_NKEYS; i++)
+		if (config_key_in_scope(&config_keys[i], pattern))
+			config_free_value(&config_keys[i], base);
+}
+
+/* Resolve a relative file name against the config file's directory. */
+static char *
+config_resolve(struct config_loader *ld, const char *v)
+{
+	char *p;
+
+	if (v[0] == '/' || ld->dir == NULL)
+		return config_strdup(ld, v);
+	/* "./x" and "x" alike; ".." is left for the kernel to resolve. */
+	if (v[0] == '.' && v[1] == '/')
+		v += 2;
+	if (asprintf(&p, "%s/%s", ld->dir, v) < 0) {
+		ld->oom = 1;
+		return NULL;
+	}
+	return p;
+}
+
+/*
+ * Convert scalar text v for key k and store it in base.  name is the
+ * key's path for messages; m is where the value is (NULL for defaults,
+ * whose failure is a bug in the table and reported as such).
+ */
+static void
+config_store(struct config_loader *ld, const struct config_key *k, char *base,
+    const char *name, const char *v, const yaml_mark_t *m)
+{
+	char lo[32], hi[32], err[CONFIG_MSGLEN];
+	uint64_t u = 0;
+	int rc;
+
+	switch (k->type) {
+	case CFT_STRING:
+	case CFT_PATH: {
+		char *s = k->type == CFT_PATH ? config_resolve(ld, v) : config_strdup(ld, v);
+		if (s == NULL)
+			return;
+		free(*(char **)(base + k->off));
+		*(char **)(base + k->off) = s;
+		return;
+	}
+	case CFT_ADDR: {
+		char *s = config_strdup(ld, v);
+		if (s == NULL)
+			return;
+		free(*(char **)(base + k->off));
+		*(char **)(base + k->off) = s;
+		if (netaddr_parse(v, k->passive, (struct netaddr *)(base + k->off2),
+		    err, sizeof(err)) != 0)
+			config_error(ld, m, "%s: %s", name, err);
+		return;
+	}
+	case CFT_ENUM: {
+		const struct config_word *w;
+		char words[CONFIG_MSGLEN] = "";
+		/*
+		 * A refused word leaves -1, not the default, so that checks
+		 * across keys do not act on a value the user did not write.
+		 */
+		*(int *)(base + k->off) = -1;
+		for (w = k->words; w->word != NULL; w++) {
+			if (strcmp(w->word, v) != 0)
+				continue;
+			if (w->reject != NULL)
+				config_error(ld, m, "%s: \"%s\" %s", name, v, w->reject);
+			else
+				*(int *)(base + k->off) = w->value;
+			return;
+		}
+		for (w = k->words; w->word != NULL; w++) {
+			if (w->reject != NULL)
+				continue;
+			size_t n = strlen(words);
+			snprintf(words + n, sizeof(words) - n, "%s%s", n ? ", " : "", w->word);
+		}
+		config_error(ld, m, "%s: \"%s\" is not one of %s", name, v, words);
+		return;
+	}
+	case CFT_BOOL:
+		if (!strcasecmp(v, "true") || !strcasecmp(v, "yes") || !strcasecmp(v, "on"))
+			*(int *)(base + k->off) = 1;
+		else if (!strcasecmp(v, "false") || !strcasecmp(v, "no") || !strcasecmp(v, "off"))
+			*(int *)(base + k->off) = 0;
+		else
+			config_error(ld, m, "%s: \"%s\" is not a boolean (use true or false)", name, v);
+		return;
+	case CFT_INT: {
+		char *end;
+		long long n;
+		errno = 0;
+		n = strtoll(v, &end, 10);
+		if (end == v || *end != '\0') {
+			config_error(ld, m, "%s: \"%s\" is not an integer", name, v);
+			return;
+		}
+		if (errno == ERANGE || n < k->min || n > k->max) {
+			config_error(ld, m, "%s: %s is out of range %s..%s", name, v,
+			    config_fmt_bound(k, k->min, lo, sizeof(lo)),
+			    config_fmt_bound(k, k->max, hi, sizeof(hi)));
+			return;
+		}
+		*(int64_t *)(base + k->off) = n;
+		return;
+	}
+	case CFT_SIZE:
+	case CFT_DURATION:
+		rc = k->type == CFT_SIZE ? config_size(v, &u) : config_duration(v, &u);
+		if (rc == -1) {
+			if (k->type == CFT_SIZE)
+				config_error(ld, m, "%s: \"%s\" is not a size (write bytes, or a "
+				    "whole number with KiB, MiB or GiB, e.g. 64KiB; KB/MB are not "
+				    "accepted)", name, v);
+			else
+				config_error(ld, m, "%s: \"%s\" is not a duration (write a whole "
+				    "number with ms, s, m or h, e.g. 30s)", name, v);
+			return;
+		}
+		if (rc == -2 || u > (uint64_t)k->max) {
+			config_error(ld, m, "%s: %s is above the maximum %s", name, v,
+			    config_fmt_bound(k, k->max, hi, sizeof(hi)));
+			return;
+		}
+		if (u < (uint64_t)k->min) {
+			config_error(ld, m, "%s: %s is below the minimum %s", name, v,
+			    config_fmt_bound(k, k->min, lo, sizeof(lo)));
+			return;
+		}
+		if (k->type == CFT_SIZE)
+			*(size_t *)(base + k->off) = (size_t)u;
+		else
+			*(uint64_t *)(base + k->off) = u;
+		return;
+	default:
+		config_error(ld, m, "%s: internal error: key type %d is not a scalar",
+		    name, (int)k->type);
+		return;
+	}
+}
+
+/* Store the defaults of every scalar key in a scope. */
+static void
+config_defaults(struct config_loader *ld, const char *pattern, char *base)
+{
+	for (size_t i = 0; i < CONFIG_NKEYS; i++) {
+		const struct config_key *k = &config_keys[i];
+		if (k->def != NULL && config_key_in_scope(k, pattern))
+			config_store(ld, k, base, k->path, k->def, NULL);
+	}
+}
+
+/* Get the text of a scalar node, refusing embedded NUL bytes. */
+static const char *
+config_scalar(struct config_loader *ld, const yaml_node_t *n, const char *name)
+{
+	const char *v = (const char *)n->data.scalar.value;
+
+	if (strlen(v) != n->data.scalar.length) {
+		config_error(ld, &n->start_mark, "%s: value contains a NUL byte", name);
+		return NULL;
+	}
+	return v;
+}
+
+static void config_walk_map(struct config_loader *, struct config_scope *,
+    const yaml_node_t *, const char *);
+static void config_scope_finish(struct config_loader *, struct config_scope *);
+
+/* Read a list of strings for key k. */
+static void
+config_read_strlist(struct config_loader *ld, const struct config_key *k, char *base,
+    const char *name, const yaml_node_t *n)
+{
+	char ***vp = (char ***)(base + k->off);
+	size_t *np = (size_t *)(base + k->off2);
+	yaml_node_item_t *it = n->data.sequence.items.start;
+	size_t cnt = (size_t)(n->data.sequence.items.top - it);
+
+	if ((*vp = calloc(cnt + 1, sizeof(char *))) == NULL) {
+		ld->oom = 1;
+		return;
+	}
+	for (size_t i = 0; i < cnt; i++) {
+		const yaml_node_t *e = yaml_document_get_node(ld->doc, it[i]);
+		char ename[CONFIG_MAX_PATH];
+		const char *v;
+
+		snprintf(ename, sizeof(ename), "%s[%zu]", name, i);
+		if (e->type != YAML_SCALAR_NODE) {
+			config_error(ld, &e->start_mark, "%s: expected a string, got %s",
+			    ename, config_node_kind(e));
+			continue;
+		}
+		if ((v = config_scalar(ld, e, ename)) == NULL)
+			continue;
+		if (((*vp)[*np] = config_strdup(ld, v)) != NULL)
+			(*np)++;
+	}
+}
+
+/* Read a list of mappings for key k: one scope per entry. */
+static void
+config_read_list(struct config_loader *ld, const struct config_key *k, char *base,
+    const char *name, const yaml_node_t *n)
+{
+	char **ep = (char **)(base + k->off);
+	size_t *np = (size_t *)(base + k->off2);
+	yaml_node_item_t *it = n->data.sequence.items.start;
+	size_t cnt = (size_t)(n->data.sequence.items.top - it);
+	char pattern[CONFIG_MAX_PATH];
+
+	snprintf(pattern, sizeof(pattern), "%s[]", k->path);
+	if (cnt < (size_t)k->min)
+		config_error(ld, &n->start_mark, "%s: at least %" PRId64 " %s required",
+		    name, k->min, k->min == 1 ? "entry is" : "entries are");
+	else if (cnt > (size_t)k->max) {
+		config_error(ld, &n->start_mark, "%s: at most %" PRId64 " entries are allowed",
+		    name, k->max);
+		return;
+	}
+	if ((*ep = calloc(cnt ? cnt : 1, k->elemsize)) == NULL) {
+		ld->oom = 1;
+		return;
+	}
+	*np = cnt;
+	for (size_t i = 0; i < cnt; i++) {
+		const yaml_node_t *e = yaml_document_get_node(ld->doc, it[i]);
+		char *elem = *ep + i * k->elemsize;
+		char where[CONFIG_MAX_PATH];
+		struct config_scope *sc;
+
+		snprintf(where, sizeof(where), "%s[%zu]", name, i);
+		if (k->lineoff != CONFIG_NOPOS) {
+			*(int *)(elem + k->lineoff) = (int)e->start_mark.line + 1;
+			*(int *)(elem + k->coloff) = (int)e->start_mark.column + 1;
+		}
+		config_defaults(ld, pattern, elem);
+		if (e->type != YAML_MAPPING_NODE) {
+			config_error(ld, &e->start_mark, "%s: expected a mapping, got %s",
+			    where, config_node_kind(e));
+			continue;
+		}
+		if ((sc = calloc(1, sizeof(*sc))) == NULL) {
+			ld->oom = 1;
+			continue;
+		}
+		sc->pattern = pattern;
+		sc->where = where;
+		sc->base = elem;
+		sc->mark = e->start_mark;
+		config_walk_map(ld, sc, e, "");
+		config_scope_finish(ld, sc);
+		if (k->check != NULL)
+			k->check(ld, sc);
+		free(sc);
+	}
+}
+
+/* Handle one key's value node according to its table row. */
+static void
+config_read_value(struct config_loader *ld, struct config_scope *sc,
+    const struct config_key *k, const char *name, const yaml_node_t *n)
+{
+	static const yaml_node_t empty_seq = { .type = YAML_SEQUENCE_NODE };
+	const char *v;
+
+	if (k->type == CFT_LIST || k->type == CFT_STRLIST) {
+		if (config_node_is_null(n)) {
+			/* "key:" with nothing under it is an empty list. */
+			yaml_node_t e = empty_seq;
+			e.start_mark = n->start_mark;
+			if (k->type == CFT_LIST)
+				config_read_list(ld, k, sc->base, name, &e);
+			else
+				config_read_strlist(ld, k, sc->base, name, &e);
+			return;
+		}
+		if (n->type != YAML_SEQUENCE_NODE) {
+			config_error(ld, &n->start_mark, "%s: expected a list, got %s",
+			    name, config_node_kind(n));
+			return;
+		}
+		if (k->type == CFT_LIST)
+			config_read_list(ld, k, sc->base, name, n);
+		else
+			config_read_strlist(ld, k, sc->base, name, n);
+		return;
+	}
+	if (n->type != YAML_SCALAR_NODE) {
+		config_error(ld, &n->start_mark, "%s: expected a single value, got %s",
+		    name, config_node_kind(n));
+		return;
+	}
+	if (config_node_is_null(n)) {
+		config_error(ld, &n->start_mark, "%s: no value given", name);
+		return;
+	}
+	if ((v = config_scalar(ld, n, name)) == NULL)
+		return;
+	config_store(ld, k, sc->base, name, v, &n->start_mark);
+}
+
+/*
+ * Walk mapping n, which is at path rel inside scope sc ("" for the scope's
+ * own mapping, "tls" for the tls group at the top level).
+ */
+static void
+config_walk_map(struct config_loader *ld, struct config_scope *sc,
+    const yaml_node_t *n, const char *rel)
+{
+	yaml_node_pair_t *pairs = n->data.mapping.pairs.start;
+	size_t cnt = (size_t)(n->data.mapping.pairs.top - pairs);
+
+	/* The duplicate check below is quadratic; no real file comes near this. */
+	if (cnt > CONFIG_MAX_KEYS) {
+		char where[CONFIG_MAX_PATH];
+		config_join(where, sizeof(where), sc->where, rel);
+		config_error(ld, &n->start_mark, "%s%smore than %d keys in one mapping",
+		    where, where[0] ? ": " : "", CONFIG_MAX_KEYS);
+		return;
+	}
+	if (rel[0] != '\0' && sc->nsubmaps < CONFIG_MAX_SUBMAPS) {
+		snprintf(sc->submaps[sc->nsubmaps].rel, CONFIG_MAX_PATH, "%s", rel);
+		sc->submaps[sc->nsubmaps++].mark = n->start_mark;
+	}
+	for (size_t i = 0; i < cnt; i++) {
+		const yaml_node_t *kn = yaml_document_get_node(ld->doc, pairs[i].key);
+		const yaml_node_t *vn = yaml_document_get_node(ld->doc, pairs[i].value);
+		char where[CONFIG_MAX_PATH], subrel[CONFIG_MAX_PATH];
+		char pattern[CONFIG_MAX_PATH], name[CONFIG_MAX_PATH];
+		const struct config_key *k;
+		const char *key;
+		size_t j;
+
+		config_join(where, sizeof(where), sc->where, rel);
+		if (kn->type != YAML_SCALAR_NODE) {
+			config_error(ld, &kn->start_mark, "%s%skeys must be plain names, not %s",
+			    where, where[0] ? ": " : "", config_node_kind(kn));
+			continue;
+		}
+		key = (const char *)kn->data.scalar.value;
+		for (j = 0; j < i; j++) {
+			const yaml_node_t *pk = yaml_document_get_node(ld->doc, pairs[j].key);
+			if (pk->type == YAML_SCALAR_NODE &&
+			    strcmp((const char *)pk->data.scalar.value, key) == 0)
+				break;
+		}
+		if (j < i) {
+			const yaml_node_t *pk = yaml_document_get_node(ld->doc, pairs[j].key);
+			config_error(ld, &kn->start_mark,
+			    "%s%sduplicate key \"%s\" (first at line %lu)", where,
+			    where[0] ? ": " : "", key, (unsigned long)pk->start_mark.line + 1);
+			continue;
+		}
+		/*
+		 * Dots and brackets would let "limits.max_line: 5" at the top
+		 * level match a nested key's path; names are plain words.
+		 */
+		if (strlen(key) > CONFIG_MAX_KEYLEN || key[strcspn(key, ".[]")] != '\0' ||
+		    strlen(key) != kn->data.scalar.length) {
+			config_error(ld, &kn->start_mark, "%s%sunknown key \"%.*s\"",
+			    where, where[0] ? ": " : "", CONFIG_MAX_KEYLEN, key);
+			continue;
+		}
+		config_join(subrel, sizeof(subrel), rel, key);
+		config_join(pattern, sizeof(pattern), sc->pattern, subrel);
+		config_join(name, sizeof(name), sc->where, subrel);
+
+		if ((k = config_key_find(pattern)) != NULL) {
+			size_t idx = (size_t)(k - config_keys);
+			sc->seen[idx] = 1;
+			sc->vmark[idx] = vn->start_mark;
+			config_read_value(ld, sc, k, name, vn);
+		} else if (config_key_is_group(pattern)) {
+			if (vn->type == YAML_MAPPING_NODE)
+				config_walk_map(ld, sc, vn, subrel);
+			else if (config_node_is_null(vn)) {
+				/* "log:" with every key commented out: an empty group. */
+				yaml_node_t e = { .type = YAML_MAPPING_NODE };
+				e.start_mark = vn->start_mark;
+				config_walk_map(ld, sc, &e, subrel);
+			} else
+				config_error(ld, &vn->start_mark, "%s: expected a mapping, got %s",
+				    name, config_node_kind(vn));
+		} else
+			config_error(ld, &kn->start_mark, "%s%sunknown key \"%s\"",
+			    where, where[0] ? ": " : "", key);
+	}
+}
+
+/* Report required keys of a scope that were not given. */
+static void
+config_scope_finish(struct config_loader *ld, struct config_scope *sc)
+{
+	size_t plen = strlen(sc->pattern);
+
+	for (size_t i = 0; i < CONFIG_NKEYS; i++) {
+		const struct config_key *k = &config_keys[i];
+		const char *rel, *mapname = "";
+		const yaml_mark_t *m = &sc->mark;
+		size_t best = 0;
+		char where[CONFIG_MAX_PATH];
+
+		if (!k->required || sc->seen[i] || !config_key_in_scope(k, sc->pattern))
+			continue;
+		rel = k->path + plen + (plen ? 1 : 0);
+		/* Blame the deepest enclosing mapping that is present. */
+		for (size_t j = 0; j < sc->nsubmaps; j++) {
+			size_t n = strlen(sc->submaps[j].rel);
+			if (n > best && strncmp(rel, sc->submaps[j].rel, n) == 0 && rel[n] == '.') {
+				best = n;
+				m = &sc->submaps[j].mark;
+				mapname = sc->submaps[j].rel;
+			}
+		}
+		config_join(where, sizeof(where), sc->where, mapname);
+		config_error(ld, m, "%s%smissing required key \"%s\"", where,
+		    where[0] ? ": " : "", rel + best + (best ? 1 : 0));
+	}
+}
+
+/* The index of the row with path, which must exist. */
+static size_t
+config_key_index(const char *path)
+{
+	const struct config_key *k = config_key_find(path);
+
+	return k == NULL ? 0 : (size_t)(k - config_keys);
+}
+
+/* After a certificate entry: both files must be readable and belong together. */
+static void
+config_cert_check(struct config_loader *ld, struct config_scope *sc)
+{
+	const struct config_cert *c = (const struct config_cert *)sc->base;
+	size_t ic = config_key_index("tls.certificates[].cert");
+	size_t ik = config_key_index("tls.certificates[].key");
+	char err[CONFIG_MSGLEN];
+	int bad = 0;
+
+	if (c->cert == NULL || c->key == NULL)
+		return;
+	if (access(c->cert, R_OK) != 0) {
+		config_error(ld, &sc->vmark[ic], "%s.cert: cannot read \"%s\": %s",
+		    sc->where, c->cert, strerror(errno));
+		bad = 1;
+	}
+	if (access(c->key, R_OK) != 0) {
+		config_error(ld, &sc->vmark[ik], "%s.key: cannot read \"%s\": %s",
+		    sc->where, c->key, strerror(errno));
+		bad = 1;
+	}
+	if (bad)
+		return;
+	if (tls_keypair_check(c->cert, c->key, err, sizeof(err)) != 0) {
+		int oncert = strncmp(err, "certificate", 11) == 0;
+		config_error(ld, oncert ? &sc->vmark[ic] : &sc->vmark[ik], "%s.%s: %s",
+		    sc->where, oncert ? "cert" : "key", err);
+	}
+}
+
+/* Checks that span several keys, after the whole file has been read. */
+static void
+config_check(struct config_loader *ld)
+{
+	struct config *cf = ld->cf;
+
+	for (size_t i = 0; i < cf->nlisten && cf->ncerts == 0; i++) {
+		if (cf->listen[i].tls != CONFIG_TLS_IMPLICIT)
+			continue;
+		config_error_at(ld, cf->listen[i].line, cf->listen[i].col,
+		    "listen[%zu]: uses tls: implicit, but tls.certificates lists no "
+		    "certificate", i);
+		break;
+	}
+}
+
+/* Turn a reader error's byte offset into a 1-based line and column. */
+static void
+config_offset_pos(const struct config_loader *ld, size_t off, int *line, int *col)
+{
+	*line = 1;
+	*col = 1;
+	for (size_t i = 0; i < off && i < ld->textlen; i++) {
+		if (ld->text[i] == '\n') {
+			(*line)++;
+			*col = 1;
+		} else
+			(*col)++;
+	}
+}
+
+/* Report a libyaml parser error with its position. */
+static void
+config_yaml_error(struct config_loader *ld, const yaml_parser_t *p)
+{
+	const char *problem = p->problem ? p->problem : "unknown error";
+	int line, col;
+
+	if (p->error == YAML_READER_ERROR) {
+		config_offset_pos(ld, p->problem_offset, &line, &col);
+		config_error_at(ld, line, col, "YAML error: %s", problem);
+	} else if (p->error == YAML_MEMORY_ERROR) {
+		ld->oom = 1;
+	} else if (p->context != NULL)
+		config_error(ld, &p->problem_mark,
+		    "YAML syntax error: %s (%s at line %lu column %lu)", problem,
+		    p->context, (unsigned long)p->context_mark.line + 1,
+		    (unsigned long)p->context_mark.column + 1);
+	else
+		config_error(ld, &p->problem_mark, "YAML syntax error: %s", problem);
+}
+
+/* Read the whole file into memory, bounded by CONFIG_MAX_FILE. */
+static char *
+config_read_file(struct config_loader *ld, const char *path, size_t *len)
+{
+	FILE *f;
+	char *buf;
+	size_t n;
+
+	if ((f = fopen(path, "rb")) == NULL) {
+		config_error(ld, NULL, "cannot open: %s", strerror(errno));
+		return NULL;
+	}
+	if ((buf = malloc(CONFIG_MAX_FILE + 1)) == NULL) {
+		ld->oom = 1;
+		fclose(f);
+		return NULL;
+	}
+	n = fread(buf, 1, CONFIG_MAX_FILE + 1, f);
+	if (ferror(f)) {
+		config_error(ld, NULL, "cannot read: %s", strerror(errno));
+		free(buf);
+		fclose(f);
+		return NULL;
+	}
+	fclose(f);
+	if (n > CONFIG_MAX_FILE) {
+		config_error(ld, NULL, "file is larger than %u bytes", CONFIG_MAX_FILE);
+		free(buf);
+		return NULL;
+	}
+	buf[n] = '\0';
+	*len = n;
+	return buf;
+}
+
+/*
+ * The directory holding path, made absolute, for relative file names: the
+ * daemon may change directory after loading, and the names must not move.
+ */
+static char *
+config_dirname(struct config_loader *ld, const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	char cwd[PATH_MAX], *d;
+	int rc;
+
+	if (slash == path)
+		return config_strdup(ld, "/");
+	if (path[0] == '/')
+		rc = asprintf(&d, "%.*s", (int)(slash - path), path);
+	else {
+		if (getcwd(cwd, sizeof(cwd)) == NULL) {
+			config_error(ld, NULL, "cannot get the current directory: %s",
+			    strerror(errno));
+			return NULL;
+		}
+		if (slash == NULL)
+			rc = asprintf(&d, "%s", cwd);
+		else
+			rc = asprintf(&d, "%s/%.*s", cwd, (int)(slash - path), path);
+	}
+	if (rc < 0) {
+		ld->oom = 1;
+		return NULL;
+	}
+	return d;
+}
+
+/* Parse the document and walk its top-level mapping into ld->cf. */
+static void
+config_load_doc(struct config_loader *ld)
+{
+	yaml_parser_t parser;
+	yaml_document_t doc, extra;
+	yaml_node_t *root;
+
+	if (!yaml_parser_initialize(&parser)) {
+		ld->oom = 1;
+		return;
+	}
+	yaml_parser_set_input_string(&parser, (const unsigned char *)ld->text, ld->textlen);
+	if (!yaml_parser_load(&parser, &doc)) {
+		config_yaml_error(ld, &parser);
+		yaml_parser_delete(&parser);
+		return;
+	}
+	ld->doc = &doc;
+	root = yaml_document_get_root_node(&doc);
+	if (root == NULL) {
+		config_error_at(ld, 1, 1, "the file is empty (it must hold a mapping of keys)");
+	} else if (root->type != YAML_MAPPING_NODE) {
+		config_error(ld, &root->start_mark,
+		    "the document must be a mapping of keys, not %s", config_node_kind(root));
+	} else {
+		struct config_scope *sc = calloc(1, sizeof(*sc));
+		if (sc == NULL)
+			ld->oom = 1;
+		else {
+			sc->pattern = "";
+			sc->where = "";
+			sc->base = (char *)ld->cf;
+			sc->mark = root->start_mark;
+			config_walk_map(ld, sc, root, "");
+			config_scope_finish(ld, sc);
+			free(sc);
+		}
+		/* A second document would be silently ignored; refuse it. */
+		if (!yaml_parser_load(&parser, &extra))
+			config_yaml_error(ld, &parser);
+		else {
+			yaml_node_t *r2 = yaml_document_get_root_node(&extra);
+			if (r2 != NULL)
+				config_error(ld, &r2->start_mark,
+				    "only one YAML document is allowed in the file");
+			yaml_document_delete(&extra);
+		}
+	}
+	ld->doc = NULL;
+	yaml_document_delete(&doc);
+	yaml_parser_delete(&parser);
+}
+
+/* Load and check path; on any error return NULL and fill errs. */
+struct config *
+config_load(const char *path, struct config_errors *errs)
+{
+	struct config_loader ld;
+	char *text;
+
+	memset(&ld, 0, sizeof(ld));
+	ld.file = path;
+	ld.errs = errs;
+	errs->v = NULL;
+	errs->n = 0;
+
+	if ((ld.cf = calloc(1, sizeof(*ld.cf))) == NULL ||
+	    (ld.cf->path = strdup(path)) == NULL) {
+		ld.oom = 1;
+		goto done;
+	}
+	config_defaults(&ld, "", (char *)ld.cf);
+	if ((text = config_read_file(&ld, path, &ld.textlen)) == NULL)
+		goto done;
+	ld.text = text;
+	ld.dir = config_dirname(&ld, path);
+	config_load_doc(&ld);
+	free(text);
+	ld.text = NULL;
+	if (!ld.oom)
+		config_check(&ld);
+done:
+	free(ld.dir);
+	if (ld.oom)
+		config_error(&ld, NULL, "out of memory");
+	if (errs->n > 0 || ld.oom) {
+		config_free(ld.cf);
+		return NULL;
+	}
+	return ld.cf;
+}
+
+/* Free a configuration returned by config_load. */
+void
+config_free(struct config *cf)
+{
+	if (cf == NULL)
+		return;
+	config_free_scope("", (char *)cf);
+	free(cf->path);
+	free(cf);
+}
+
+/* Free the error list filled by config_load. */
+void
+config_errors_free(struct config_errors *errs)
+{
+	for (size_t i = 0; i < errs->n; i++) {
+		free(errs->v[i].file);
+		free(errs->v[i].msg);
+	}
+	free(errs->v);
+	errs->v = NULL;
+	errs->n = 0;
+}
