@@ -73,7 +73,8 @@ endpoint_note_error(struct endpoint *ep, short what)
 	else if (sockerr != 0)
 		snprintf(ep->error, sizeof(ep->error), "%s", strerror(sockerr));
 	else
-		snprintf(ep->error, sizeof(ep->error), "connection lost");
+		snprintf(ep->error, sizeof(ep->error), "connection lost (events 0x%x)",
+		    (unsigned)what);
 }
 
 /* Translate bufferevent events into endpoint events. */
@@ -276,11 +277,13 @@ endpoint_read_enable(struct endpoint *ep, int on)
 		bufferevent_disable(ep->bev, EV_READ);
 }
 
-/* Ask for ENDPOINT_FLUSHED once everything queued has been written. */
+/*
+ * Ask for ENDPOINT_FLUSHED once everything queued has been written.  Reading
+ * stays on: a TLS handshake still in progress needs it to finish.
+ */
 void
 endpoint_flush(struct endpoint *ep)
 {
-	bufferevent_disable(ep->bev, EV_READ);
 	if (endpoint_output_len(ep) == 0) {
 		ep->cbs->event(ep, ENDPOINT_FLUSHED, ep->arg);
 		return;

@@ -14,7 +14,7 @@ netaddr_parse(const char *text, int passive, struct netaddr *a, char *err,
     size_t errlen)
 {
 	char host[256];
-	const char *port, *end;
+	const char *orig = text, *port, *end;
 	size_t hlen;
 
 	memset(a, 0, sizeof(*a));
@@ -26,7 +26,7 @@ netaddr_parse(const char *text, int passive, struct netaddr *a, char *err,
 		}
 		hlen = (size_t)(end - text - 1);
 		port = end + 2;
-		text++;
+		text++;	/* from here on, messages quote orig */
 	} else {
 		end = strrchr(text, ':');
 		if (end == NULL) {
@@ -42,7 +42,7 @@ netaddr_parse(const char *text, int passive, struct netaddr *a, char *err,
 		port = end + 1;
 	}
 	if (hlen == 0 || hlen >= sizeof(host)) {
-		snprintf(err, errlen, "address \"%s\": bad host", text);
+		snprintf(err, errlen, "address \"%s\": bad host", orig);
 		return -1;
 	}
 	memcpy(host, text, hlen);
@@ -51,7 +51,7 @@ netaddr_parse(const char *text, int passive, struct netaddr *a, char *err,
 	char *pend;
 	long pn = strtol(port, &pend, 10);
 	if (*port == '\0' || *pend != '\0' || pn < 1 || pn > 65535) {
-		snprintf(err, errlen, "address \"%s\": port must be 1-65535", text);
+		snprintf(err, errlen, "address \"%s\": port must be 1-65535", orig);
 		return -1;
 	}
 
@@ -71,7 +71,7 @@ netaddr_parse(const char *text, int passive, struct netaddr *a, char *err,
 	hints.ai_flags = passive ? (AI_PASSIVE | AI_NUMERICHOST) : AI_ADDRCONFIG;
 	int rc = getaddrinfo(host, port, &hints, &res);
 	if (rc != 0) {
-		snprintf(err, errlen, "address \"%s\": %s", host, gai_strerror(rc));
+		snprintf(err, errlen, "address \"%s\": %s", orig, gai_strerror(rc));
 		return -1;
 	}
 	memcpy(&a->ss, res->ai_addr, res->ai_addrlen);

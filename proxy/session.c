@@ -474,6 +474,11 @@ session_event(struct endpoint *ep, enum endpoint_event what, void *arg)
 		session_relay(&s->backend);
 		return;
 	}
+	if (h == &s->client && what == ENDPOINT_CONNECTED) {
+		log_debug("session=%s msg=tls-established tls=%s cipher=%s", s->id,
+		    endpoint_tls_version(ep), endpoint_tls_cipher(ep));
+		return;
+	}
 	if (what == ENDPOINT_ERROR)
 		snprintf(s->detail, sizeof(s->detail), "%s", endpoint_error(ep));
 	if (h == &s->client) {
