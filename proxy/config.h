@@ -7,6 +7,7 @@
 #ifndef IMAPGATE_CONFIG_H
 #define IMAPGATE_CONFIG_H
 
+#include <regex.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -49,6 +50,30 @@ struct config_server {
 	int			 line, col;
 };
 
+/* Status words a rewrite rule can match or set. */
+enum config_status {
+	CONFIG_STATUS_ANY,	/* match only: any status */
+	CONFIG_STATUS_OK,
+	CONFIG_STATUS_NO,
+	CONFIG_STATUS_BAD,
+	CONFIG_STATUS_BYE,
+	CONFIG_STATUS_PREAUTH,
+	CONFIG_STATUS_OTHER,	/* match only: a tagged word that is not OK/NO/BAD */
+	CONFIG_STATUS_KEEP,	/* set only: leave the status as it is */
+};
+
+/* rewrite.rules[]: the first rule whose match holds sets status and code. */
+struct config_rule {
+	enum config_status	 match_status;	/* rewrite.rules[].match.status, default any */
+	char			*match_code;	/* .match.code: an atom, "none" (no code), NULL = any */
+	char			*match_text;	/* .match.text: POSIX extended regex, NULL = any */
+	regex_t			 match_re;	/* compiled at load (case-insensitive) */
+	int			 has_re;
+	enum config_status	 set_status;	/* rewrite.rules[].set.status, default keep */
+	char			*set_code;	/* .set.code: an atom, "none" = remove, NULL = keep */
+	int			 line, col;
+};
+
 struct config {
 	char			*path;
 
@@ -66,6 +91,27 @@ struct config {
 	size_t			 max_line;		/* limits.max_line */
 	size_t			 buffer;		/* limits.buffer */
 	uint64_t		 backend_connect_ms;	/* timeouts.backend_connect */
+	uint64_t		 backend_response_ms;	/* timeouts.backend_response */
+
+	enum config_guard_mode	 guard_client_state;	/* guard.client_state: bye | pass */
+	enum config_guard_mode	 guard_desync;		/* guard.desync: bye | pass */
+	char			**desync_patterns;	/* guard.desync_patterns (regex); defaults when absent */
+	size_t			 ndesync_patterns;
+	regex_t			*desync_re;		/* compiled at load */
+	char			**greeting_patterns;	/* guard.greeting_patterns (regex) */
+	size_t			 ngreeting_patterns;
+	regex_t			*greeting_re;
+
+	int			 rewrite_keep_unknown;	/* rewrite.unknown_codes: strip (0) | keep (1) */
+	char			**allow_codes;		/* rewrite.allow_codes: extra codes let through */
+	size_t			 nallow_codes;
+	struct config_rule	*rules;			/* rewrite.rules[] */
+	size_t			 nrules;
+
+	char			**cap_remove;		/* capabilities.remove */
+	size_t			 ncap_remove;
+	char			**cap_add;		/* capabilities.add */
+	size_t			 ncap_add;
 };
 
 struct config_error {

@@ -15,7 +15,9 @@
 #include "log.h"
 #include "netaddr.h"
 #include "server.h"
+#include "guard.h"
 #include "session.h"
+#include "stats.h"
 #include "state.h"
 
 /* How long a closing session may take to hand its last bytes to the client. */
@@ -47,6 +49,10 @@ struct session {
 	struct timeval		 start;
 	struct event		*ev_timer;	/* connect timeout, then flush timeout */
 	struct event		*ev_free;
+	struct event		*ev_response;	/* timeouts.backend_response */
+	unsigned		 nrewrites;	/* responses rewritten */
+	unsigned		 nguard;	/* guard events */
+	const char		*last_guard;	/* kind of the last guard event */
 	struct state		 st;
 	char			*inject;	/* our own replies, waiting for a response boundary */
 	size_t			 ninject;
@@ -58,6 +64,8 @@ struct session {
 	char			 detail[192];
 };
 
+static void session_relay(struct session_half *);
+static void session_response_timer(struct session *, int);
 static void session_readable(struct endpoint *, void *);
 static void session_drained(struct endpoint *, void *);
 static void session_event(struct endpoint *, enum endpoint_event, void *);
@@ -97,6 +105,7 @@ session_free_cb(evutil_socket_t fd, short what, void *arg)
 	state_free(&s->st);
 	free(s->inject);
 	event_free(s->ev_timer);
+	event_free(s->ev_response);
 	event_free(s->ev_free);
 	free(s);
 }
@@ -115,6 +124,7 @@ session_close(struct session *s, const char *reason)
 	TAILQ_REMOVE(&s->srv->sessions, s, entry);
 	s->srv->nsessions--;
 	evtimer_del(s->ev_timer);
+	evtimer_del(s->ev_response);
 	if (s->client.ep != NULL)
 		endpoint_read_enable(s->client.ep, 0);
 	if (s->backend.ep != NULL)
@@ -122,7 +132,8 @@ session_close(struct session *s, const char *reason)
 
 	log_info("session=%s msg=session-end client=%s backend=%s tls=%s cipher=%s "
 	    "bytes_in=%llu bytes_out=%llu backend_in=%llu backend_out=%llu "
-	    "duration_ms=%lld user=\"%s\" state=%s reason=%s%s%s%s",
+	    "duration_ms=%lld user=\"%s\" state=%s rewrites=%u guard_events=%u "
+	    "last_guard=%s reason=%s%s%s%s",
 	    s->id, s->client_addr,
 	    netaddr_str((const struct sockaddr *)&s->backend_cf->addr.ss, bk, sizeof(bk)),
 	    s->client.ep ? endpoint_tls_version(s->client.ep) : "-",
@@ -131,9 +142,21 @@ session_close(struct session *s, const char *reason)
 	    (unsigned long long)(s->client.ep ? endpoint_bytes_out(s->client.ep) : 0),
 	    (unsigned long long)(s->backend.ep ? endpoint_bytes_in(s->backend.ep) : 0),
 	    (unsigned long long)(s->backend.ep ? endpoint_bytes_out(s->backend.ep) : 0),
-	    session_age_ms(s), s->st.user, state_name(s->st.proto), s->reason,
+	    session_age_ms(s), s->st.user, state_name(s->st.proto), s->nrewrites,
+	    s->nguard, s->last_guard ? s->last_guard : "-", s->reason,
 	    s->detail[0] ? " error=\"" : "", s->detail, s->detail[0] ? "\"" : "");
 	event_active(s->ev_free, EV_TIMEOUT, 0);
+}
+
+/* Count a guard event for this session and the process. */
+static void
+session_guard_event(struct session *s, enum stats_guard g)
+{
+	stats.guard[g]++;
+	s->nguard++;
+	s->last_guard = stats_guard_name(g);
+	log_info("session=%s msg=guard event=%s state=%s", s->id, stats_guard_name(g),
+	    state_name(s->st.proto));
 }
 
 /*
@@ -164,6 +187,7 @@ session_bye_unavailable(struct session *s, const char *reason)
 	static const char bye[] = "* BYE [UNAVAILABLE] Backend server unavailable\r\n";
 
 	endpoint_write(s->client.ep, bye, sizeof(bye) - 1);
+	stats.bye[STATS_BYE_UNAVAILABLE]++;
 	session_finish(s, reason);
 }
 
@@ -250,7 +274,24 @@ session_client_decide(struct session *s, const struct imap_line *l)
 		 * is offered on this listener (the capability filter removes them).
 		 */
 		h->dropping = 1;
+		session_guard_event(s, kind == STATE_CMD_STARTTLS ?
+		    STATS_GUARD_STARTTLS_REFUSED : STATS_GUARD_COMPRESS_REFUSED);
 		session_inject(s, "%s NO %s is not available here", l->tag, l->name);
+		return;
+	}
+	if (s->srv->cf->guard_client_state == CONFIG_GUARD_BYE &&
+	    state_needs_login(kind) && state_expected(&s->st) == STATE_NOT_AUTH) {
+		/*
+		 * The client believes it is logged in (a resumed TLS session, a
+		 * backend that restarted under it).  An error answer would make
+		 * it retry forever; BYE makes it reconnect and log in.
+		 */
+		h->dropping = 1;
+		session_guard_event(s, STATS_GUARD_CLIENT_STATE);
+		stats.bye[STATS_BYE_CLIENT_STATE]++;
+		session_inject(s, "* BYE Not logged in: please reconnect and log in");
+		session_inject(s, "%s BAD %s not allowed now", l->tag, l->name);
+		session_finish(s, "client-state");
 	}
 }
 
@@ -291,6 +332,112 @@ session_client_line(struct session *s)
 	}
 	session_pass(h);
 	h->dropping = 0;
+	session_response_timer(s, 0);
+}
+
+/*
+ * Arm, re-arm (reset) or stop the backend response timer: it runs while a
+ * command waits for its answer, except in IDLE, where silence is normal.
+ */
+static void
+session_response_timer(struct session *s, int activity)
+{
+	uint64_t ms = s->srv->cf->backend_response_ms;
+	struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
+
+	if (s->closed || s->finishing || ms == 0)
+		return;
+	if (s->st.ninflight == 0 || s->st.idling) {
+		evtimer_del(s->ev_response);
+		return;
+	}
+	if (activity || !evtimer_pending(s->ev_response, NULL))
+		evtimer_add(s->ev_response, &tv);
+}
+
+/*
+ * The backend is gone (closed, reset, TLS failure, or silent too long).
+ * Deliver what it sent; then, if the client still thinks it has a session
+ * and the stream is between responses, say so with a BYE (RFC 3501 7.1.5:
+ * commands in flight are answered by it) rather than a bare close.  Inside
+ * a response an injected line would corrupt what the client reads, so the
+ * connection just closes.
+ */
+static void
+session_backend_lost(struct session *s, const char *reason)
+{
+	s->backend_gone = 1;
+	endpoint_read_enable(s->backend.ep, 0);
+	session_relay(&s->backend);
+	if (s->finishing || s->closed)
+		return;
+	if (!session_backend_at_boundary(s) || endpoint_input_len(s->backend.ep) > 0) {
+		session_guard_event(s, STATS_GUARD_BACKEND_LOST_MID);
+		s->reason = NULL;
+		session_finish(s, strcmp(reason, "backend-eof") == 0 ?
+		    "backend-eof-mid-response" : strcmp(reason, "backend-timeout") == 0 ?
+		    "backend-timeout-mid-response" : "backend-error-mid-response");
+		return;
+	}
+	session_inject_flush(s);
+	if (s->st.bye || s->st.proto == STATE_LOGOUT) {
+		/* The backend said goodbye itself; add nothing. */
+		session_finish(s, reason);
+		return;
+	}
+	session_guard_event(s, strcmp(reason, "backend-timeout") == 0 ?
+	    STATS_GUARD_BACKEND_TIMEOUT : STATS_GUARD_BACKEND_LOST);
+	session_bye_unavailable(s, reason);
+}
+
+/* No answer from the backend for timeouts.backend_response. */
+static void
+session_response_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct session *s = arg;
+
+	(void)fd;
+	(void)what;
+	snprintf(s->detail, sizeof(s->detail), "no answer for %llu ms",
+	    (unsigned long long)s->srv->cf->backend_response_ms);
+	session_backend_lost(s, "backend-timeout");
+}
+
+/*
+ * Is the backend out of step with the session?  It greeted again (a
+ * restart behind a balancer), or it answered a command that is valid in
+ * the tracked state with a wrong-state error (WildDuck's "not allowed
+ * now" after losing the login).  Then the client gets BYE, not the error.
+ */
+static int
+session_backend_desync(struct session *s, const struct imap_line *l,
+    const char *line, size_t len)
+{
+	const struct config *cf = s->srv->cf;
+	enum state_cmd_kind kind;
+	enum stats_guard g;
+
+	if (l->kind == IMAP_KIND_UNTAGGED && s->st.greeted &&
+	    guard_is_greeting(cf, l, line, len))
+		g = STATS_GUARD_DESYNC_GREETING;
+	else if (l->kind == IMAP_KIND_TAGGED && state_lookup(&s->st, l->tag, &kind) &&
+	    state_needs_login(kind) &&
+	    (s->st.proto == STATE_SELECTED ||
+	    (s->st.proto == STATE_AUTH && !state_needs_selected(kind))) &&
+	    guard_is_wrong_state(cf, l, line, len))
+		g = STATS_GUARD_DESYNC_STATE;
+	else
+		return 0;
+	session_guard_event(s, g);
+	if (cf->guard_desync != CONFIG_GUARD_BYE)
+		return 0;
+	endpoint_drop(s->backend.ep, s->backend.pending);
+	s->backend.pending = 0;
+	stats.bye[STATS_BYE_DESYNC]++;
+	session_inject(s, "* BYE [UNAVAILABLE] The server lost this session, please reconnect");
+	session_finish(s, g == STATS_GUARD_DESYNC_GREETING ? "backend-greeted-again" :
+	    "backend-desync");
+	return 1;
 }
 
 /* A complete server response has been parsed. */
@@ -300,7 +447,15 @@ session_backend_line(struct session *s)
 	struct session_half *h = &s->backend;
 	struct imap_parser *cp = &s->client.parser;
 	const struct imap_line *l = &h->parser.line;
+	const char *line = NULL;
 	struct state_result res;
+	struct guard_out out;
+
+	if (l->nliterals == 0 && !l->toolong && h->pending > 0 &&
+	    (l->status != IMAP_STATUS_NONE || strcmp(l->name, "CAPABILITY") == 0))
+		line = (const char *)endpoint_pullup(h->ep, h->pending);
+	if (line != NULL && session_backend_desync(s, l, line, h->pending))
+		return;
 
 	state_server_response(&s->st, l, &res);
 	if (res.completed && (res.kind == STATE_CMD_LOGIN || res.kind == STATE_CMD_IDLE))
@@ -311,8 +466,20 @@ session_backend_line(struct session *s)
 		imap_parse_literal_cancel(cp);
 		s->client.sync_wait = 0;
 	}
-	session_pass(h);
+	if (line != NULL && guard_rewrite(s->srv->cf, l, line, h->pending, &out) == 1) {
+		log_debug("session=%s msg=rewrite original=%s status=%d code=%d caps=%d",
+		    s->id, out.original, out.status_changed, out.code_changed,
+		    out.caps_changed);
+		stats_rewrite(out.original);
+		s->nrewrites++;
+		endpoint_drop(h->ep, h->pending);
+		h->pending = 0;
+		endpoint_write(s->client.ep, out.buf, out.len);
+		free(out.buf);
+	} else
+		session_pass(h);
 	session_inject_flush(s);
+	session_response_timer(s, 1);
 	if (s->client.paused && !state_inflight_full(&s->st) &&
 	    !endpoint_output_full(s->backend.ep)) {
 		s->client.paused = 0;
@@ -431,8 +598,11 @@ static void
 session_readable(struct endpoint *ep, void *arg)
 {
 	struct session *s = arg;
+	struct session_half *h = session_half_of(s, ep);
 
-	session_relay(session_half_of(s, ep));
+	if (h == &s->backend && evtimer_pending(s->ev_response, NULL))
+		session_response_timer(s, 1);
+	session_relay(h);
 }
 
 /* One side's output drained to the low mark: let its peer read again. */
@@ -494,26 +664,7 @@ session_event(struct endpoint *ep, enum endpoint_event what, void *arg)
 		session_bye_unavailable(s, "backend-connect-failed");
 		return;
 	}
-	/*
-	 * The backend went away.  Deliver what it sent; then, if the client
-	 * still thinks it has a session and the stream is between responses,
-	 * say so with a BYE (RFC 3501 7.1.5) rather than a bare close.
-	 */
-	s->backend_gone = 1;
-	session_relay(&s->backend);
-	if (s->finishing || s->closed)
-		return;
-	if (!session_backend_at_boundary(s) || endpoint_input_len(s->backend.ep) > 0) {
-		session_finish(s, what == ENDPOINT_EOF ? "backend-eof-mid-response" :
-		    "backend-error-mid-response");
-		return;
-	}
-	session_inject_flush(s);
-	if (s->st.bye || s->st.proto == STATE_LOGOUT)
-		session_finish(s, what == ENDPOINT_EOF ? "backend-eof" : "backend-error");
-	else
-		session_bye_unavailable(s, what == ENDPOINT_EOF ? "backend-eof" :
-		    "backend-error");
+	session_backend_lost(s, what == ENDPOINT_EOF ? "backend-eof" : "backend-error");
 }
 
 /* Connect timeout (before the backend is up) or flush timeout (while finishing). */
@@ -565,6 +716,7 @@ session_start(struct server *srv, const struct config_listen *lc, int fd,
 	state_init(&s->st, s->id);
 	s->ev_timer = evtimer_new(srv->base, session_timer_cb, s);
 	s->ev_free = event_new(srv->base, -1, 0, session_free_cb, s);
+	s->ev_response = evtimer_new(srv->base, session_response_cb, s);
 	TAILQ_INSERT_TAIL(&srv->sessions, s, entry);
 	srv->nsessions++;
 

@@ -110,6 +110,22 @@ state_classify(const struct imap_line *l)
 	return STATE_CMD_UNKNOWN;
 }
 
+/* Commands that RFC 3501 6.3/6.4 allow only after login. */
+int
+state_needs_login(enum state_cmd_kind kind)
+{
+	return kind == STATE_CMD_AUTH || kind == STATE_CMD_SELECT ||
+	    kind == STATE_CMD_SELECTED || kind == STATE_CMD_CLOSE ||
+	    kind == STATE_CMD_IDLE;
+}
+
+/* Commands that RFC 3501 6.4 allows only with a mailbox selected. */
+int
+state_needs_selected(enum state_cmd_kind kind)
+{
+	return kind == STATE_CMD_SELECTED || kind == STATE_CMD_CLOSE;
+}
+
 /*
  * The state the pipeline leads to.  RFC 3501 5.5 lets a client send a
  * command that depends on an earlier one before the answer: a SELECT
@@ -142,6 +158,18 @@ state_expected(const struct state *st)
 		}
 	}
 	return p;
+}
+
+/* Find the kind of the command in flight under tag. */
+int
+state_lookup(const struct state *st, const char *tag, enum state_cmd_kind *kind)
+{
+	for (size_t i = 0; i < st->ninflight; i++)
+		if (strcmp(st->inflight[i].tag, tag) == 0) {
+			*kind = st->inflight[i].kind;
+			return 1;
+		}
+	return 0;
 }
 
 /* Is there no room for another command in flight? */

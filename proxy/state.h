@@ -79,6 +79,10 @@ void		 state_free(struct state *st);
 void		 state_set(struct state *st, enum state_proto proto, const char *why);
 /* Classify a command name (and UID subcommand). */
 enum state_cmd_kind state_classify(const struct imap_line *l);
+/* Does a command of this kind need Authenticated or Selected state? */
+int		 state_needs_login(enum state_cmd_kind kind);
+/* Does a command of this kind need Selected state? */
+int		 state_needs_selected(enum state_cmd_kind kind);
 /* The state the session will be in once every command in flight succeeds. */
 enum state_proto state_expected(const struct state *st);
 /* Record a complete client command; -1 if too many are in flight. */
@@ -86,6 +90,9 @@ int		 state_client_command(struct state *st, const struct imap_line *l);
 /* Apply a complete server response. */
 void		 state_server_response(struct state *st, const struct imap_line *l,
 		    struct state_result *res);
+/* The kind of the in-flight command with this tag; 0 if none. */
+int		 state_lookup(const struct state *st, const char *tag,
+		    enum state_cmd_kind *kind);
 /* Is the in-flight table full (the session should stop reading the client)? */
 int		 state_inflight_full(const struct state *st);
 /* Printable name of a protocol state. */
