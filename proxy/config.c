@@ -1,4 +1,5 @@
 /* config: the YAML configuration, read through a table of keys. */
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -23,7 +24,12 @@
 #define CONFIG_MAX_ERRORS	200	/* errors collected before giving up */
 #define CONFIG_MAX_SUBMAPS	16	/* nested mappings remembered per scope */
 #define CONFIG_MSGLEN		512	/* bytes in one error message */
+#define CONFIG_MAX_ATOM		128	/* bytes in one response code or capability atom */
+#define CONFIG_MAX_REGEX	1024	/* bytes in one regular expression */
 #define CONFIG_NOPOS		((size_t)-1)
+
+#define CONFIG_XSTR(x)	#x
+#define CONFIG_STR(x)	CONFIG_XSTR(x)
 
 #define KIB	((uint64_t)1024)
 #define MIB	(KIB * 1024)
@@ -39,6 +45,10 @@ enum config_type {
 	CFT_BOOL,	/* int, 0 or 1 */
 	CFT_ADDR,	/* char * at off, struct netaddr at off2 */
 	CFT_STRLIST,	/* char ** at off, size_t count at off2 */
+	CFT_ATOMLIST,	/* like STRLIST; each an IMAP atom, stored upper-case */
+	CFT_REGEXLIST,	/* like STRLIST; regex_t array (one per entry) at off3 */
+	CFT_REGEX,	/* char * at off, regex_t at off2, int "compiled" at off3 */
+	CFT_CODE,	/* char *: a response code atom (upper-case) or "none" */
 	CFT_LIST,	/* array of mappings at off, size_t count at off2 */
 };
 
@@ -65,8 +75,11 @@ struct config_key {
 	int64_t			 min, max;	/* INT/SIZE/DURATION value bounds (set both
 						   for INT); entry counts for LIST */
 	const char		*def;		/* default, in the syntax of the file */
+	const char *const	*defs;		/* string lists: default entries, NULL-ended */
 	size_t			 off;		/* the value, in the scope's struct */
-	size_t			 off2;		/* count (lists) or struct netaddr (ADDR) */
+	size_t			 off2;		/* count (lists), struct netaddr (ADDR),
+						   regex_t (REGEX) */
+	size_t			 off3;		/* REGEXLIST: regex_t *; REGEX: int flag */
 	size_t			 elemsize;	/* LIST: size of one entry */
 	size_t			 lineoff, coloff; /* LIST: entry position, or NOPOS */
 	const struct config_word *words;	/* ENUM */
@@ -88,6 +101,93 @@ static const struct config_word config_log_words[] = {
 	{ "info", CONFIG_LOG_INFO, NULL },
 	{ "debug", CONFIG_LOG_DEBUG, NULL },
 	{ NULL, 0, NULL },
+};
+
+static const struct config_word config_guard_words[] = {
+	{ "bye", CONFIG_GUARD_BYE, NULL },
+	{ "pass", CONFIG_GUARD_PASS, NULL },
+	{ NULL, 0, NULL },
+};
+
+static const struct config_word config_unknown_code_words[] = {
+	{ "strip", 0, NULL },
+	{ "keep", 1, NULL },
+	{ NULL, 0, NULL },
+};
+
+static const struct config_word config_match_status_words[] = {
+	{ "any", CONFIG_STATUS_ANY, NULL },
+	{ "ok", CONFIG_STATUS_OK, NULL },
+	{ "no", CONFIG_STATUS_NO, NULL },
+	{ "bad", CONFIG_STATUS_BAD, NULL },
+	{ "bye", CONFIG_STATUS_BYE, NULL },
+	{ "preauth", CONFIG_STATUS_PREAUTH, NULL },
+	{ "other", CONFIG_STATUS_OTHER, NULL },
+	{ NULL, 0, NULL },
+};
+
+/*
+ * Turning an answer into OK would tell a client that a failed command
+ * succeeded (it would then trust data it never got), and PREAUTH only
+ * exists as a greeting: both are refused, not silently ignored.
+ */
+static const struct config_word config_set_status_words[] = {
+	{ "no", CONFIG_STATUS_NO, NULL },
+	{ "bad", CONFIG_STATUS_BAD, NULL },
+	{ "bye", CONFIG_STATUS_BYE, NULL },
+	{ "keep", CONFIG_STATUS_KEEP, NULL },
+	{ "ok", 0, "is refused: imapgate never turns an answer into OK (a client would "
+	  "take a failed command for a success); use no, bad, bye or keep" },
+	{ "preauth", 0, "is refused: PREAUTH is only valid as a greeting; use no, bad, bye "
+	  "or keep" },
+	{ NULL, 0, NULL },
+};
+
+/*
+ * guard.desync_patterns when the key is absent: the texts servers put in a
+ * tagged NO/BAD when a command arrives in a state they do not accept it in.
+ * Each must be specific to that situation: a pattern that also matches an
+ * ordinary error (a bad argument, a missing mailbox) would end healthy
+ * sessions.  Matched case-insensitively against the text after the status
+ * word and response code.
+ */
+static const char *const config_desync_defaults[] = {
+	/* WildDuck (imap-core): "TAG BAD SELECT not allowed now", any command outside its states. */
+	"^[^ ]+( [^ ]+)? not allowed now$",
+	/* Dovecot imap, after login: "TAG BAD No mailbox selected (0.001 + 0.000 secs)." */
+	"^No mailbox selected",
+	/* Cyrus imapd: a command that needs login, sent before it. */
+	"^Please login first$",
+	/* Cyrus imapd: a command that needs a selected mailbox, sent without one. */
+	"^Please select a mailbox first$",
+	/*
+	 * Not here: Dovecot imap-login answers a SELECT before login with
+	 * "Error in IMAP command received by server.", the same text it gives
+	 * for a malformed LOGIN, and Courier uses that text for every error in
+	 * every state; Dovecot itself ends such a session with "* BYE Too many
+	 * invalid IMAP commands." after the third.  docs/configuration.md shows
+	 * how to add it for a Dovecot-only deployment.
+	 */
+	NULL,
+};
+
+/*
+ * guard.greeting_patterns when the key is absent: greeting texts, matched
+ * case-insensitively against the text of an untagged OK (after any
+ * response code) that arrives later in a session with no command in flight.
+ */
+static const char *const config_greeting_defaults[] = {
+	/* WildDuck: "* OK WildDuck IMAP Server ready for requests from 192.0.2.7 <id>". */
+	" ready for requests from ",
+	/* Dovecot: "* OK [CAPABILITY ...] Dovecot ready." ("Dovecot (Debian) ready." on Debian). */
+	"^Dovecot( \\([^)]*\\))? ready\\.?$",
+	/* Cyrus imapd: "* OK [CAPABILITY ...] mail.example.org Cyrus IMAP v3.6.1 server ready". */
+	"Cyrus IMAP.* server ready$",
+	/* Cyrus imapd with serverinfo: off: "* OK [CAPABILITY ...] mail.example.org server ready". */
+	"^[^ ]+ server ready$",
+	/* Courier-IMAP: "* OK [CAPABILITY ...] Courier-IMAP ready. Copyright 1998-2018 ...". */
+	"^Courier-IMAP ready\\.",
+	NULL,
 };
 
 static void	config_cert_check(struct config_loader *, struct config_scope *);
@@ -131,6 +231,44 @@ static const struct config_key config_keys[] = {
 
 	{ .path = "timeouts.backend_connect", .type = CFT_DURATION, .def = "5s",
 	  .min = 100, .max = 10 * 60 * 1000, AT(struct config, backend_connect_ms) },
+	{ .path = "timeouts.backend_response", .type = CFT_DURATION, .def = "5m",
+	  .min = 1000, .max = 24 * 3600 * 1000, AT(struct config, backend_response_ms) },
+
+	{ .path = "guard.client_state", .type = CFT_ENUM, .def = "bye",
+	  .words = config_guard_words, AT(struct config, guard_client_state) },
+	{ .path = "guard.desync", .type = CFT_ENUM, .def = "bye",
+	  .words = config_guard_words, AT(struct config, guard_desync) },
+	{ .path = "guard.desync_patterns", .type = CFT_REGEXLIST, .max = CONFIG_MAX_ENTRIES,
+	  .defs = config_desync_defaults, AT(struct config, desync_patterns),
+	  .off2 = offsetof(struct config, ndesync_patterns),
+	  .off3 = offsetof(struct config, desync_re) },
+	{ .path = "guard.greeting_patterns", .type = CFT_REGEXLIST, .max = CONFIG_MAX_ENTRIES,
+	  .defs = config_greeting_defaults, AT(struct config, greeting_patterns),
+	  .off2 = offsetof(struct config, ngreeting_patterns),
+	  .off3 = offsetof(struct config, greeting_re) },
+
+	{ .path = "rewrite.unknown_codes", .type = CFT_ENUM, .def = "strip",
+	  .words = config_unknown_code_words, AT(struct config, rewrite_keep_unknown) },
+	{ .path = "rewrite.allow_codes", .type = CFT_ATOMLIST, .max = CONFIG_MAX_ENTRIES,
+	  AT(struct config, allow_codes), .off2 = offsetof(struct config, nallow_codes) },
+	{ .path = "rewrite.rules", .type = CFT_LIST, .min = 0, .max = CONFIG_MAX_ENTRIES,
+	  LIST_OF(struct config, rules, nrules, struct config_rule) },
+	{ .path = "rewrite.rules[].match.status", .type = CFT_ENUM, .def = "any",
+	  .words = config_match_status_words, AT(struct config_rule, match_status) },
+	{ .path = "rewrite.rules[].match.code", .type = CFT_CODE,
+	  AT(struct config_rule, match_code) },
+	{ .path = "rewrite.rules[].match.text", .type = CFT_REGEX,
+	  AT(struct config_rule, match_text), .off2 = offsetof(struct config_rule, match_re),
+	  .off3 = offsetof(struct config_rule, has_re) },
+	{ .path = "rewrite.rules[].set.status", .type = CFT_ENUM, .def = "keep",
+	  .words = config_set_status_words, AT(struct config_rule, set_status) },
+	{ .path = "rewrite.rules[].set.code", .type = CFT_CODE,
+	  AT(struct config_rule, set_code) },
+
+	{ .path = "capabilities.remove", .type = CFT_ATOMLIST, .max = CONFIG_MAX_ENTRIES,
+	  AT(struct config, cap_remove), .off2 = offsetof(struct config, ncap_remove) },
+	{ .path = "capabilities.add", .type = CFT_ATOMLIST, .max = CONFIG_MAX_ENTRIES,
+	  AT(struct config, cap_add), .off2 = offsetof(struct config, ncap_add) },
 };
 
 #define CONFIG_NKEYS	(sizeof(config_keys) / sizeof(config_keys[0]))
@@ -139,6 +277,7 @@ static const struct config_key config_keys[] = {
 _Static_assert(sizeof(enum config_tls_mode) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum config_log_level) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum config_guard_mode) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum config_status) == sizeof(int), "enum size");
 
 struct config_loader {
 	const char		*file;
@@ -423,15 +562,36 @@ config_free_value(const struct config_key *k, char *base)
 	case CFT_STRING:
 	case CFT_PATH:
 	case CFT_ADDR:
+	case CFT_CODE:
 		free(*sp);
 		*sp = NULL;
 		break;
-	case CFT_STRLIST: {
+	case CFT_REGEX: {
+		int *has = (int *)(base + k->off3);
+		if (*has)
+			regfree((regex_t *)(base + k->off2));
+		*has = 0;
+		free(*sp);
+		*sp = NULL;
+		break;
+	}
+	case CFT_STRLIST:
+	case CFT_ATOMLIST:
+	case CFT_REGEXLIST: {
 		char ***vp = (char ***)(base + k->off);
-		for (size_t i = 0; *vp != NULL && i < *np; i++)
+		regex_t **rp = (regex_t **)(base + k->off3);
+		/* Entries and compiled expressions are added in pairs: n counts both. */
+		for (size_t i = 0; *vp != NULL && i < *np; i++) {
+			if (k->type == CFT_REGEXLIST && *rp != NULL)
+				regfree(&(*rp)[i]);
 			free((*vp)[i]);
+		}
 		free(*vp);
 		*vp = NULL;
+		if (k->type == CFT_REGEXLIST) {
+			free(*rp);
+			*rp = NULL;
+		}
 		*np = 0;
 		break;
 	}
@@ -479,6 +639,126 @@ config_resolve(struct config_loader *ld, const char *v)
 }
 
 /*
+ * Check that v is an IMAP atom (RFC 3501 ATOM-CHAR: no space, control
+ * character, parenthesis, brace, bracket, quote, backslash, "%" or "*";
+ * 7-bit only).  Brackets are refused although "[" is an ATOM-CHAR: a code
+ * or capability holding one could not be told apart from the response
+ * code's own brackets.  Returns NULL or what is wrong.
+ */
+static const char *
+config_atom_problem(const char *v)
+{
+	size_t n = strlen(v);
+
+	if (n == 0)
+		return "is empty";
+	if (n > CONFIG_MAX_ATOM)
+		return "is longer than " CONFIG_STR(CONFIG_MAX_ATOM) " bytes";
+	for (const unsigned char *p = (const unsigned char *)v; *p != '\0'; p++)
+		if (*p <= 0x20 || *p >= 0x7f || strchr("(){}[]\"\\%*", *p) != NULL)
+			return "is not an IMAP atom (no spaces, control or non-ASCII characters, "
+			    "or any of ( ) { } [ ] \" \\ % *)";
+	return NULL;
+}
+
+/* Copy atom v in upper case (IMAP atoms compare case-insensitively). */
+static char *
+config_atom_upper(struct config_loader *ld, const char *v)
+{
+	char *s = config_strdup(ld, v);
+
+	for (char *p = s; p != NULL && *p != '\0'; p++)
+		*p = (char)toupper((unsigned char)*p);
+	return s;
+}
+
+/*
+ * Compile v as a case-insensitive POSIX extended expression into re.
+ * Returns 0, or -1 after reporting the problem at m as name's error.
+ */
+static int
+config_regex(struct config_loader *ld, regex_t *re, const char *name, const char *v,
+    const yaml_mark_t *m)
+{
+	char err[CONFIG_MSGLEN];
+	int rc;
+
+	if (v[0] == '\0') {
+		config_error(ld, m, "%s: an empty regular expression would match every text",
+		    name);
+		return -1;
+	}
+	if (strlen(v) > CONFIG_MAX_REGEX) {
+		config_error(ld, m, "%s: regular expression is longer than %d bytes", name,
+		    CONFIG_MAX_REGEX);
+		return -1;
+	}
+	if ((rc = regcomp(re, v, REG_EXTENDED | REG_ICASE | REG_NOSUB)) != 0) {
+		if (rc == REG_ESPACE)
+			ld->oom = 1;
+		else {
+			regerror(rc, re, err, sizeof(err));
+			config_error(ld, m, "%s: \"%s\" is not a valid regular expression: %s",
+			    name, v, err);
+		}
+		/* A failed regcomp leaves nothing to regfree (POSIX leaves it undefined). */
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * Add entry v to the string list of key k in base, which has room for it,
+ * checking and converting it for the list's type.  name names the entry
+ * for messages; m is where it is (NULL for built-in defaults).
+ */
+static void
+config_list_add(struct config_loader *ld, const struct config_key *k, char *base,
+    const char *name, const char *v, const yaml_mark_t *m)
+{
+	char **vp = *(char ***)(base + k->off);
+	size_t *np = (size_t *)(base + k->off2);
+	const char *why;
+	char *s;
+
+	if (k->type == CFT_ATOMLIST) {
+		if ((why = config_atom_problem(v)) != NULL) {
+			config_error(ld, m, "%s: \"%s\" %s", name, v, why);
+			return;
+		}
+		s = config_atom_upper(ld, v);
+	} else
+		s = config_strdup(ld, v);
+	if (s == NULL)
+		return;
+	if (k->type == CFT_REGEXLIST &&
+	    config_regex(ld, &(*(regex_t **)(base + k->off3))[*np], name, v, m) != 0) {
+		free(s);
+		return;
+	}
+	vp[(*np)++] = s;
+}
+
+/* Allocate room for cnt entries in the string list of key k; 0 or -1 (no memory). */
+static int
+config_list_alloc(struct config_loader *ld, const struct config_key *k, char *base,
+    size_t cnt)
+{
+	char ***vp = (char ***)(base + k->off);
+
+	if ((*vp = calloc(cnt + 1, sizeof(char *))) == NULL) {
+		ld->oom = 1;
+		return -1;
+	}
+	if (k->type == CFT_REGEXLIST &&
+	    (*(regex_t **)(base + k->off3) = calloc(cnt + 1, sizeof(regex_t))) == NULL) {
+		ld->oom = 1;
+		return -1;
+	}
+	return 0;
+}
+
+/*
  * Convert scalar text v for key k and store it in base.  name is the
  * key's path for messages; m is where the value is (NULL for defaults,
  * whose failure is a bug in the table and reported as such).
@@ -499,6 +779,40 @@ config_store(struct config_loader *ld, const struct config_key *k, char *base,
 			return;
 		free(*(char **)(base + k->off));
 		*(char **)(base + k->off) = s;
+		return;
+	}
+	case CFT_CODE: {
+		const char *why;
+		char *s;
+		/* "none" is the keyword (no code / remove the code), in any case. */
+		if (strcasecmp(v, "none") == 0)
+			s = config_strdup(ld, "none");
+		else if ((why = config_atom_problem(v)) != NULL) {
+			config_error(ld, m, "%s: \"%s\" %s", name, v, why);
+			return;
+		} else
+			s = config_atom_upper(ld, v);
+		if (s == NULL)
+			return;
+		free(*(char **)(base + k->off));
+		*(char **)(base + k->off) = s;
+		return;
+	}
+	case CFT_REGEX: {
+		regex_t *re = (regex_t *)(base + k->off2);
+		int *has = (int *)(base + k->off3);
+		char *s;
+		if (*has) {
+			regfree(re);
+			*has = 0;
+		}
+		free(*(char **)(base + k->off));
+		*(char **)(base + k->off) = NULL;
+		if (config_regex(ld, re, name, v, m) != 0)
+			return;
+		*has = 1;
+		if ((s = config_strdup(ld, v)) != NULL)
+			*(char **)(base + k->off) = s;
 		return;
 	}
 	case CFT_ADDR: {
@@ -605,8 +919,20 @@ config_defaults(struct config_loader *ld, const char *pattern, char *base)
 {
 	for (size_t i = 0; i < CONFIG_NKEYS; i++) {
 		const struct config_key *k = &config_keys[i];
-		if (k->def != NULL && config_key_in_scope(k, pattern))
+		size_t n = 0;
+		if (!config_key_in_scope(k, pattern))
+			continue;
+		if (k->def != NULL)
 			config_store(ld, k, base, k->path, k->def, NULL);
+		if (k->defs == NULL)
+			continue;
+		/* Built-in list entries are stored as if the file had written them. */
+		while (k->defs[n] != NULL)
+			n++;
+		if (config_list_alloc(ld, k, base, n) != 0)
+			continue;
+		for (size_t j = 0; j < n; j++)
+			config_list_add(ld, k, base, k->path, k->defs[j], NULL);
 	}
 }
 
@@ -632,15 +958,18 @@ static void
 config_read_strlist(struct config_loader *ld, const struct config_key *k, char *base,
     const char *name, const yaml_node_t *n)
 {
-	char ***vp = (char ***)(base + k->off);
-	size_t *np = (size_t *)(base + k->off2);
 	yaml_node_item_t *it = n->data.sequence.items.start;
 	size_t cnt = (size_t)(n->data.sequence.items.top - it);
+	size_t max = k->max > 0 ? (size_t)k->max : CONFIG_MAX_ENTRIES;
 
-	if ((*vp = calloc(cnt + 1, sizeof(char *))) == NULL) {
-		ld->oom = 1;
+	/* The file's list replaces the defaults, whole. */
+	config_free_value(k, base);
+	if (cnt > max) {
+		config_error(ld, &n->start_mark, "%s: at most %zu entries are allowed", name, max);
 		return;
 	}
+	if (config_list_alloc(ld, k, base, cnt) != 0)
+		return;
 	for (size_t i = 0; i < cnt; i++) {
 		const yaml_node_t *e = yaml_document_get_node(ld->doc, it[i]);
 		char ename[CONFIG_MAX_PATH];
@@ -652,10 +981,13 @@ config_read_strlist(struct config_loader *ld, const struct config_key *k, char *
 			    ename, config_node_kind(e));
 			continue;
 		}
+		if (config_node_is_null(e)) {
+			config_error(ld, &e->start_mark, "%s: no value given", ename);
+			continue;
+		}
 		if ((v = config_scalar(ld, e, ename)) == NULL)
 			continue;
-		if (((*vp)[*np] = config_strdup(ld, v)) != NULL)
-			(*np)++;
+		config_list_add(ld, k, base, ename, v, &e->start_mark);
 	}
 }
 
@@ -725,7 +1057,8 @@ config_read_value(struct config_loader *ld, struct config_scope *sc,
 	static const yaml_node_t empty_seq = { .type = YAML_SEQUENCE_NODE };
 	const char *v;
 
-	if (k->type == CFT_LIST || k->type == CFT_STRLIST) {
+	if (k->type == CFT_LIST || k->type == CFT_STRLIST || k->type == CFT_ATOMLIST ||
+	    k->type == CFT_REGEXLIST) {
 		if (config_node_is_null(n)) {
 			/* "key:" with nothing under it is an empty list. */
 			yaml_node_t e = empty_seq;

@@ -31,10 +31,30 @@ enum config_guard_mode {
 	CONFIG_GUARD_PASS,
 };
 
+enum config_client_ip {
+	CONFIG_CLIENT_IP_NONE,
+	CONFIG_CLIENT_IP_PROXY_V1,
+	CONFIG_CLIENT_IP_PROXY_V2,
+	CONFIG_CLIENT_IP_ID,
+};
+
+/* One network in CIDR form (listen[].trusted_proxies). */
+struct config_cidr {
+	int			 family;	/* AF_INET or AF_INET6 */
+	unsigned char		 addr[16];
+	unsigned		 prefix;
+};
+
 struct config_listen {
 	char			*address;	/* as written */
 	struct netaddr		 addr;
 	enum config_tls_mode	 tls;
+	int			 require_tls;	/* listen[].require_tls (starttls): no LOGIN before TLS */
+	int			 insecure;	/* listen[].insecure: allow tls: none off loopback */
+	int			 proxy_protocol;	/* listen[].proxy_protocol: PROXY v1/v2 header first */
+	char			**trusted_proxies;	/* listen[].trusted_proxies, as written */
+	size_t			 ntrusted_proxies;
+	struct config_cidr	*trusted;	/* parsed at load */
 	int			 line, col;	/* position of the entry */
 };
 
@@ -85,6 +105,16 @@ struct config {
 
 	struct config_server	*servers;
 	size_t			 nservers;
+
+	int			 tls_min_version;	/* tls.min_version: 12 ("1.2") or 13 ("1.3") */
+	char			*tls_ciphers;		/* tls.ciphers (TLS 1.2 cipher list), NULL = OpenSSL's */
+	char			*tls_ciphersuites;	/* tls.ciphersuites (TLS 1.3), NULL = OpenSSL's */
+
+	enum config_tls_mode	 backend_tls;		/* backend.tls: none | implicit | starttls */
+	char			*backend_ca_file;	/* backend.ca_file, NULL = system default */
+	char			*backend_server_name;	/* backend.server_name: SNI and name checked */
+	int			 backend_verify;	/* backend.verify (default true) */
+	enum config_client_ip	 client_ip;		/* backend.client_ip */
 
 	enum config_log_level	 log_level;
 

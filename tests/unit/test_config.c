@@ -1,6 +1,7 @@
 /* Unit tests for the configuration loader: good files, each kind of bad input, parsers. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <regex.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,7 +11,7 @@
 #include "config.h"
 
 #define TEST_PATHLEN	4096
-#define TEST_YAMLLEN	16384
+#define TEST_YAMLLEN	32768
 
 static int test_checks, test_failures;
 static const char *test_data;		/* $TESTDATA: certificates and YAML files */
@@ -138,6 +139,109 @@ test_port(const struct netaddr *a)
 	return 0;
 }
 
+/* Whether text matches any of the n compiled expressions in re. */
+static int
+test_matches(const regex_t *re, size_t n, const char *text)
+{
+	for (size_t i = 0; i < n; i++)
+		if (regexec(&re[i], text, 0, NULL, 0) == 0)
+			return 1;
+	return 0;
+}
+
+/* Whether list v of n strings holds s. */
+static int
+test_in(char *const *v, size_t n, const char *s)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(v[i], s) == 0)
+			return 1;
+	return 0;
+}
+
+/* Texts the built-in desync patterns must match, and must not. */
+static const char *const test_desync_yes[] = {
+	"SELECT not allowed now",			/* WildDuck */
+	"NAMESPACE not allowed now",
+	"UID FETCH not allowed now",
+	"No mailbox selected (0.001 + 0.000 secs).",	/* Dovecot imap */
+	"no mailbox selected.",
+	"Please login first",				/* Cyrus */
+	"Please select a mailbox first",
+	NULL,
+};
+static const char *const test_desync_no[] = {
+	"Mailbox doesn't exist: nosuch (0.005 + 0.000 + 0.004 secs).",
+	"Error in IMAP command SELECT: Invalid arguments (0.001 + 0.000 secs).",
+	"Error in IMAP command received by server.",	/* Courier: any error */
+	"Run STARTTLS first",
+	"Database error",
+	"Unrecognized command",
+	"Invalid SASL argument",
+	"Copying not allowed now because the mailbox is full",
+	NULL,
+};
+/* Texts the built-in greeting patterns must match, and must not. */
+static const char *const test_greet_yes[] = {
+	"WildDuck IMAP Server ready for requests from 127.0.0.1 yqNm2ICG1Ee5",
+	"Dovecot ready.",
+	"Dovecot (Debian) ready.",
+	"Dovecot (Ubuntu) ready.",
+	"mail.example.org Cyrus IMAP v3.6.1-Debian-3.6.1-4 server ready",
+	"mail.example.org server ready",
+	"Courier-IMAP ready. Copyright 1998-2018 Double Precision, Inc.  "
+	    "See COPYING for distribution information.",
+	NULL,
+};
+static const char *const test_greet_no[] = {
+	"Still here (1700000000000)",
+	"Logged in",
+	"Searched 91% of the mailbox, ETA 0:05",
+	"The server will be ready again in five minutes",
+	NULL,
+};
+
+/*
+ * The guard defaults: timeouts and modes, and the built-in patterns present
+ * and compiled, matching what the servers really send and not their
+ * ordinary errors.
+ */
+static void
+test_guard_defaults_present(const struct config *cf)
+{
+	CHECK(cf->backend_response_ms == 300000, "backend_response default %llu",
+	    (unsigned long long)cf->backend_response_ms);
+	CHECK(cf->guard_client_state == CONFIG_GUARD_BYE, "client_state default");
+	CHECK(cf->guard_desync == CONFIG_GUARD_BYE, "desync default");
+	CHECK(cf->ndesync_patterns > 0 && cf->desync_re != NULL, "desync defaults present");
+	CHECK(cf->ngreeting_patterns > 0 && cf->greeting_re != NULL, "greeting defaults present");
+	CHECK(cf->ndesync_patterns > 0 && cf->desync_patterns[0] != NULL &&
+	    regexec(&cf->desync_re[0], "SELECT not allowed now", 0, NULL, 0) == 0,
+	    "first desync default matches WildDuck");
+	for (size_t i = 0; test_desync_yes[i] != NULL; i++)
+		CHECK(test_matches(cf->desync_re, cf->ndesync_patterns, test_desync_yes[i]),
+		    "desync defaults should match \"%s\"", test_desync_yes[i]);
+	for (size_t i = 0; test_desync_no[i] != NULL; i++)
+		CHECK(!test_matches(cf->desync_re, cf->ndesync_patterns, test_desync_no[i]),
+		    "desync defaults should not match \"%s\"", test_desync_no[i]);
+	for (size_t i = 0; test_greet_yes[i] != NULL; i++)
+		CHECK(test_matches(cf->greeting_re, cf->ngreeting_patterns, test_greet_yes[i]),
+		    "greeting defaults should match \"%s\"", test_greet_yes[i]);
+	for (size_t i = 0; test_greet_no[i] != NULL; i++)
+		CHECK(!test_matches(cf->greeting_re, cf->ngreeting_patterns, test_greet_no[i]),
+		    "greeting defaults should not match \"%s\"", test_greet_no[i]);
+}
+
+/* Every default of the guard, rewrite and capability keys. */
+static void
+test_guard_defaults(const struct config *cf)
+{
+	test_guard_defaults_present(cf);
+	CHECK(cf->rewrite_keep_unknown == 0, "unknown_codes default strip");
+	CHECK(cf->nallow_codes == 0 && cf->nrules == 0, "no codes, no rules by default");
+	CHECK(cf->ncap_remove == 0 && cf->ncap_add == 0, "no capability changes by default");
+}
+
 /* The minimal file: one listener, one certificate, one server, defaults elsewhere. */
 static void
 test_minimal(void)
@@ -170,6 +274,7 @@ test_minimal(void)
 	CHECK(cf->backend_connect_ms == 5000, "backend_connect default %llu",
 	    (unsigned long long)cf->backend_connect_ms);
 	CHECK(strcmp(cf->path, test_datafile("good-minimal.yaml")) == 0, "path %s", cf->path);
+	test_guard_defaults(cf);
 	config_free(cf);
 }
 
@@ -225,6 +330,52 @@ test_full(void)
 	CHECK(cf->buffer == 512 * 1024, "buffer %zu", cf->buffer);
 	CHECK(cf->backend_connect_ms == 1500, "backend_connect %llu",
 	    (unsigned long long)cf->backend_connect_ms);
+	CHECK(cf->backend_response_ms == 90000, "backend_response %llu",
+	    (unsigned long long)cf->backend_response_ms);
+	CHECK(cf->guard_client_state == CONFIG_GUARD_PASS, "client_state");
+	CHECK(cf->guard_desync == CONFIG_GUARD_PASS, "desync");
+	/* A list in the file replaces the defaults; an empty one leaves none. */
+	CHECK(cf->ndesync_patterns == 2 && strcmp(cf->desync_patterns[0], "^Wrong state$") == 0,
+	    "desync patterns %zu", cf->ndesync_patterns);
+	CHECK(cf->ndesync_patterns == 2 &&
+	    regexec(&cf->desync_re[0], "WRONG STATE", 0, NULL, 0) == 0 &&
+	    regexec(&cf->desync_re[1], "LIST not allowed here", 0, NULL, 0) == 0 &&
+	    regexec(&cf->desync_re[1], "SELECT not allowed now", 0, NULL, 0) == 0 &&
+	    regexec(&cf->desync_re[0], "in the wrong state", 0, NULL, 0) != 0,
+	    "desync patterns compiled case-insensitively");
+	CHECK(cf->ngreeting_patterns == 0, "greeting patterns %zu", cf->ngreeting_patterns);
+	CHECK(cf->rewrite_keep_unknown == 1, "unknown_codes keep");
+	CHECK(cf->nallow_codes == 2 && strcmp(cf->allow_codes[0], "X-FOO") == 0 &&
+	    strcmp(cf->allow_codes[1], "XAPPLEPUSHSERVICE") == 0, "allow_codes upper-cased");
+	CHECK(cf->nrules == 5, "nrules %zu", cf->nrules);
+	if (cf->nrules == 5) {
+		const struct config_rule *r = cf->rules;
+		CHECK(r[0].match_status == CONFIG_STATUS_OTHER && r[0].set_status == CONFIG_STATUS_NO &&
+		    r[0].match_code == NULL && r[0].set_code == NULL && !r[0].has_re &&
+		    r[0].match_text == NULL, "rules[0]");
+		CHECK(r[0].line == 35 && r[0].col == 7, "rules[0] at %d:%d", r[0].line, r[0].col);
+		CHECK(r[1].match_status == CONFIG_STATUS_NO &&
+		    strcmp(r[1].match_code, "RATELIMITEDERROR") == 0 &&
+		    r[1].set_status == CONFIG_STATUS_KEEP &&
+		    strcmp(r[1].set_code, "UNAVAILABLE") == 0, "rules[1] (flow)");
+		CHECK(r[1].line == 37 && r[1].col == 7, "rules[1] at %d:%d", r[1].line, r[1].col);
+		CHECK(r[2].match_status == CONFIG_STATUS_BAD && strcmp(r[2].match_code, "none") == 0 &&
+		    r[2].has_re && strcmp(r[2].match_text, "^Database error") == 0 &&
+		    regexec(&r[2].match_re, "DATABASE ERROR", 0, NULL, 0) == 0 &&
+		    regexec(&r[2].match_re, "No database error", 0, NULL, 0) != 0 &&
+		    r[2].set_status == CONFIG_STATUS_NO && strcmp(r[2].set_code, "SERVERBUG") == 0,
+		    "rules[2]");
+		CHECK(r[3].match_status == CONFIG_STATUS_ANY && strcmp(r[3].match_code, "TEMPFAIL") == 0 &&
+		    r[3].set_status == CONFIG_STATUS_BYE && strcmp(r[3].set_code, "none") == 0,
+		    "rules[3]");
+		/* An empty rule is allowed: it matches everything and changes nothing. */
+		CHECK(r[4].match_status == CONFIG_STATUS_ANY && r[4].set_status == CONFIG_STATUS_KEEP &&
+		    r[4].match_code == NULL && r[4].set_code == NULL && !r[4].has_re, "rules[4]");
+	}
+	CHECK(cf->ncap_remove == 2 && strcmp(cf->cap_remove[0], "COMPRESS=DEFLATE") == 0 &&
+	    strcmp(cf->cap_remove[1], "XLIST") == 0, "capabilities.remove");
+	CHECK(cf->ncap_add == 2 && strcmp(cf->cap_add[0], "ID") == 0 &&
+	    strcmp(cf->cap_add[1], "APPENDLIMIT=35651584") == 0, "capabilities.add");
 	config_free(cf);
 }
 
@@ -243,6 +394,24 @@ test_flow(void)
 	CHECK(cf->max_line == 2048, "max_line %zu", cf->max_line);
 	CHECK(cf->buffer == 16 * 1024, "buffer %zu", cf->buffer);
 	CHECK(cf->backend_connect_ms == 120000, "backend_connect");
+	CHECK(cf->backend_response_ms == 24 * 3600 * 1000, "backend_response");
+	CHECK(cf->ndesync_patterns == 1 && test_in(cf->desync_patterns, 1, " not allowed now$"),
+	    "desync patterns replaced");
+	/* Absent greeting_patterns: the defaults, even when guard is given. */
+	CHECK(cf->ngreeting_patterns > 0 &&
+	    test_matches(cf->greeting_re, cf->ngreeting_patterns, "Dovecot ready."),
+	    "greeting defaults kept");
+	CHECK(cf->nrules == 2, "nrules %zu", cf->nrules);
+	if (cf->nrules == 2) {
+		CHECK(cf->rules[0].match_status == CONFIG_STATUS_OTHER &&
+		    cf->rules[0].set_status == CONFIG_STATUS_BAD, "flow rule 0");
+		CHECK(cf->rules[1].has_re && cf->rules[1].match_status == CONFIG_STATUS_ANY &&
+		    cf->rules[1].set_status == CONFIG_STATUS_KEEP, "flow rule 1");
+		CHECK(cf->rules[0].line == 6 && cf->rules[0].col == 20, "flow rule 0 at %d:%d",
+		    cf->rules[0].line, cf->rules[0].col);
+	}
+	CHECK(cf->ncap_remove == 0 && cf->ncap_add == 1 && strcmp(cf->cap_add[0], "IDLE") == 0,
+	    "capabilities");
 	config_free(cf);
 }
 
@@ -256,6 +425,23 @@ test_good_inline(void)
 	if (cf != NULL)
 		CHECK(cf->log_level == CONFIG_LOG_INFO && cf->max_line == 65536,
 		    "empty groups keep defaults");
+	config_free(cf);
+
+	/* The brief's example: block list, flow entries; "key:" with nothing is an empty list. */
+	cf = test_load_good(test_write(LISTEN CERTS BACKEND "rewrite:\n  rules:\n"
+	    "    - {match: {status: other}, set: {status: no}}\n"
+	    "    - {match: {status: any, code: X-Foo}, set: {status: keep, code: NONE}}\n"
+	    "  allow_codes:\nguard:\n  desync_patterns:\n"), __LINE__);
+	if (cf != NULL) {
+		CHECK(cf->nrules == 2 && cf->rules[0].match_status == CONFIG_STATUS_OTHER &&
+		    cf->rules[0].set_status == CONFIG_STATUS_NO && cf->rules[0].line == 12 &&
+		    cf->rules[0].col == 7, "flow rule in block list");
+		CHECK(cf->nrules == 2 && strcmp(cf->rules[1].match_code, "X-FOO") == 0 &&
+		    strcmp(cf->rules[1].set_code, "none") == 0, "code none in any case");
+		CHECK(cf->nallow_codes == 0 && cf->ndesync_patterns == 0 && cf->desync_re != NULL,
+		    "empty lists");
+		CHECK(cf->ngreeting_patterns > 0, "greeting defaults");
+	}
 	config_free(cf);
 
 	cf = test_load_good(test_write("listen:\n  - {address: '127.0.0.1:1', tls: \"none\"}\n"
@@ -364,6 +550,75 @@ test_bad_inputs(void)
 	BAD(LISTEN CERTS BACKEND "timeouts:\n  backend_connect: 18446744073709551615\n", 1, 11, 20,
 	    "is above the maximum 10m");
 
+	/* Guard, rewrite and capability keys: the value's (or entry's) position. */
+	BAD(LISTEN CERTS BACKEND "timeouts:\n  backend_response: 500ms\n", 1, 11, 21,
+	    "timeouts.backend_response: 500ms is below the minimum 1s");
+	BAD(LISTEN CERTS BACKEND "timeouts:\n  backend_response: 25h\n", 1, 11, 21,
+	    "timeouts.backend_response: 25h is above the maximum 24h");
+	BAD(LISTEN CERTS BACKEND "guard:\n  client_state: close\n", 1, 11, 17,
+	    "guard.client_state: \"close\" is not one of bye, pass");
+	BAD(LISTEN CERTS BACKEND "guard:\n  desync: yes\n", 1, 11, 11,
+	    "guard.desync: \"yes\" is not one of bye, pass");
+	BAD(LISTEN CERTS BACKEND "guard:\n  desync_patterns:\n    - ok\n    - 'a(b'\n", 1, 13, 7,
+	    "guard.desync_patterns[1]: \"a(b\" is not a valid regular expression: ");
+	BAD(LISTEN CERTS BACKEND "guard:\n  desync_patterns:\n    - ok\n    - 'a(b'\n", 1, 13, 7,
+	    "Unmatched ( or");	/* regerror's own words (glibc, C locale) */
+	BAD(LISTEN CERTS BACKEND "guard:\n  greeting_patterns: ['x{2,1}', '', [a]]\n", 3, 11, 23,
+	    "guard.greeting_patterns[0]: \"x{2,1}\" is not a valid regular expression");
+	BAD(LISTEN CERTS BACKEND "guard:\n  greeting_patterns: ['x{2,1}', '', [a]]\n", 3, 11, 33,
+	    "guard.greeting_patterns[1]: an empty regular expression would match every text");
+	BAD(LISTEN CERTS BACKEND "guard:\n  greeting_patterns: ['x{2,1}', '', [a]]\n", 3, 11, 37,
+	    "guard.greeting_patterns[2]: expected a string, got a list");
+	BAD(LISTEN CERTS BACKEND "guard:\n  greeting_patterns: ready\n", 1, 11, 22,
+	    "guard.greeting_patterns: expected a list, got a scalar");
+	BAD(LISTEN CERTS BACKEND "rewrite:\n  unknown_codes: drop\n", 1, 11, 18,
+	    "rewrite.unknown_codes: \"drop\" is not one of strip, keep");
+	BAD(LISTEN CERTS BACKEND "rewrite:\n  rules:\n    - set: {status: ok}\n", 1, 12, 21,
+	    "rewrite.rules[0].set.status: \"ok\" is refused: imapgate never turns an answer into OK");
+	BAD(LISTEN CERTS BACKEND "rewrite:\n  rules:\n    - set: {status: preauth}\n", 1, 12, 21,
+	    "rewrite.rules[0].set.status: \"preauth\" is refused");
+	BAD(LISTEN CERTS BACKEND "rewrite:\n  rules:\n    - set: {status: any}\n", 1, 12, 21,
+	    "rewrite.rules[0].set.status: \"any\" is not one of no, bad, bye, keep");
+	BAD(LISTEN CERTS BACKEND "rewrite:\n  rules:\n    - match: {status: maybe}\n", 1, 12, 23,
+	    "rewrite.rules[0].match.status: \"maybe\" is not one of any, ok, no, bad, bye, "
+	    "preauth, other");
+	BAD(LISTEN CERTS BACKEND "rewrite:\n  rules:\n    - {}\n    - match: {text: '*a'}\n",
+	    1, 13, 21, "rewrite.rules[1].match.text: \"*a\" is not a valid regular expression: ");
+	BAD(LISTEN CERTS BACKEND "rewrite:\n  rules:\n    - match: {text: ''}\n", 1, 12, 21,
+	    "rewrite.rules[0].match.text: an empty regular expression would match every text");
+	BAD(LISTEN CERTS BACKEND "rewrite:\n  rules:\n    - match:\n        stauts: no\n", 1, 13, 9,
+	    "rewrite.rules[0].match: unknown key \"stauts\"");
+	BAD(LISTEN CERTS BACKEND "rewrite:\n  rules:\n    - match: {code: X}\n      sett: {}\n",
+	    1, 13, 7, "rewrite.rules[0]: unknown key \"sett\"");
+	BAD(LISTEN CERTS BACKEND "rewrite:\n  rules:\n    - match: no\n", 1, 12, 14,
+	    "rewrite.rules[0].match: expected a mapping, got a scalar");
+	BAD(LISTEN CERTS BACKEND "rewrite:\n  rules:\n    - match: {code: '[ALERT]'}\n", 1, 12, 21,
+	    "rewrite.rules[0].match.code: \"[ALERT]\" is not an IMAP atom");
+	BAD(LISTEN CERTS BACKEND "rewrite:\n  rules:\n    - set: {code: 'NO PERM'}\n", 1, 12, 19,
+	    "rewrite.rules[0].set.code: \"NO PERM\" is not an IMAP atom");
+	BAD(LISTEN CERTS BACKEND "rewrite:\n  rules:\n    - set: {code: ''}\n", 1, 12, 19,
+	    "rewrite.rules[0].set.code: \"\" is empty");
+	BAD(LISTEN CERTS BACKEND "rewrite:\n  allow_codes: [X-OK, 'X\\Y', '%', \"caf\\u00e9\"]\n",
+	    3, 11, 23, "rewrite.allow_codes[1]: \"X\\Y\" is not an IMAP atom");
+	BAD(LISTEN CERTS BACKEND "rewrite:\n  allow_codes: [X-OK, 'X\\Y', '%', \"caf\\u00e9\"]\n",
+	    3, 11, 30, "rewrite.allow_codes[2]: \"%\" is not an IMAP atom");
+	BAD(LISTEN CERTS BACKEND "rewrite:\n  allow_codes: [X-OK, 'X\\Y', '%', \"caf\\u00e9\"]\n",
+	    3, 11, 35, "rewrite.allow_codes[3]: ");
+	BAD(LISTEN CERTS BACKEND "capabilities:\n  add: [IDLE, 'AUTH=PLAIN X']\n", 1, 11, 15,
+	    "capabilities.add[1]: \"AUTH=PLAIN X\" is not an IMAP atom");
+	BAD(LISTEN CERTS BACKEND "capabilities:\n  remove:\n    - \"QUOTA*\"\n", 1, 12, 7,
+	    "capabilities.remove[0]: \"QUOTA*\" is not an IMAP atom");
+	BAD(LISTEN CERTS BACKEND "capabilities:\n  remove:\n    - \"(X)\"\n", 1, 12, 7,
+	    "is not an IMAP atom");
+	BAD(LISTEN CERTS BACKEND "capabilities:\n  remove:\n    - \"X\\tY\"\n", 1, 12, 7,
+	    "is not an IMAP atom");
+	BAD(LISTEN CERTS BACKEND "capabilities:\n  add: [IDLE, ~]\n", 1, 11, 15,
+	    "capabilities.add[1]: no value given");
+	BAD(LISTEN CERTS BACKEND "guard:\n  desync_patterns:\n    -\n", 1, 12, 6,
+	    "guard.desync_patterns[0]: no value given");
+	BAD(LISTEN CERTS BACKEND "capabilities:\n  remove: {a: b}\n", 1, 11, 11,
+	    "capabilities.remove: expected a list, got a mapping");
+
 	/* Missing required keys: the enclosing mapping's position. */
 	BAD("listen:\n  - tls: none\n" CERTS BACKEND, 1, 2, 5,
 	    "listen[0]: missing required key \"address\"");
@@ -433,6 +688,88 @@ test_several(void)
 	    "log: {level: chatty, colour: red}\n" BACKEND, 3, 4, 14, "\"chatty\" is not one of");
 }
 
+/*
+ * Load a file shipped in config/ with its certificate paths pointed at the
+ * test data; NULL if it cannot be read or does not load.
+ */
+static struct config *
+test_load_shipped(const char *rel, int srcline)
+{
+	static char text[TEST_YAMLLEN], fixed[TEST_YAMLLEN];
+	static const struct {
+		const char *from, *to;
+	} subst[] = {
+		{ "/etc/imapgate/fullchain.pem", "@DATA@/cert.pem" },
+		{ "/etc/imapgate/privkey.pem", "@DATA@/key.pem" },
+	};
+	char path[TEST_PATHLEN];
+	size_t n, o = 0;
+	FILE *f;
+
+	/* $TESTDATA is tests/unit/data; the shipped files are under config/. */
+	snprintf(path, sizeof(path), "%s/../../../%s", test_data, rel);
+	if ((f = fopen(path, "r")) == NULL) {
+		CHECK(0, "line %d: cannot open %s", srcline, path);
+		return NULL;
+	}
+	n = fread(text, 1, sizeof(text) - 1, f);
+	fclose(f);
+	CHECK(n < sizeof(text) - 1, "%s is too large for the test buffer", rel);
+	text[n] = '\0';
+	for (const char *p = text; *p != '\0' && o + 64 < sizeof(fixed); ) {
+		size_t i;
+		for (i = 0; i < sizeof(subst) / sizeof(subst[0]); i++)
+			if (strncmp(p, subst[i].from, strlen(subst[i].from)) == 0)
+				break;
+		if (i < sizeof(subst) / sizeof(subst[0])) {
+			o += (size_t)snprintf(fixed + o, sizeof(fixed) - o, "%s", subst[i].to);
+			p += strlen(subst[i].from);
+		} else
+			fixed[o++] = *p++;
+	}
+	fixed[o] = '\0';
+	return test_load_good(test_write(fixed), srcline);
+}
+
+/* The shipped example and WildDuck preset load (given real certificate files). */
+static void
+test_shipped(void)
+{
+	struct config *cf = test_load_shipped("config/imapgate.yaml", __LINE__);
+
+	if (cf != NULL) {
+		/* The example spells out the defaults; its results must equal them. */
+		test_guard_defaults(cf);
+		CHECK(cf->nlisten == 1 && cf->listen[0].tls == CONFIG_TLS_IMPLICIT, "example listen");
+	}
+	config_free(cf);
+
+	cf = test_load_shipped("config/presets/wildduck.yaml", __LINE__);
+	if (cf != NULL) {
+		test_guard_defaults_present(cf);
+		CHECK(cf->nrules == 6, "preset rules %zu", cf->nrules);
+		CHECK(cf->nrules == 6 && cf->rules[0].match_status == CONFIG_STATUS_NO &&
+		    strcmp(cf->rules[0].match_code, "RATELIMITEDERROR") == 0 &&
+		    strcmp(cf->rules[0].set_code, "UNAVAILABLE") == 0 &&
+		    cf->rules[0].set_status == CONFIG_STATUS_KEEP, "preset RateLimitedError");
+		CHECK(cf->nrules == 6 && cf->rules[1].has_re &&
+		    regexec(&cf->rules[1].match_re, "Access to requested service disabled", 0,
+		    NULL, 0) == 0 &&
+		    regexec(&cf->rules[1].match_re, "Authentication failed. Invalid scope", 0,
+		    NULL, 0) != 0 && strcmp(cf->rules[1].set_code, "CONTACTADMIN") == 0,
+		    "preset InvalidAuthScope (service disabled)");
+		CHECK(cf->nrules == 6 && cf->rules[5].match_status == CONFIG_STATUS_BAD &&
+		    strcmp(cf->rules[5].match_code, "none") == 0 &&
+		    regexec(&cf->rules[5].match_re, "Database error", 0, NULL, 0) == 0 &&
+		    cf->rules[5].set_status == CONFIG_STATUS_NO &&
+		    strcmp(cf->rules[5].set_code, "UNAVAILABLE") == 0, "preset BAD Database error");
+		CHECK(test_matches(cf->greeting_re, cf->ngreeting_patterns,
+		    "WildDuck IMAP Server ready for requests from 127.0.0.1 yqNm2ICG1Ee5"),
+		    "preset recognises WildDuck's greeting");
+	}
+	config_free(cf);
+}
+
 /* Hard limits: entries in a list, keys in a mapping. */
 static void
 test_limits(void)
@@ -451,6 +788,30 @@ test_limits(void)
 		o += (size_t)snprintf(yaml + o, sizeof(yaml) - o, "k%d: 1,", i);
 	snprintf(yaml + o, sizeof(yaml) - o, "}\n");
 	BAD(yaml, 1, 10, 6, "log: more than 256 keys in one mapping");
+
+	o = (size_t)snprintf(yaml, sizeof(yaml), LISTEN CERTS BACKEND "capabilities: {add: [");
+	for (int i = 0; i < 1025; i++)
+		o += (size_t)snprintf(yaml + o, sizeof(yaml) - o, "A,");
+	snprintf(yaml + o, sizeof(yaml) - o, "]}\n");
+	BAD(yaml, 1, 10, 21, "capabilities.add: at most 1024 entries are allowed");
+
+	/* An atom of the longest allowed length, and one byte more. */
+	o = (size_t)snprintf(yaml, sizeof(yaml), LISTEN CERTS BACKEND "capabilities: {add: [");
+	for (int i = 0; i < 129; i++)
+		yaml[o++] = 'A';
+	snprintf(yaml + o, sizeof(yaml) - o, "]}\n");
+	BAD(yaml, 1, 10, 22, "capabilities.add[0]: \"AAAA");
+	BAD(yaml, 1, 10, 22, "is longer than 128 bytes");
+	yaml[o - 1] = ']';
+	yaml[o] = '}';
+	yaml[o + 1] = '\n';
+	yaml[o + 2] = '\0';
+	{
+		struct config *cf = test_load_good(test_write(yaml), __LINE__);
+		CHECK(cf == NULL || (cf->ncap_add == 1 && strlen(cf->cap_add[0]) == 128),
+		    "128-byte atom");
+		config_free(cf);
+	}
 }
 
 /* A file that does not exist has one error without a position. */
@@ -590,6 +951,7 @@ main(void)
 	test_several();
 	test_limits();
 	test_nofile();
+	test_shipped();
 
 	snprintf(test_dir + strlen(test_dir), sizeof(test_dir) - strlen(test_dir), "/case.yaml");
 	unlink(test_dir);
