@@ -127,7 +127,7 @@ endpoint_accept(struct event_base *base, int fd, struct tls_ctx *tls,
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	ep->connected = 1;
 	if (tls != NULL) {
-		if ((ep->ssl = SSL_new(tls_ctx_ssl_ctx(tls))) == NULL) {
+		if ((ep->ssl = tls_ssl_new(tls)) == NULL) {
 			free(ep);
 			return NULL;
 		}

@@ -13,11 +13,18 @@ struct tls_ctx;
  */
 int		 tls_keypair_check(const char *cert, const char *key,
 		    char *err, size_t errlen);
-/* Build the server-side context for cf's certificates; NULL with err on failure. */
+/*
+ * Build the server-side context for cf's certificates (SNI picks among
+ * them, the first is the default); NULL with err on failure.
+ */
 struct tls_ctx	*tls_ctx_new(const struct config *cf, char *err, size_t errlen);
-/* Free a context made by tls_ctx_new (sessions hold their own SSL refs). */
+/* Build the client-side context for TLS to the backend; NULL with err on failure. */
+struct tls_ctx	*tls_ctx_new_backend(const struct config *cf, char *err, size_t errlen);
+/* Free a context made by tls_ctx_new* (sessions hold their own SSL refs). */
 void		 tls_ctx_free(struct tls_ctx *t);
-/* The SSL_CTX behind t, as an opaque pointer for endpoint. */
-void		*tls_ctx_ssl_ctx(struct tls_ctx *t);
+/* A new SSL for one connection: server side, or client side naming the backend. */
+void		*tls_ssl_new(struct tls_ctx *t);
+/* The certificate's DNS names matched against an SNI name (exact or "*.x"). */
+int		 tls_name_matches(const char *pattern, const char *name);
 
 #endif
