@@ -67,7 +67,25 @@ struct config_cert {
 struct config_server {
 	char			*address;
 	struct netaddr		 addr;
+	unsigned		 weight;		/* backend.servers[].weight, default 1, 1-1000 */
+	unsigned		 max_connections;	/* backend.servers[].max_connections, 0 = no limit */
 	int			 line, col;
+};
+
+enum config_balance {
+	CONFIG_BALANCE_ROUND_ROBIN,
+	CONFIG_BALANCE_LEAST_CONNECTIONS,
+	CONFIG_BALANCE_SOURCE_IP,
+};
+
+enum config_log_format {
+	CONFIG_LOG_TEXT,
+	CONFIG_LOG_JSON,
+};
+
+enum config_log_output {
+	CONFIG_LOG_STDERR,
+	CONFIG_LOG_SYSLOG,
 };
 
 /* Status words a rewrite rule can match or set. */
@@ -117,6 +135,30 @@ struct config {
 	enum config_client_ip	 client_ip;		/* backend.client_ip */
 
 	enum config_log_level	 log_level;
+	enum config_log_format	 log_format;		/* log.format: text | json */
+	enum config_log_output	 log_output;		/* log.output: stderr | syslog */
+
+	unsigned		 workers;		/* workers: 0 = auto (one per core), else 1-64 */
+	char			*user;			/* user: drop privileges to it after binding */
+	char			*group;			/* group */
+
+	char			*metrics_address;	/* metrics.address, NULL = no metrics listener */
+	struct netaddr		 metrics_addr;
+
+	enum config_balance	 balance;		/* backend.balance */
+	uint64_t		 health_interval_ms;	/* backend.health.interval (default 5s) */
+	uint64_t		 health_timeout_ms;	/* backend.health.timeout (default 2s) */
+	unsigned		 health_rise;		/* backend.health.rise (default 2) */
+	unsigned		 health_fall;		/* backend.health.fall (default 2) */
+	unsigned		 connect_tries;		/* backend.connect_tries: servers tried per session (default 3) */
+
+	unsigned		 max_connections;	/* limits.max_connections (default 50000) */
+	unsigned		 max_connections_per_ip;/* limits.max_connections_per_ip (default 50, 0 = none) */
+
+	uint64_t		 tls_handshake_ms;	/* timeouts.tls_handshake (10s) */
+	uint64_t		 preauth_ms;		/* timeouts.preauth (60s) */
+	uint64_t		 idle_ms;		/* timeouts.idle (30m) */
+	uint64_t		 drain_ms;		/* timeouts.drain (30s) */
 
 	size_t			 max_line;		/* limits.max_line */
 	size_t			 buffer;		/* limits.buffer */

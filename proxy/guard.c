@@ -285,7 +285,8 @@ guard_rewrite(const struct config *cf, const struct imap_line *l,
 		o += (size_t)sprintf(out->buf + o, "%s", status);
 		out->status_changed = 1;
 	} else {
-		memcpy(out->buf + o, l->status_word, strlen(l->status_word));
+		/* The word as the server wrote it: case is not ours to change. */
+		memcpy(out->buf + o, line + l->status_off, strlen(l->status_word));
 		o += strlen(l->status_word);
 	}
 	if (codename != NULL) {
@@ -317,8 +318,9 @@ guard_rewrite(const struct config *cf, const struct imap_line *l,
 		o += strlen(text);
 	} else if (has_code && !keep_code) {
 		/* resp-text needs text (RFC 3501 9); keep the dropped code's name as it. */
-		memcpy(out->buf + o, l->code, strlen(l->code));
-		o += strlen(l->code);
+		const char *t = l->code[0] != '\0' ? l->code : "(no text)";
+		memcpy(out->buf + o, t, strlen(t));
+		o += strlen(t);
 	} else
 		o--;
 	memcpy(out->buf + o, line + clen, len - clen);
@@ -333,7 +335,8 @@ guard_rewrite(const struct config *cf, const struct imap_line *l,
 	if (!out->status_changed && !out->code_changed)
 		out->caps_changed = 1;
 	snprintf(out->original, sizeof(out->original), "%s",
-	    out->caps_changed ? "CAPABILITY" : has_code ? l->code : l->status_word);
+	    out->caps_changed ? "CAPABILITY" : has_code && l->code[0] != '\0' ? l->code :
+	    has_code ? "(unreadable)" : l->status_word);
 	out->len = o;
 	return 1;
 }

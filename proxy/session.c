@@ -57,7 +57,8 @@ struct session {
 	char			*inject;	/* our own replies, waiting for a response boundary */
 	size_t			 ninject;
 	int			 backend_up;
-	int			 backend_gone;	/* EOF or error: drain its input, whatever the client's pace */
+	int			 backend_gone;
+	int			 client_gone;	/* client half-closed: answer what is in flight, then close */	/* EOF or error: drain its input, whatever the client's pace */
 	int			 finishing;	/* flushing the client before close */
 	int			 closed;
 	const char		*reason;
@@ -324,8 +325,7 @@ session_client_line(struct session *s)
 	}
 	if (l->nliterals == 0)
 		session_client_decide(s, l);
-	if (!h->dropping && l->kind == IMAP_KIND_COMMAND &&
-	    state_client_command(&s->st, l) != 0) {
+	if (!h->dropping && state_client_command(&s->st, l) != 0) {
 		/* Cannot happen while reading pauses at the limit; be safe anyway. */
 		session_close(s, "too-many-in-flight");
 		return;
@@ -479,6 +479,10 @@ session_backend_line(struct session *s)
 	} else
 		session_pass(h);
 	session_inject_flush(s);
+	if (s->client_gone && s->st.ninflight == 0) {
+		session_finish(s, "client-eof");
+		return;
+	}
 	session_response_timer(s, 1);
 	if (s->client.paused && !state_inflight_full(&s->st) &&
 	    !endpoint_output_full(s->backend.ep)) {
@@ -505,6 +509,8 @@ session_parse_error(struct session_half *h)
 static int
 session_must_pause(struct session_half *h)
 {
+	if (h == &h->s->client && h->s->client_gone)
+		return 0;
 	if (h == &h->s->backend && h->s->backend_gone)
 		return 0;
 	if (endpoint_output_full(h->peer->ep) ||
@@ -652,10 +658,20 @@ session_event(struct endpoint *ep, enum endpoint_event what, void *arg)
 	if (what == ENDPOINT_ERROR)
 		snprintf(s->detail, sizeof(s->detail), "%s", endpoint_error(ep));
 	if (h == &s->client) {
-		/* Nobody is left to tell; pass on what the client sent, then stop. */
-		if (s->backend_up && endpoint_input_len(s->client.ep) > 0)
-			endpoint_move(s->client.ep, s->backend.ep, endpoint_input_len(s->client.ep));
-		session_close(s, what == ENDPOINT_EOF ? "client-eof" : "client-error");
+		if (what == ENDPOINT_ERROR || !s->backend_up) {
+			session_close(s, "client-error");
+			return;
+		}
+		/*
+		 * A half-close: what the client sent still goes through the
+		 * parser and the guard, and the answers to commands in flight
+		 * (a pipelined LOGOUT, say) still reach it.
+		 */
+		s->client_gone = 1;
+		session_relay(&s->client);
+		endpoint_read_enable(s->client.ep, 0);
+		if (!s->closed && !s->finishing && s->st.ninflight == 0)
+			session_close(s, "client-eof");
 		return;
 	}
 	if (s->finishing)

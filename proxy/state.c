@@ -185,6 +185,18 @@ state_client_command(struct state *st, const struct imap_line *l)
 {
 	struct state_cmd *c;
 
+	if (l->kind == IMAP_KIND_SASL && l->user[0] != '\0') {
+		/* AUTHENTICATE PLAIN without SASL-IR: the name comes in the SASL line. */
+		for (size_t i = st->ninflight; i > 0; i--) {
+			c = &st->inflight[i - 1];
+			if (c->kind == STATE_CMD_LOGIN && c->user != NULL && c->user[0] == '\0') {
+				free(c->user);
+				c->user = strdup(l->user);
+				break;
+			}
+		}
+		return 0;
+	}
 	if (l->kind != IMAP_KIND_COMMAND)
 		return 0;
 	if (state_inflight_full(st))

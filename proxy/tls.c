@@ -204,7 +204,12 @@ tls_server_ctx(const struct config *cf, const struct config_cert *cc, char *err,
 	 * would dominate memory.
 	 */
 	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
-	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+	/*
+	 * Many IMAP clients close TCP after LOGOUT without a close_notify;
+	 * that is an ordinary end of session, not a TLS error.
+	 */
+	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE |
+	    SSL_OP_IGNORE_UNEXPECTED_EOF);
 	SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"imapgate", 8);
 	SSL_CTX_set_alpn_select_cb(ctx, tls_alpn_cb, NULL);
 	if (tls_ctx_policy(ctx, cf, err, errlen) != 0) {
@@ -275,6 +280,7 @@ tls_ctx_new_backend(const struct config *cf, char *err, size_t errlen)
 	}
 	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
 	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+	SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
 	if (cf->backend_verify) {
 		SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
 		if ((cf->backend_ca_file != NULL ?
