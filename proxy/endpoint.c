@@ -26,6 +26,8 @@ struct endpoint {
 	void			*arg;
 	size_t			 out_high;
 	int			 flushing;
+	struct tls_ctx		*tls_pending;	/* start TLS once the output is written */
+	struct event_base	*base;
 	int			 connected;
 	uint64_t		 bytes_in;	/* counted as the session takes bytes */
 	uint64_t		 bytes_out;
@@ -42,12 +44,22 @@ endpoint_readcb(struct bufferevent *bev, void *arg)
 	ep->cbs->readable(ep, ep->arg);
 }
 
+static int endpoint_do_tls(struct endpoint *);
+
 /* Output fell to the low mark (or empty): resume the peer, or finish a flush. */
 static void
 endpoint_writecb(struct bufferevent *bev, void *arg)
 {
 	struct endpoint *ep = arg;
 
+	if (ep->tls_pending != NULL) {
+		if (evbuffer_get_length(bufferevent_get_output(bev)) == 0 &&
+		    endpoint_do_tls(ep) != 0) {
+			snprintf(ep->error, sizeof(ep->error), "tls: cannot start");
+			ep->cbs->event(ep, ENDPOINT_ERROR, ep->arg);
+		}
+		return;
+	}
 	if (ep->flushing && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
 		ep->flushing = 0;
 		ep->cbs->event(ep, ENDPOINT_FLUSHED, ep->arg);
@@ -106,6 +118,7 @@ endpoint_setup(struct endpoint *ep, const struct endpoint_cbs *cbs, void *arg)
 {
 	ep->cbs = cbs;
 	ep->arg = arg;
+	ep->base = bufferevent_get_base(ep->bev);
 	ep->out_high = 256 * 1024;
 	bufferevent_setcb(ep->bev, endpoint_readcb, endpoint_writecb,
 	    endpoint_eventcb, ep);
@@ -168,6 +181,77 @@ endpoint_connect(struct event_base *base, const struct netaddr *addr,
 		return NULL;
 	}
 	return ep;
+}
+
+/*
+ * Replace the plaintext bufferevent by a TLS one on the same socket.  The
+ * old one is detached from the descriptor first, so freeing it does not
+ * close the socket.
+ */
+static int
+endpoint_do_tls(struct endpoint *ep)
+{
+	struct tls_ctx *tls = ep->tls_pending;
+	struct bufferevent *bev;
+	size_t high_in = 0, high_out = ep->out_high;
+	int fd = bufferevent_getfd(ep->bev);
+	SSL *ssl;
+
+	ep->tls_pending = NULL;
+	bufferevent_getwatermark(ep->bev, EV_READ, NULL, &high_in);
+	if ((ssl = tls_ssl_new(tls)) == NULL)
+		return -1;
+	bev = bufferevent_openssl_socket_new(ep->base, fd, ssl,
+	    SSL_is_server(ssl) ? BUFFEREVENT_SSL_ACCEPTING : BUFFEREVENT_SSL_CONNECTING,
+	    BEV_OPT_CLOSE_ON_FREE);
+	if (bev == NULL) {
+		SSL_free(ssl);
+		return -1;
+	}
+	bufferevent_disable(ep->bev, EV_READ | EV_WRITE);
+	bufferevent_setfd(ep->bev, -1);
+	bufferevent_free(ep->bev);
+	ep->bev = bev;
+	ep->ssl = ssl;
+	bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+	bufferevent_setcb(bev, endpoint_readcb, endpoint_writecb, endpoint_eventcb, ep);
+	bufferevent_setwatermark(bev, EV_WRITE, high_out / 2, 0);
+	bufferevent_setwatermark(bev, EV_READ, 0, high_in);
+	bufferevent_enable(bev, EV_READ | EV_WRITE);
+	return 0;
+}
+
+/* Start TLS on ep once what is queued has been written. */
+int
+endpoint_start_tls(struct endpoint *ep, struct tls_ctx *tls)
+{
+	struct evbuffer *in = bufferevent_get_input(ep->bev);
+
+	if (ep->ssl != NULL || ep->tls_pending != NULL)
+		return -1;
+	/* Plaintext pipelined behind STARTTLS is dropped (RFC 9051 6.2.1). */
+	evbuffer_drain(in, evbuffer_get_length(in));
+	bufferevent_disable(ep->bev, EV_READ);
+	ep->tls_pending = tls;
+	if (evbuffer_get_length(bufferevent_get_output(ep->bev)) == 0)
+		return endpoint_do_tls(ep);
+	/* The write callback must fire at empty, not at the low mark. */
+	bufferevent_setwatermark(ep->bev, EV_WRITE, 0, 0);
+	return 0;
+}
+
+/* TLS on, or starting. */
+int
+endpoint_is_tls(const struct endpoint *ep)
+{
+	return ep->ssl != NULL || ep->tls_pending != NULL;
+}
+
+/* The client's SNI name. */
+const char *
+endpoint_sni(const struct endpoint *ep)
+{
+	return ep->ssl != NULL ? SSL_get_servername(ep->ssl, TLSEXT_NAMETYPE_host_name) : NULL;
 }
 
 /* Free the bufferevent (closing the socket and the SSL) and ep. */

@@ -36,6 +36,18 @@ struct endpoint	*endpoint_accept(struct event_base *base, int fd,
 /* Start a non-blocking connect to addr. */
 struct endpoint	*endpoint_connect(struct event_base *base, const struct netaddr *addr,
 		    const struct endpoint_cbs *cbs, void *arg);
+/*
+ * Switch ep to TLS over the same socket once its output is written:
+ * server side for a client's STARTTLS, client side (tls made by
+ * tls_ctx_new_backend) for a backend.  Input not yet taken is discarded:
+ * plaintext that arrives after STARTTLS must never be acted on.
+ * ENDPOINT_CONNECTED follows when the handshake is done.
+ */
+int		 endpoint_start_tls(struct endpoint *ep, struct tls_ctx *tls);
+/* Is ep speaking TLS (or about to)? */
+int		 endpoint_is_tls(const struct endpoint *ep);
+/* The SNI name the client asked for, or NULL. */
+const char	*endpoint_sni(const struct endpoint *ep);
 /* Close the socket and free everything. */
 void		 endpoint_free(struct endpoint *ep);
 

@@ -231,7 +231,7 @@ guard_rewrite(const struct config *cf, const struct imap_line *l,
 	if (l->nliterals > 0 || l->toolong)
 		return 0;
 	if (l->kind == IMAP_KIND_UNTAGGED && l->status == IMAP_STATUS_NONE &&
-	    strcmp(l->name, "CAPABILITY") == 0)
+	    strcasecmp(l->name, "CAPABILITY") == 0)
 		return guard_rewrite_capdata(cf, l, line, len, out);
 	if (l->status == IMAP_STATUS_NONE ||
 	    (l->kind != IMAP_KIND_TAGGED && l->kind != IMAP_KIND_UNTAGGED &&

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/queue.h>
 #include <sys/time.h>
 #include <time.h>
@@ -291,7 +292,8 @@ session_client_decide(struct session *s, const struct imap_line *l)
 		session_guard_event(s, STATS_GUARD_CLIENT_STATE);
 		stats.bye[STATS_BYE_CLIENT_STATE]++;
 		session_inject(s, "* BYE Not logged in: please reconnect and log in");
-		session_inject(s, "%s BAD %s not allowed now", l->tag, l->name);
+		session_inject(s, "%s BAD %s%s%s not allowed now", l->tag, l->name,
+		    l->subname[0] ? " " : "", l->subname);
 		session_finish(s, "client-state");
 	}
 }
@@ -452,7 +454,7 @@ session_backend_line(struct session *s)
 	struct guard_out out;
 
 	if (l->nliterals == 0 && !l->toolong && h->pending > 0 &&
-	    (l->status != IMAP_STATUS_NONE || strcmp(l->name, "CAPABILITY") == 0))
+	    (l->status != IMAP_STATUS_NONE || strcasecmp(l->name, "CAPABILITY") == 0))
 		line = (const char *)endpoint_pullup(h->ep, h->pending);
 	if (line != NULL && session_backend_desync(s, l, line, h->pending))
 		return;
