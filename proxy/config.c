@@ -1,8 +1,12 @@
 /* config: the YAML configuration, read through a table of keys. */
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <grp.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <netinet/in.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +30,8 @@
 #define CONFIG_MSGLEN		512	/* bytes in one error message */
 #define CONFIG_MAX_ATOM		128	/* bytes in one response code or capability atom */
 #define CONFIG_MAX_REGEX	1024	/* bytes in one regular expression */
+#define CONFIG_MAX_HOSTNAME	253	/* bytes in backend.server_name (RFC 1035) */
+#define CONFIG_MAX_CIDR		64	/* bytes in one trusted_proxies entry */
 #define CONFIG_NOPOS		((size_t)-1)
 
 #define CONFIG_XSTR(x)	#x
@@ -41,12 +47,13 @@ enum config_type {
 	CFT_ENUM,	/* int-sized enum, from words */
 	CFT_DURATION,	/* uint64_t milliseconds */
 	CFT_SIZE,	/* size_t bytes */
-	CFT_INT,	/* int64_t */
+	CFT_UINT,	/* unsigned; words (optional) name special values */
 	CFT_BOOL,	/* int, 0 or 1 */
 	CFT_ADDR,	/* char * at off, struct netaddr at off2 */
 	CFT_STRLIST,	/* char ** at off, size_t count at off2 */
 	CFT_ATOMLIST,	/* like STRLIST; each an IMAP atom, stored upper-case */
 	CFT_REGEXLIST,	/* like STRLIST; regex_t array (one per entry) at off3 */
+	CFT_CIDRLIST,	/* like STRLIST; struct config_cidr array (one per entry) at off3 */
 	CFT_REGEX,	/* char * at off, regex_t at off2, int "compiled" at off3 */
 	CFT_CODE,	/* char *: a response code atom (upper-case) or "none" */
 	CFT_LIST,	/* array of mappings at off, size_t count at off2 */
@@ -72,8 +79,8 @@ struct config_key {
 	const char		*path;
 	enum config_type	 type;
 	int			 required;
-	int64_t			 min, max;	/* INT/SIZE/DURATION value bounds (set both
-						   for INT); entry counts for LIST */
+	int64_t			 min, max;	/* UINT/SIZE/DURATION value bounds (set both
+						   for UINT); entry counts for LIST */
 	const char		*def;		/* default, in the syntax of the file */
 	const char *const	*defs;		/* string lists: default entries, NULL-ended */
 	size_t			 off;		/* the value, in the scope's struct */
@@ -82,7 +89,7 @@ struct config_key {
 	size_t			 off3;		/* REGEXLIST: regex_t *; REGEX: int flag */
 	size_t			 elemsize;	/* LIST: size of one entry */
 	size_t			 lineoff, coloff; /* LIST: entry position, or NOPOS */
-	const struct config_word *words;	/* ENUM */
+	const struct config_word *words;	/* ENUM; UINT: words besides numbers */
 	int			 passive;	/* ADDR: a listening address */
 	/* LIST: called after each entry is read, for checks across its keys. */
 	void			(*check)(struct config_loader *, struct config_scope *);
@@ -91,7 +98,49 @@ struct config_key {
 static const struct config_word config_tls_words[] = {
 	{ "implicit", CONFIG_TLS_IMPLICIT, NULL },
 	{ "none", CONFIG_TLS_NONE, NULL },
-	{ "starttls", CONFIG_TLS_STARTTLS, "is not supported yet (use implicit or none)" },
+	{ "starttls", CONFIG_TLS_STARTTLS, NULL },
+	{ NULL, 0, NULL },
+};
+
+/* RFC 8996 deprecates TLS 1.0 and 1.1; they are named so that the refusal says why. */
+static const struct config_word config_tls_version_words[] = {
+	{ "1.2", 12, NULL },
+	{ "1.3", 13, NULL },
+	{ "1.0", 0, "is refused: TLS 1.0 is deprecated (RFC 8996); use 1.2 or 1.3" },
+	{ "1.1", 0, "is refused: TLS 1.1 is deprecated (RFC 8996); use 1.2 or 1.3" },
+	{ NULL, 0, NULL },
+};
+
+static const struct config_word config_client_ip_words[] = {
+	{ "none", CONFIG_CLIENT_IP_NONE, NULL },
+	{ "proxy-v1", CONFIG_CLIENT_IP_PROXY_V1, NULL },
+	{ "proxy-v2", CONFIG_CLIENT_IP_PROXY_V2, NULL },
+	{ "id", CONFIG_CLIENT_IP_ID, NULL },
+	{ NULL, 0, NULL },
+};
+
+static const struct config_word config_balance_words[] = {
+	{ "round-robin", CONFIG_BALANCE_ROUND_ROBIN, NULL },
+	{ "least-connections", CONFIG_BALANCE_LEAST_CONNECTIONS, NULL },
+	{ "source-ip", CONFIG_BALANCE_SOURCE_IP, NULL },
+	{ NULL, 0, NULL },
+};
+
+static const struct config_word config_log_format_words[] = {
+	{ "text", CONFIG_LOG_TEXT, NULL },
+	{ "json", CONFIG_LOG_JSON, NULL },
+	{ NULL, 0, NULL },
+};
+
+static const struct config_word config_log_output_words[] = {
+	{ "stderr", CONFIG_LOG_STDERR, NULL },
+	{ "syslog", CONFIG_LOG_SYSLOG, NULL },
+	{ NULL, 0, NULL },
+};
+
+/* workers: "auto" is one worker per core, stored as 0. */
+static const struct config_word config_workers_words[] = {
+	{ "auto", 0, NULL },
 	{ NULL, 0, NULL },
 };
 
@@ -191,6 +240,7 @@ static const char *const config_greeting_defaults[] = {
 };
 
 static void	config_cert_check(struct config_loader *, struct config_scope *);
+static void	config_listen_check(struct config_loader *, struct config_scope *);
 
 #define LIST_OF(stype, field, nfield, etype)				\
 	.off = offsetof(stype, field), .off2 = offsetof(stype, nfield),	\
@@ -200,12 +250,22 @@ static void	config_cert_check(struct config_loader *, struct config_scope *);
 
 static const struct config_key config_keys[] = {
 	{ .path = "listen", .type = CFT_LIST, .required = 1,
-	  .min = 1, .max = CONFIG_MAX_ENTRIES,
+	  .min = 1, .max = CONFIG_MAX_ENTRIES, .check = config_listen_check,
 	  LIST_OF(struct config, listen, nlisten, struct config_listen) },
 	{ .path = "listen[].address", .type = CFT_ADDR, .required = 1, .passive = 1,
 	  AT(struct config_listen, address), .off2 = offsetof(struct config_listen, addr) },
 	{ .path = "listen[].tls", .type = CFT_ENUM, .def = "implicit",
 	  .words = config_tls_words, AT(struct config_listen, tls) },
+	{ .path = "listen[].require_tls", .type = CFT_BOOL, .def = "true",
+	  AT(struct config_listen, require_tls) },
+	{ .path = "listen[].insecure", .type = CFT_BOOL, .def = "false",
+	  AT(struct config_listen, insecure) },
+	{ .path = "listen[].proxy_protocol", .type = CFT_BOOL, .def = "false",
+	  AT(struct config_listen, proxy_protocol) },
+	{ .path = "listen[].trusted_proxies", .type = CFT_CIDRLIST, .max = CONFIG_MAX_ENTRIES,
+	  AT(struct config_listen, trusted_proxies),
+	  .off2 = offsetof(struct config_listen, ntrusted_proxies),
+	  .off3 = offsetof(struct config_listen, trusted) },
 
 	{ .path = "tls.certificates", .type = CFT_LIST, .min = 1,
 	  .max = CONFIG_MAX_ENTRIES, .check = config_cert_check,
@@ -214,25 +274,79 @@ static const struct config_key config_keys[] = {
 	  AT(struct config_cert, cert) },
 	{ .path = "tls.certificates[].key", .type = CFT_PATH, .required = 1,
 	  AT(struct config_cert, key) },
+	{ .path = "tls.min_version", .type = CFT_ENUM, .def = "1.2",
+	  .words = config_tls_version_words, AT(struct config, tls_min_version) },
+	{ .path = "tls.ciphers", .type = CFT_STRING, AT(struct config, tls_ciphers) },
+	{ .path = "tls.ciphersuites", .type = CFT_STRING, AT(struct config, tls_ciphersuites) },
 
 	{ .path = "backend.servers", .type = CFT_LIST, .required = 1,
 	  .min = 1, .max = CONFIG_MAX_ENTRIES,
 	  LIST_OF(struct config, servers, nservers, struct config_server) },
 	{ .path = "backend.servers[].address", .type = CFT_ADDR, .required = 1,
 	  AT(struct config_server, address), .off2 = offsetof(struct config_server, addr) },
+	{ .path = "backend.servers[].weight", .type = CFT_UINT, .def = "1",
+	  .min = 1, .max = 1000, AT(struct config_server, weight) },
+	{ .path = "backend.servers[].max_connections", .type = CFT_UINT, .def = "0",
+	  .min = 0, .max = 1000000, AT(struct config_server, max_connections) },
+	{ .path = "backend.tls", .type = CFT_ENUM, .def = "none",
+	  .words = config_tls_words, AT(struct config, backend_tls) },
+	{ .path = "backend.ca_file", .type = CFT_PATH, AT(struct config, backend_ca_file) },
+	{ .path = "backend.server_name", .type = CFT_STRING,
+	  AT(struct config, backend_server_name) },
+	{ .path = "backend.verify", .type = CFT_BOOL, .def = "true",
+	  AT(struct config, backend_verify) },
+	{ .path = "backend.client_ip", .type = CFT_ENUM, .def = "none",
+	  .words = config_client_ip_words, AT(struct config, client_ip) },
+	{ .path = "backend.balance", .type = CFT_ENUM, .def = "round-robin",
+	  .words = config_balance_words, AT(struct config, balance) },
+	{ .path = "backend.health.interval", .type = CFT_DURATION, .def = "5s",
+	  .min = 100, .max = 3600 * 1000, AT(struct config, health_interval_ms) },
+	{ .path = "backend.health.timeout", .type = CFT_DURATION, .def = "2s",
+	  .min = 100, .max = 60 * 1000, AT(struct config, health_timeout_ms) },
+	{ .path = "backend.health.rise", .type = CFT_UINT, .def = "2",
+	  .min = 1, .max = 100, AT(struct config, health_rise) },
+	{ .path = "backend.health.fall", .type = CFT_UINT, .def = "2",
+	  .min = 1, .max = 100, AT(struct config, health_fall) },
+	{ .path = "backend.connect_tries", .type = CFT_UINT, .def = "3",
+	  .min = 1, .max = 16, AT(struct config, connect_tries) },
+
+	{ .path = "workers", .type = CFT_UINT, .def = "auto", .min = 1, .max = 64,
+	  .words = config_workers_words, AT(struct config, workers) },
+	{ .path = "user", .type = CFT_STRING, AT(struct config, user) },
+	{ .path = "group", .type = CFT_STRING, AT(struct config, group) },
+
+	{ .path = "metrics.address", .type = CFT_ADDR, .passive = 1,
+	  AT(struct config, metrics_address), .off2 = offsetof(struct config, metrics_addr) },
 
 	{ .path = "log.level", .type = CFT_ENUM, .def = "info",
 	  .words = config_log_words, AT(struct config, log_level) },
+	{ .path = "log.format", .type = CFT_ENUM, .def = "text",
+	  .words = config_log_format_words, AT(struct config, log_format) },
+	{ .path = "log.output", .type = CFT_ENUM, .def = "stderr",
+	  .words = config_log_output_words, AT(struct config, log_output) },
 
 	{ .path = "limits.max_line", .type = CFT_SIZE, .def = "64KiB",
 	  .min = 1 * KIB, .max = 16 * MIB, AT(struct config, max_line) },
 	{ .path = "limits.buffer", .type = CFT_SIZE, .def = "256KiB",
 	  .min = 16 * KIB, .max = 64 * MIB, AT(struct config, buffer) },
+	{ .path = "limits.max_connections", .type = CFT_UINT, .def = "50000",
+	  .min = 1, .max = 10000000, AT(struct config, max_connections) },
+	{ .path = "limits.max_connections_per_ip", .type = CFT_UINT, .def = "50",
+	  .min = 0, .max = 1000000, AT(struct config, max_connections_per_ip) },
 
 	{ .path = "timeouts.backend_connect", .type = CFT_DURATION, .def = "5s",
 	  .min = 100, .max = 10 * 60 * 1000, AT(struct config, backend_connect_ms) },
 	{ .path = "timeouts.backend_response", .type = CFT_DURATION, .def = "5m",
 	  .min = 1000, .max = 24 * 3600 * 1000, AT(struct config, backend_response_ms) },
+	{ .path = "timeouts.tls_handshake", .type = CFT_DURATION, .def = "10s",
+	  .min = 1000, .max = 5 * 60 * 1000, AT(struct config, tls_handshake_ms) },
+	{ .path = "timeouts.preauth", .type = CFT_DURATION, .def = "60s",
+	  .min = 1000, .max = 3600 * 1000, AT(struct config, preauth_ms) },
+	/* RFC 3501 5.4 asks for at least 30 minutes; shorter is allowed, for tests. */
+	{ .path = "timeouts.idle", .type = CFT_DURATION, .def = "30m",
+	  .min = 60 * 1000, .max = 24 * 3600 * 1000, AT(struct config, idle_ms) },
+	{ .path = "timeouts.drain", .type = CFT_DURATION, .def = "30s",
+	  .min = 0, .max = 3600 * 1000, AT(struct config, drain_ms) },
 
 	{ .path = "guard.client_state", .type = CFT_ENUM, .def = "bye",
 	  .words = config_guard_words, AT(struct config, guard_client_state) },
@@ -278,6 +392,10 @@ _Static_assert(sizeof(enum config_tls_mode) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum config_log_level) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum config_guard_mode) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum config_status) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum config_client_ip) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum config_balance) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum config_log_format) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum config_log_output) == sizeof(int), "enum size");
 
 struct config_loader {
 	const char		*file;
@@ -296,6 +414,7 @@ struct config_scope {
 	const char		*where;		/* "" or "listen[0]", for messages */
 	char			*base;		/* struct config or the entry struct */
 	yaml_mark_t		 mark;		/* the scope's mapping */
+	size_t			 nerr0;		/* errors collected before the scope was read */
 	unsigned char		 seen[CONFIG_NKEYS];
 	yaml_mark_t		 vmark[CONFIG_NKEYS];	/* where each seen value is */
 	struct {
@@ -409,6 +528,8 @@ config_parse_scaled(const char *s, const char *const *units, const uint64_t *fac
 static const char *const config_duration_units[] = { "", "ms", "s", "m", "h", NULL };
 static const uint64_t config_duration_factors[] = { 1000, 1, 1000, 60000, 3600000 };
 static const char *const config_size_units[] = { "", "KiB", "MiB", "GiB", NULL };
+static const char *const config_count_units[] = { "", NULL };
+static const uint64_t config_count_factors[] = { 1 };
 static const uint64_t config_size_factors[] = { 1, KIB, MIB, GIB };
 
 /* Duration parser with the overflow distinction kept for messages. */
@@ -577,7 +698,8 @@ config_free_value(const struct config_key *k, char *base)
 	}
 	case CFT_STRLIST:
 	case CFT_ATOMLIST:
-	case CFT_REGEXLIST: {
+	case CFT_REGEXLIST:
+	case CFT_CIDRLIST: {
 		char ***vp = (char ***)(base + k->off);
 		regex_t **rp = (regex_t **)(base + k->off3);
 		/* Entries and compiled expressions are added in pairs: n counts both. */
@@ -591,6 +713,11 @@ config_free_value(const struct config_key *k, char *base)
 		if (k->type == CFT_REGEXLIST) {
 			free(*rp);
 			*rp = NULL;
+		}
+		if (k->type == CFT_CIDRLIST) {
+			struct config_cidr **cp = (struct config_cidr **)(base + k->off3);
+			free(*cp);
+			*cp = NULL;
 		}
 		*np = 0;
 		break;
@@ -708,6 +835,70 @@ config_regex(struct config_loader *ld, regex_t *re, const char *name, const char
 }
 
 /*
+ * Parse a network "10.0.0.0/8", "2001:db8::/32" or a single address (a /32
+ * or /128) into c.  Bits set past the prefix are refused rather than
+ * masked off: "10.1.2.3/8" is more likely a typo for a /32 than a wish to
+ * trust all of 10/8.  Returns 0, or -1 with a message in err.
+ */
+static int
+config_cidr_parse(const char *v, struct config_cidr *c, char *err, size_t errlen)
+{
+	char host[CONFIG_MAX_CIDR], net[INET6_ADDRSTRLEN];
+	const char *slash = strchr(v, '/');
+	size_t hlen = slash != NULL ? (size_t)(slash - v) : strlen(v);
+	unsigned maxp, prefix = 0, bad = 0;
+
+	memset(c, 0, sizeof(*c));
+	if (strlen(v) >= CONFIG_MAX_CIDR || hlen >= sizeof(host)) {
+		snprintf(err, errlen, "\"%.*s...\" is too long for a network", 16, v);
+		return -1;
+	}
+	memcpy(host, v, hlen);
+	host[hlen] = '\0';
+	if (inet_pton(AF_INET, host, c->addr) == 1) {
+		c->family = AF_INET;
+		maxp = 32;
+	} else if (inet_pton(AF_INET6, host, c->addr) == 1) {
+		c->family = AF_INET6;
+		maxp = 128;
+	} else {
+		snprintf(err, errlen, "\"%s\" is not an IP network (write 10.0.0.0/8, "
+		    "2001:db8::/32, or a single address; no host names)", v);
+		return -1;
+	}
+	if (slash == NULL)
+		prefix = maxp;
+	else {
+		const char *p = slash + 1;
+		/* At most three digits: the value is then checked against maxp. */
+		if (*p == '\0' || strlen(p) > 3 || strspn(p, "0123456789") != strlen(p))
+			bad = 1;
+		else
+			prefix = (unsigned)atoi(p);
+		if (bad || prefix > maxp) {
+			snprintf(err, errlen, "\"%s\": the prefix length must be 0-%u", v, maxp);
+			return -1;
+		}
+	}
+	c->prefix = prefix;
+	for (unsigned i = prefix; i < maxp; i++)
+		if (c->addr[i / 8] & (0x80u >> (i % 8)))
+			bad = 1;
+	if (bad) {
+		unsigned char m[16];
+		memcpy(m, c->addr, sizeof(m));
+		for (unsigned i = prefix; i < maxp; i++)
+			m[i / 8] &= (unsigned char)~(0x80u >> (i % 8));
+		inet_ntop(c->family, m, net, sizeof(net));
+		snprintf(err, errlen, "\"%s\" has bits set past the /%u prefix (the network "
+		    "is %s/%u; for one address write it without a prefix)", v, prefix, net,
+		    prefix);
+		return -1;
+	}
+	return 0;
+}
+
+/*
  * Add entry v to the string list of key k in base, which has room for it,
  * checking and converting it for the list's type.  name names the entry
  * for messages; m is where it is (NULL for built-in defaults).
@@ -736,6 +927,15 @@ config_list_add(struct config_loader *ld, const struct config_key *k, char *base
 		free(s);
 		return;
 	}
+	if (k->type == CFT_CIDRLIST) {
+		char err[CONFIG_MSGLEN];
+		if (config_cidr_parse(v, &(*(struct config_cidr **)(base + k->off3))[*np],
+		    err, sizeof(err)) != 0) {
+			config_error(ld, m, "%s: %s", name, err);
+			free(s);
+			return;
+		}
+	}
 	vp[(*np)++] = s;
 }
 
@@ -752,6 +952,11 @@ config_list_alloc(struct config_loader *ld, const struct config_key *k, char *ba
 	}
 	if (k->type == CFT_REGEXLIST &&
 	    (*(regex_t **)(base + k->off3) = calloc(cnt + 1, sizeof(regex_t))) == NULL) {
+		ld->oom = 1;
+		return -1;
+	}
+	if (k->type == CFT_CIDRLIST && (*(struct config_cidr **)(base + k->off3) =
+	    calloc(cnt + 1, sizeof(struct config_cidr))) == NULL) {
 		ld->oom = 1;
 		return -1;
 	}
@@ -774,7 +979,12 @@ config_store(struct config_loader *ld, const struct config_key *k, char *base,
 	switch (k->type) {
 	case CFT_STRING:
 	case CFT_PATH: {
-		char *s = k->type == CFT_PATH ? config_resolve(ld, v) : config_strdup(ld, v);
+		char *s;
+		if (v[0] == '\0') {
+			config_error(ld, m, "%s: the value is empty", name);
+			return;
+		}
+		s = k->type == CFT_PATH ? config_resolve(ld, v) : config_strdup(ld, v);
 		if (s == NULL)
 			return;
 		free(*(char **)(base + k->off));
@@ -860,22 +1070,30 @@ config_store(struct config_loader *ld, const struct config_key *k, char *base,
 		else
 			config_error(ld, m, "%s: \"%s\" is not a boolean (use true or false)", name, v);
 		return;
-	case CFT_INT: {
-		char *end;
-		long long n;
-		errno = 0;
-		n = strtoll(v, &end, 10);
-		if (end == v || *end != '\0') {
-			config_error(ld, m, "%s: \"%s\" is not an integer", name, v);
+	case CFT_UINT: {
+		const struct config_word *w;
+		for (w = k->words; w != NULL && w->word != NULL; w++)
+			if (strcmp(w->word, v) == 0) {
+				*(unsigned *)(base + k->off) = (unsigned)w->value;
+				return;
+			}
+		rc = config_parse_scaled(v, config_count_units, config_count_factors, &u);
+		if (rc == -1) {
+			config_error(ld, m, "%s: \"%s\" is not %s%sa whole number", name, v,
+			    k->words != NULL ? k->words[0].word : "",
+			    k->words != NULL ? " or " : "");
 			return;
 		}
-		if (errno == ERANGE || n < k->min || n > k->max) {
-			config_error(ld, m, "%s: %s is out of range %s..%s", name, v,
+		if (rc == -2 || u < (uint64_t)k->min || u > (uint64_t)k->max) {
+			config_error(ld, m, "%s: %s is out of range %s..%s%s%s%s", name, v,
 			    config_fmt_bound(k, k->min, lo, sizeof(lo)),
-			    config_fmt_bound(k, k->max, hi, sizeof(hi)));
+			    config_fmt_bound(k, k->max, hi, sizeof(hi)),
+			    k->words != NULL ? " (or " : "",
+			    k->words != NULL ? k->words[0].word : "",
+			    k->words != NULL ? ")" : "");
 			return;
 		}
-		*(int64_t *)(base + k->off) = n;
+		*(unsigned *)(base + k->off) = (unsigned)u;
 		return;
 	}
 	case CFT_SIZE:
@@ -1041,6 +1259,7 @@ config_read_list(struct config_loader *ld, const struct config_key *k, char *bas
 		sc->where = where;
 		sc->base = elem;
 		sc->mark = e->start_mark;
+		sc->nerr0 = ld->errs->n;
 		config_walk_map(ld, sc, e, "");
 		config_scope_finish(ld, sc);
 		if (k->check != NULL)
@@ -1058,7 +1277,7 @@ config_read_value(struct config_loader *ld, struct config_scope *sc,
 	const char *v;
 
 	if (k->type == CFT_LIST || k->type == CFT_STRLIST || k->type == CFT_ATOMLIST ||
-	    k->type == CFT_REGEXLIST) {
+	    k->type == CFT_REGEXLIST || k->type == CFT_CIDRLIST) {
 		if (config_node_is_null(n)) {
 			/* "key:" with nothing under it is an empty list. */
 			yaml_node_t e = empty_seq;
@@ -1253,6 +1472,143 @@ config_cert_check(struct config_loader *ld, struct config_scope *sc)
 	}
 }
 
+/* Whether a is a loopback address: 127.0.0.0/8, ::1, or 127/8 mapped into IPv6. */
+static int
+config_is_loopback(const struct netaddr *a)
+{
+	if (a->ss.ss_family == AF_INET) {
+		const struct sockaddr_in *s4 = (const struct sockaddr_in *)&a->ss;
+		return (ntohl(s4->sin_addr.s_addr) >> 24) == 127;
+	}
+	if (a->ss.ss_family == AF_INET6) {
+		const struct in6_addr *s6 = &((const struct sockaddr_in6 *)&a->ss)->sin6_addr;
+		return IN6_IS_ADDR_LOOPBACK(s6) ||
+		    (IN6_IS_ADDR_V4MAPPED(s6) && s6->s6_addr[12] == 127);
+	}
+	return 0;
+}
+
+/* Where key path's value is in scope sc, or the scope's own mapping if not written. */
+static const yaml_mark_t *
+config_vmark(const struct config_scope *sc, const char *path)
+{
+	size_t i = config_key_index(path);
+
+	return sc->seen[i] ? &sc->vmark[i] : &sc->mark;
+}
+
+/*
+ * After a listener entry.  Plaintext logins off loopback need insecure:
+ * true written out, so that a forgotten "tls:" line or a test setting
+ * copied to production cannot expose passwords by accident.  A PROXY
+ * header is only believed from listed networks, and a list without
+ * proxy_protocol is refused because it reads like an access list, which
+ * it is not.
+ */
+static void
+config_listen_check(struct config_loader *ld, struct config_scope *sc)
+{
+	const struct config_listen *l = (const struct config_listen *)sc->base;
+	size_t itp = config_key_index("listen[].trusted_proxies");
+
+	if (l->address != NULL && l->addr.ss.ss_family != 0 && !config_is_loopback(&l->addr) &&
+	    !l->insecure) {
+		if (l->tls == CONFIG_TLS_NONE)
+			config_error(ld, config_vmark(sc, "listen[].tls"), "%s.tls: \"none\" "
+			    "on %s, which is not a loopback address, lets passwords cross the "
+			    "network in plaintext; use implicit or starttls, or add insecure: "
+			    "true to accept that", sc->where, l->address);
+		else if (l->tls == CONFIG_TLS_STARTTLS && l->require_tls == 0)
+			config_error(ld, config_vmark(sc, "listen[].require_tls"),
+			    "%s.require_tls: false on %s, which is not a loopback address, "
+			    "lets clients log in before STARTTLS, in plaintext; add insecure: "
+			    "true to accept that", sc->where, l->address);
+	}
+	if (l->proxy_protocol == 1 && l->ntrusted_proxies == 0 && ld->errs->n == sc->nerr0)
+		config_error(ld, config_vmark(sc, "listen[].proxy_protocol"),
+		    "%s.proxy_protocol: true needs trusted_proxies, the networks whose PROXY "
+		    "headers are believed (for example [10.0.0.0/8])", sc->where);
+	if (l->proxy_protocol == 0 && sc->seen[itp] && l->ntrusted_proxies > 0)
+		config_error(ld, &sc->vmark[itp], "%s.trusted_proxies: only used with "
+		    "proxy_protocol: true (it does not limit who may connect)", sc->where);
+}
+
+/* Whether s is usable as a host name for SNI and certificate checks. */
+static int
+config_hostname_ok(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n == 0 || n > CONFIG_MAX_HOSTNAME)
+		return 0;
+	/* Letters, digits, '-', '.', '_' (seen on internal names) and ':' (IPv6 literals). */
+	for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++)
+		if (!isalnum(*p) && strchr("-._:", *p) == NULL)
+			return 0;
+	return 1;
+}
+
+/*
+ * Whether errno after a failed getpwnam/getgrnam means the lookup itself
+ * failed; 0, ENOENT, ESRCH, EBADF and EPERM all mean "not found" (POSIX).
+ */
+static int
+config_nss_failed(int e)
+{
+	return e != 0 && e != ENOENT && e != ESRCH && e != EBADF && e != EPERM;
+}
+
+/* Checks across keys of the top level, while their positions are known. */
+static void
+config_top_check(struct config_loader *ld, struct config_scope *sc)
+{
+	struct config *cf = ld->cf;
+	size_t ica = config_key_index("backend.ca_file");
+	size_t isn = config_key_index("backend.server_name");
+	size_t iu = config_key_index("user"), ig = config_key_index("group");
+	size_t iht = config_key_index("backend.health.timeout");
+
+	if (cf->backend_tls == CONFIG_TLS_NONE) {
+		/* Written for a backend reached in plaintext, they suggest TLS that is not there. */
+		if (sc->seen[ica] && cf->backend_ca_file != NULL)
+			config_error(ld, &sc->vmark[ica], "backend.ca_file: only used with "
+			    "backend.tls: implicit or starttls (backend.tls is none)");
+		if (sc->seen[isn] && cf->backend_server_name != NULL)
+			config_error(ld, &sc->vmark[isn], "backend.server_name: only used with "
+			    "backend.tls: implicit or starttls (backend.tls is none)");
+	} else if (cf->backend_tls == CONFIG_TLS_IMPLICIT ||
+	    cf->backend_tls == CONFIG_TLS_STARTTLS) {
+		if (cf->backend_verify == 1 && cf->backend_server_name == NULL &&
+		    !sc->seen[isn])
+			config_error(ld, config_vmark(sc, "backend.tls"), "backend.tls: "
+			    "backend.server_name is needed to verify the backend's certificate "
+			    "(or set verify: false)");
+		if (cf->backend_ca_file != NULL && access(cf->backend_ca_file, R_OK) != 0)
+			config_error(ld, &sc->vmark[ica], "backend.ca_file: cannot read \"%s\": %s",
+			    cf->backend_ca_file, strerror(errno));
+	}
+	if (cf->backend_server_name != NULL && !config_hostname_ok(cf->backend_server_name))
+		config_error(ld, &sc->vmark[isn], "backend.server_name: \"%s\" is not a host "
+		    "name", cf->backend_server_name);
+	if (cf->health_timeout_ms > cf->health_interval_ms)
+		config_error(ld, config_vmark(sc, sc->seen[iht] ? "backend.health.timeout" :
+		    "backend.health.interval"), "backend.health.timeout (%" PRIu64 "ms) is "
+		    "longer than backend.health.interval (%" PRIu64 "ms): a check would still "
+		    "be running when the next one starts", cf->health_timeout_ms,
+		    cf->health_interval_ms);
+	/* Looked up here so that a typo fails "imapgate -t", not the start after binding. */
+	errno = 0;
+	if (cf->user != NULL && getpwnam(cf->user) == NULL)
+		config_error(ld, &sc->vmark[iu], "user: no such user \"%s\"%s%s", cf->user,
+		    config_nss_failed(errno) ? ": " : "",
+		    config_nss_failed(errno) ? strerror(errno) : "");
+	errno = 0;
+	if (cf->group != NULL && getgrnam(cf->group) == NULL)
+		config_error(ld, &sc->vmark[ig], "group: no such group \"%s\"%s%s", cf->group,
+		    config_nss_failed(errno) ? ": " : "",
+		    config_nss_failed(errno) ? strerror(errno) : "");
+}
+
 /* Checks that span several keys, after the whole file has been read. */
 static void
 config_check(struct config_loader *ld)
@@ -1260,11 +1616,12 @@ config_check(struct config_loader *ld)
 	struct config *cf = ld->cf;
 
 	for (size_t i = 0; i < cf->nlisten && cf->ncerts == 0; i++) {
-		if (cf->listen[i].tls != CONFIG_TLS_IMPLICIT)
+		if (cf->listen[i].tls != CONFIG_TLS_IMPLICIT &&
+		    cf->listen[i].tls != CONFIG_TLS_STARTTLS)
 			continue;
 		config_error_at(ld, cf->listen[i].line, cf->listen[i].col,
-		    "listen[%zu]: uses tls: implicit, but tls.certificates lists no "
-		    "certificate", i);
+		    "listen[%zu]: uses tls: %s, but tls.certificates lists no certificate",
+		    i, cf->listen[i].tls == CONFIG_TLS_IMPLICIT ? "implicit" : "starttls");
 		break;
 	}
 }
@@ -1409,6 +1766,8 @@ config_load_doc(struct config_loader *ld)
 			sc->mark = root->start_mark;
 			config_walk_map(ld, sc, root, "");
 			config_scope_finish(ld, sc);
+			if (!ld->oom)
+				config_top_check(ld, sc);
 			free(sc);
 		}
 		/* A second document would be silently ignored; refuse it. */

@@ -69,9 +69,29 @@ guard_cap_removed(const struct config *cf, const char *cap, size_t len)
 	return 0;
 }
 
+/* Append cap to the list out[0..o) unless it is there; returns the new length. */
+static size_t
+guard_caps_add(char *out, size_t o, const char *a)
+{
+	size_t al = strlen(a), p = 0;
+
+	while (p < o) {
+		size_t q = p;
+		while (q < o && out[q] != ' ')
+			q++;
+		if (q - p == al && strncasecmp(out + p, a, al) == 0)
+			return o;
+		p = q + 1;
+	}
+	if (o > 0)
+		out[o++] = ' ';
+	memcpy(out + o, a, al);
+	return o + al;
+}
+
 /* Filter the space-separated list in[0..len) into out; returns bytes written. */
 static size_t
-guard_caps(const struct config *cf, const char *in, size_t len, char *out)
+guard_caps(const struct config *cf, const char *in, size_t len, unsigned caps, char *out)
 {
 	size_t i = 0, o = 0, j, k;
 
@@ -88,25 +108,12 @@ guard_caps(const struct config *cf, const char *in, size_t len, char *out)
 		}
 		i = j;
 	}
-	for (k = 0; k < cf->ncap_add; k++) {
-		const char *a = cf->cap_add[k];
-		size_t al = strlen(a), p = 0;
-		int present = 0;
-
-		while (p < o && !present) {
-			size_t q = p;
-			while (q < o && out[q] != ' ')
-				q++;
-			present = q - p == al && strncasecmp(out + p, a, al) == 0;
-			p = q + 1;
-		}
-		if (!present) {
-			if (o > 0)
-				out[o++] = ' ';
-			memcpy(out + o, a, al);
-			o += al;
-		}
-	}
+	for (k = 0; k < cf->ncap_add; k++)
+		o = guard_caps_add(out, o, cf->cap_add[k]);
+	if (caps & GUARD_CAP_STARTTLS)
+		o = guard_caps_add(out, o, "STARTTLS");
+	if (caps & GUARD_CAP_LOGINDISABLED)
+		o = guard_caps_add(out, o, "LOGINDISABLED");
 	return o;
 }
 
@@ -118,7 +125,7 @@ guard_caps_slack(const struct config *cf)
 
 	for (size_t k = 0; k < cf->ncap_add; k++)
 		n += strlen(cf->cap_add[k]) + 1;
-	return n;
+	return n + sizeof(" STARTTLS LOGINDISABLED");
 }
 
 /* Does rule r match this status response? */
@@ -185,22 +192,23 @@ guard_status_word(enum config_status st)
 /* Rebuild "* CAPABILITY ..." with the filtered list. */
 static int
 guard_rewrite_capdata(const struct config *cf, const struct imap_line *l,
-    const char *line, size_t len, struct guard_out *out)
+    const char *line, size_t len, unsigned caps, struct guard_out *out)
 {
 	size_t clen = guard_content_len(line, len), start, o;
 	const char *kw;
 
-	/* The list starts after the word CAPABILITY. */
-	kw = memmem(line, clen, l->name, strlen(l->name));
-	if (kw == NULL)
+	/* The list starts after "* CAPABILITY" (the word in any case). */
+	(void)l;
+	if (clen < 2 || line[0] != '*' || line[1] != ' ')
 		return 0;
-	start = (size_t)(kw - line) + strlen(l->name);
+	kw = memchr(line + 2, ' ', clen - 2);
+	start = kw != NULL ? (size_t)(kw - line) : clen;
 	if ((out->buf = malloc(len + guard_caps_slack(cf) + GUARD_SLACK)) == NULL)
 		return -1;
 	memcpy(out->buf, line, start);
 	o = start;
 	out->buf[o++] = ' ';
-	o += guard_caps(cf, line + start, clen - start, out->buf + o);
+	o += guard_caps(cf, line + start, clen - start, caps, out->buf + o);
 	if (out->buf[o - 1] == ' ')
 		o--;
 	memcpy(out->buf + o, line + clen, len - clen);
@@ -219,7 +227,7 @@ guard_rewrite_capdata(const struct config *cf, const struct imap_line *l,
 /* Rewrite one response line; see guard.h. */
 int
 guard_rewrite(const struct config *cf, const struct imap_line *l,
-    const char *line, size_t len, struct guard_out *out)
+    const char *line, size_t len, unsigned caps, struct guard_out *out)
 {
 	size_t clen = guard_content_len(line, len), o, codelen, arglen;
 	const char *status = NULL, *codename = NULL, *codeargs = NULL;
@@ -232,7 +240,7 @@ guard_rewrite(const struct config *cf, const struct imap_line *l,
 		return 0;
 	if (l->kind == IMAP_KIND_UNTAGGED && l->status == IMAP_STATUS_NONE &&
 	    strcasecmp(l->name, "CAPABILITY") == 0)
-		return guard_rewrite_capdata(cf, l, line, len, out);
+		return guard_rewrite_capdata(cf, l, line, len, caps, out);
 	if (l->status == IMAP_STATUS_NONE ||
 	    (l->kind != IMAP_KIND_TAGGED && l->kind != IMAP_KIND_UNTAGGED &&
 	    l->kind != IMAP_KIND_GREETING))
@@ -301,7 +309,7 @@ guard_rewrite(const struct config *cf, const struct imap_line *l,
 			o += codelen;
 			arglen = l->code_end - 1 - (l->code_off + 1 + codelen);
 			out->buf[o++] = ' ';
-			o += guard_caps(cf, codeargs + codelen, arglen, out->buf + o);
+			o += guard_caps(cf, codeargs + codelen, arglen, caps, out->buf + o);
 			if (out->buf[o - 1] == ' ')
 				o--;
 		} else {
@@ -338,6 +346,33 @@ guard_rewrite(const struct config *cf, const struct imap_line *l,
 	    out->caps_changed ? "CAPABILITY" : has_code && l->code[0] != '\0' ? l->code :
 	    has_code ? "(unreadable)" : l->status_word);
 	out->len = o;
+	return 1;
+}
+
+/* Rebuild a status line without its response code. */
+int
+guard_drop_code(const struct imap_line *l, const char *line, size_t len,
+    struct guard_out *out)
+{
+	size_t clen = guard_content_len(line, len), o;
+
+	memset(out, 0, sizeof(*out));
+	if (l->nliterals > 0 || l->toolong || l->code_end <= l->code_off ||
+	    l->code_off == 0 || l->text_off > clen)
+		return 0;
+	if ((out->buf = malloc(len + GUARD_SLACK)) == NULL)
+		return -1;
+	memcpy(out->buf, line, l->code_off);
+	o = l->code_off;
+	if (l->text_off < clen) {
+		memcpy(out->buf + o, line + l->text_off, clen - l->text_off);
+		o += clen - l->text_off;
+	} else
+		o += (size_t)sprintf(out->buf + o, "ready");
+	memcpy(out->buf + o, line + clen, len - clen);
+	out->len = o + (len - clen);
+	out->code_changed = 1;
+	snprintf(out->original, sizeof(out->original), "%s", l->code);
 	return 1;
 }
 

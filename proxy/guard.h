@@ -14,6 +14,10 @@
 
 struct config;
 
+/* Capabilities the session itself adds (a STARTTLS listener before TLS). */
+#define GUARD_CAP_STARTTLS		0x01
+#define GUARD_CAP_LOGINDISABLED		0x02
+
 struct guard_out {
 	char	*buf;				/* the new line, malloc'd; the caller frees */
 	size_t	 len;
@@ -27,7 +31,10 @@ struct guard_out {
  * it stays as it is, -1 when out of memory.
  */
 int	guard_rewrite(const struct config *cf, const struct imap_line *l,
-	    const char *line, size_t len, struct guard_out *out);
+	    const char *line, size_t len, unsigned caps, struct guard_out *out);
+/* Remove the response code (a pre-STARTTLS [CAPABILITY] in a greeting); 1 if changed. */
+int	guard_drop_code(const struct imap_line *l, const char *line, size_t len,
+	    struct guard_out *out);
 /* Does a tagged NO/BAD's text say "wrong state" (guard.desync_patterns)? */
 int	guard_is_wrong_state(const struct config *cf, const struct imap_line *l,
 	    const char *line, size_t len);

@@ -7,6 +7,7 @@
 #include "config.h"
 #include "log.h"
 #include "server.h"
+#include "tls.h"
 
 /* Print the usage line to f. */
 static void
@@ -69,8 +70,29 @@ main(int argc, char *argv[])
 		return 1;
 	}
 	if (test) {
-		printf("configuration OK\n");
+		/* Build the TLS contexts too: bad ciphers or keys show up now, not at start. */
+		char err[256];
+		struct tls_ctx *t = NULL, *b = NULL;
+		int bad = 0;
+
+		for (size_t i = 0; i < srv.cf->nlisten; i++)
+			if (srv.cf->listen[i].tls != CONFIG_TLS_NONE && t == NULL &&
+			    (t = tls_ctx_new(srv.cf, err, sizeof(err))) == NULL) {
+				fprintf(stderr, "%s: %s\n", path, err);
+				bad = 1;
+				break;
+			}
+		if (srv.cf->backend_tls != CONFIG_TLS_NONE &&
+		    (b = tls_ctx_new_backend(srv.cf, err, sizeof(err))) == NULL) {
+			fprintf(stderr, "%s: %s\n", path, err);
+			bad = 1;
+		}
+		tls_ctx_free(t);
+		tls_ctx_free(b);
 		config_free(srv.cf);
+		if (bad)
+			return 1;
+		printf("configuration OK\n");
 		return 0;
 	}
 	log_set_level(srv.cf->log_level);

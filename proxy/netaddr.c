@@ -98,3 +98,21 @@ netaddr_str(const struct sockaddr *sa, char *buf, size_t len)
 		snprintf(buf, len, "unknown");
 	return buf;
 }
+
+/* Format sa's address without the port; the port goes to *port. */
+const char *
+netaddr_ip(const struct sockaddr *sa, char *buf, size_t len, unsigned *port)
+{
+	*port = 0;
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *sin = (const struct sockaddr_in *)sa;
+		inet_ntop(AF_INET, &sin->sin_addr, buf, (socklen_t)len);
+		*port = ntohs(sin->sin_port);
+	} else if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)sa;
+		inet_ntop(AF_INET6, &sin6->sin6_addr, buf, (socklen_t)len);
+		*port = ntohs(sin6->sin6_port);
+	} else
+		snprintf(buf, len, "unknown");
+	return buf;
+}

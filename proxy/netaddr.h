@@ -21,4 +21,7 @@ int	netaddr_parse(const char *text, int passive, struct netaddr *a,
 /* Print a as "ip:port" or "[ip]:port" into buf. */
 const char *netaddr_str(const struct sockaddr *sa, char *buf, size_t len);
 
+/* The bare IP of sa as text, and its port. */
+const char *netaddr_ip(const struct sockaddr *sa, char *buf, size_t len, unsigned *port);
+
 #endif

@@ -14,7 +14,8 @@ struct tls_ctx;
 struct server {
 	struct event_base	*base;
 	struct config		*cf;
-	struct tls_ctx		*tls;
+	struct tls_ctx		*tls;		/* client side: our certificates */
+	struct tls_ctx		*btls;		/* backend side, when backend.tls is on */
 	struct server_listener	*listeners;
 	size_t			 nlisteners;
 	struct event		*ev_sigint, *ev_sigterm;

@@ -17,6 +17,7 @@
 #include "netaddr.h"
 #include "server.h"
 #include "guard.h"
+#include "proxyproto.h"
 #include "session.h"
 #include "stats.h"
 #include "state.h"
@@ -39,6 +40,25 @@ struct session_half {
 	int			 sync_wait;	/* client: sent "{n}", no literal byte moved yet */
 };
 
+/*
+ * Before the client sees the backend, imapgate may talk to the backend
+ * itself: TLS, STARTTLS, an ID with the client's address.  The greeting is
+ * held until that is done.
+ */
+enum session_phase {
+	SESSION_CONNECTING,	/* TCP connect to the backend */
+	SESSION_BACKEND_TLS,	/* implicit TLS handshake with the backend */
+	SESSION_GREETING,	/* waiting for the backend's greeting */
+	SESSION_BACKEND_STARTTLS,	/* sent STARTTLS, waiting for its OK */
+	SESSION_BACKEND_UPGRADE,	/* TLS handshake after STARTTLS */
+	SESSION_BACKEND_ID,	/* sent ID with the client's address, waiting for its OK */
+	SESSION_RELAY,		/* the client and the backend talk */
+};
+
+/* Tags of the commands imapgate itself sends to the backend. */
+#define SESSION_TAG_STARTTLS	"imapgate-tls"
+#define SESSION_TAG_ID		"imapgate-id"
+
 struct session {
 	TAILQ_ENTRY(session)	 entry;
 	struct server		*srv;
@@ -58,6 +78,15 @@ struct session {
 	char			*inject;	/* our own replies, waiting for a response boundary */
 	size_t			 ninject;
 	int			 backend_up;
+	enum session_phase	 phase;
+	int			 client_tls;	/* the client speaks TLS (implicit, or after STARTTLS) */
+	int			 client_upgrading;	/* STARTTLS answered, handshake running */
+	int			 starttls_now;	/* switch the client to TLS after this line */
+	char			*greeting;	/* held while imapgate sets the backend up */
+	size_t			 greeting_len;
+	struct imap_line	 greeting_line;
+	struct sockaddr_storage	 client_ss;	/* the real client (after any PROXY header) */
+	struct sockaddr_storage	 local_ss;	/* the address the client connected to */
 	int			 backend_gone;
 	int			 client_gone;	/* client half-closed: answer what is in flight, then close */	/* EOF or error: drain its input, whatever the client's pace */
 	int			 finishing;	/* flushing the client before close */
@@ -67,6 +96,7 @@ struct session {
 };
 
 static void session_relay(struct session_half *);
+static void session_backend_setup_line(struct session *);
 static void session_response_timer(struct session *, int);
 static void session_readable(struct endpoint *, void *);
 static void session_drained(struct endpoint *, void *);
@@ -106,6 +136,7 @@ session_free_cb(evutil_socket_t fd, short what, void *arg)
 	endpoint_free(s->backend.ep);
 	state_free(&s->st);
 	free(s->inject);
+	free(s->greeting);
 	event_free(s->ev_timer);
 	event_free(s->ev_response);
 	event_free(s->ev_free);
@@ -132,7 +163,7 @@ session_close(struct session *s, const char *reason)
 	if (s->backend.ep != NULL)
 		endpoint_read_enable(s->backend.ep, 0);
 
-	log_info("session=%s msg=session-end client=%s backend=%s tls=%s cipher=%s "
+	log_info("session=%s msg=session-end client=%s backend=%s tls=%s cipher=%s sni=%s "
 	    "bytes_in=%llu bytes_out=%llu backend_in=%llu backend_out=%llu "
 	    "duration_ms=%lld user=\"%s\" state=%s rewrites=%u guard_events=%u "
 	    "last_guard=%s reason=%s%s%s%s",
@@ -140,6 +171,7 @@ session_close(struct session *s, const char *reason)
 	    netaddr_str((const struct sockaddr *)&s->backend_cf->addr.ss, bk, sizeof(bk)),
 	    s->client.ep ? endpoint_tls_version(s->client.ep) : "-",
 	    s->client.ep ? endpoint_tls_cipher(s->client.ep) : "-",
+	    s->client.ep && endpoint_sni(s->client.ep) ? endpoint_sni(s->client.ep) : "-",
 	    (unsigned long long)(s->client.ep ? endpoint_bytes_in(s->client.ep) : 0),
 	    (unsigned long long)(s->client.ep ? endpoint_bytes_out(s->client.ep) : 0),
 	    (unsigned long long)(s->backend.ep ? endpoint_bytes_in(s->backend.ep) : 0),
@@ -256,6 +288,15 @@ session_pass(struct session_half *h)
 	h->pending = 0;
 }
 
+/* Capabilities this session adds: STARTTLS (and LOGINDISABLED) before TLS. */
+static unsigned
+session_caps(const struct session *s)
+{
+	if (s->lc->tls != CONFIG_TLS_STARTTLS || s->client_tls)
+		return 0;
+	return GUARD_CAP_STARTTLS | (s->lc->require_tls ? GUARD_CAP_LOGINDISABLED : 0);
+}
+
 /*
  * The first part of a client command is known (at a literal header or the
  * line end): decide whether it goes to the backend or we answer it.
@@ -270,6 +311,29 @@ session_client_decide(struct session *s, const struct imap_line *l)
 	if (l->kind != IMAP_KIND_COMMAND)
 		return;
 	kind = state_classify(l);
+	if (kind == STATE_CMD_STARTTLS && s->lc->tls == CONFIG_TLS_STARTTLS && !s->client_tls) {
+		h->dropping = 1;
+		if (l->nliterals > 0 || s->st.ninflight > 0 || s->ninject > 0 ||
+		    !session_backend_at_boundary(s)) {
+			session_inject(s, "%s BAD STARTTLS must be sent alone", l->tag);
+			return;
+		}
+		/*
+		 * imapgate answers STARTTLS itself; the backend never sees it.
+		 * Whatever the client pipelined behind it in plaintext is
+		 * discarded when TLS starts (RFC 9051 6.2.1).
+		 */
+		session_inject(s, "%s OK Begin TLS negotiation now", l->tag);
+		s->starttls_now = 1;
+		return;
+	}
+	if (kind == STATE_CMD_LOGIN && s->lc->tls == CONFIG_TLS_STARTTLS && !s->client_tls &&
+	    s->lc->require_tls) {
+		/* RFC 9051 6.2.3: no credentials in cleartext. */
+		h->dropping = 1;
+		session_inject(s, "%s NO [PRIVACYREQUIRED] Use STARTTLS first", l->tag);
+		return;
+	}
 	if (kind == STATE_CMD_STARTTLS || kind == STATE_CMD_COMPRESS) {
 		/*
 		 * Either would change the byte stream under the parser; neither
@@ -332,8 +396,18 @@ session_client_line(struct session *s)
 		session_close(s, "too-many-in-flight");
 		return;
 	}
+	if (h->dropping && strcmp(l->name, "AUTHENTICATE") == 0)
+		imap_parse_set_mode(&h->parser, IMAP_MODE_COMMAND);
 	session_pass(h);
 	h->dropping = 0;
+	if (s->starttls_now) {
+		s->starttls_now = 0;
+		s->client_upgrading = 1;
+		imap_parse_init(&h->parser, IMAP_DIR_CLIENT, s->srv->cf->max_line);
+		if (endpoint_start_tls(h->ep, s->srv->tls) != 0)
+			session_close(s, "client-tls-failed");
+		return;
+	}
 	session_response_timer(s, 0);
 }
 
@@ -468,7 +542,7 @@ session_backend_line(struct session *s)
 		imap_parse_literal_cancel(cp);
 		s->client.sync_wait = 0;
 	}
-	if (line != NULL && guard_rewrite(s->srv->cf, l, line, h->pending, &out) == 1) {
+	if (line != NULL && guard_rewrite(s->srv->cf, l, line, h->pending, session_caps(s), &out) == 1) {
 		log_debug("session=%s msg=rewrite original=%s status=%d code=%d caps=%d",
 		    s->id, out.original, out.status_changed, out.code_changed,
 		    out.caps_changed);
@@ -490,6 +564,171 @@ session_backend_line(struct session *s)
 	    !endpoint_output_full(s->backend.ep)) {
 		s->client.paused = 0;
 		endpoint_read_enable(s->client.ep, 1);
+	}
+}
+
+/* Send ID with the client's address (backend.client_ip: id); its reply is swallowed. */
+static void
+session_send_id(struct session *s)
+{
+	char cip[INET6_ADDRSTRLEN], lip[INET6_ADDRSTRLEN], line[512];
+	unsigned cport, lport;
+	int n;
+
+	netaddr_ip((const struct sockaddr *)&s->client_ss, cip, sizeof(cip), &cport);
+	netaddr_ip((const struct sockaddr *)&s->local_ss, lip, sizeof(lip), &lport);
+	n = snprintf(line, sizeof(line), SESSION_TAG_ID " ID (\"x-originating-ip\" \"%s\" "
+	    "\"x-originating-port\" \"%u\" \"x-connected-ip\" \"%s\" "
+	    "\"x-connected-port\" \"%u\" \"x-session-id\" \"%s\")\r\n",
+	    cip, cport, lip, lport, s->id);
+	endpoint_write(s->backend.ep, line, (size_t)n);
+	s->phase = SESSION_BACKEND_ID;
+}
+
+/* The backend is set up: let the client see the greeting and start relaying. */
+static void
+session_release_greeting(struct session *s)
+{
+	const struct imap_line *l = &s->greeting_line;
+	struct state_result res;
+	struct guard_out out;
+	int r;
+
+	s->phase = SESSION_RELAY;
+	log_debug("session=%s msg=backend-ready tls=%s", s->id,
+	    endpoint_tls_version(s->backend.ep));
+	if (s->greeting != NULL) {
+		state_server_response(&s->st, l, &res);
+		/*
+		 * After STARTTLS the greeting's capability list is stale (it
+		 * was the plaintext one); drop it and let the client ask.
+		 */
+		if (s->srv->cf->backend_tls == CONFIG_TLS_STARTTLS &&
+		    strcmp(l->code, "CAPABILITY") == 0)
+			r = guard_drop_code(l, s->greeting, s->greeting_len, &out);
+		else
+			r = guard_rewrite(s->srv->cf, l, s->greeting, s->greeting_len,
+			    session_caps(s), &out);
+		if (r == 1) {
+			endpoint_write(s->client.ep, out.buf, out.len);
+			free(out.buf);
+		} else
+			endpoint_write(s->client.ep, s->greeting, s->greeting_len);
+		free(s->greeting);
+		s->greeting = NULL;
+	}
+	session_relay(&s->client);
+	session_relay(&s->backend);
+}
+
+/* A backend line while imapgate is still setting the backend up. */
+static void
+session_backend_setup_line(struct session *s)
+{
+	struct session_half *h = &s->backend;
+	const struct imap_line *l = &h->parser.line;
+	const struct config *cf = s->srv->cf;
+	const char *bytes;
+
+	switch (s->phase) {
+	case SESSION_GREETING:
+		if (l->kind != IMAP_KIND_GREETING || l->status == IMAP_STATUS_BYE ||
+		    (cf->backend_tls != CONFIG_TLS_STARTTLS && cf->client_ip != CONFIG_CLIENT_IP_ID)) {
+			/* Nothing to do first (or nothing possible): relay from here. */
+			s->phase = SESSION_RELAY;
+			session_backend_line(s);
+			return;
+		}
+		if (h->pending > cf->max_line ||
+		    (bytes = (const char *)endpoint_pullup(h->ep, h->pending)) == NULL ||
+		    (s->greeting = malloc(h->pending)) == NULL) {
+			session_close(s, "out-of-memory");
+			return;
+		}
+		memcpy(s->greeting, bytes, h->pending);
+		s->greeting_len = h->pending;
+		s->greeting_line = *l;
+		endpoint_drop(h->ep, h->pending);
+		h->pending = 0;
+		if (cf->backend_tls == CONFIG_TLS_STARTTLS) {
+			static const char cmd[] = SESSION_TAG_STARTTLS " STARTTLS\r\n";
+			endpoint_write(h->ep, cmd, sizeof(cmd) - 1);
+			s->phase = SESSION_BACKEND_STARTTLS;
+		} else
+			session_send_id(s);
+		return;
+	case SESSION_BACKEND_STARTTLS:
+		endpoint_drop(h->ep, h->pending);
+		h->pending = 0;
+		if (l->kind != IMAP_KIND_TAGGED || strcmp(l->tag, SESSION_TAG_STARTTLS) != 0)
+			return;
+		if (l->status != IMAP_STATUS_OK) {
+			snprintf(s->detail, sizeof(s->detail), "backend refused STARTTLS");
+			session_bye_unavailable(s, "backend-starttls-refused");
+			return;
+		}
+		s->phase = SESSION_BACKEND_UPGRADE;
+		imap_parse_init(&h->parser, IMAP_DIR_SERVER, cf->max_line);
+		h->parser.seen_greeting = 1;
+		if (endpoint_start_tls(h->ep, s->srv->btls) != 0)
+			session_bye_unavailable(s, "backend-tls-failed");
+		return;
+	case SESSION_BACKEND_ID:
+		endpoint_drop(h->ep, h->pending);
+		h->pending = 0;
+		if (l->kind == IMAP_KIND_TAGGED && strcmp(l->tag, SESSION_TAG_ID) == 0)
+			session_release_greeting(s);
+		return;
+	default:
+		endpoint_drop(h->ep, h->pending);
+		h->pending = 0;
+		return;
+	}
+}
+
+/* The backend is connected (TCP, or a TLS handshake finished): next setup step. */
+static void
+session_backend_up(struct session *s)
+{
+	const struct config *cf = s->srv->cf;
+
+	switch (s->phase) {
+	case SESSION_CONNECTING:
+		evtimer_del(s->ev_timer);
+		s->backend_up = 1;
+		log_debug("session=%s msg=backend-connected", s->id);
+		if (cf->client_ip == CONFIG_CLIENT_IP_PROXY_V1) {
+			char hdr[PROXYPROTO_V1_MAX + 1];
+			size_t n = proxyproto_build_v1((const struct sockaddr *)&s->client_ss,
+			    (const struct sockaddr *)&s->local_ss, hdr, sizeof(hdr));
+			endpoint_write(s->backend.ep, hdr, n);
+		} else if (cf->client_ip == CONFIG_CLIENT_IP_PROXY_V2) {
+			unsigned char hdr[64];
+			size_t n = proxyproto_build_v2((const struct sockaddr *)&s->client_ss,
+			    (const struct sockaddr *)&s->local_ss, hdr, sizeof(hdr));
+			endpoint_write(s->backend.ep, hdr, n);
+		}
+		if (cf->backend_tls == CONFIG_TLS_IMPLICIT) {
+			s->phase = SESSION_BACKEND_TLS;
+			if (endpoint_start_tls(s->backend.ep, s->srv->btls) != 0)
+				session_bye_unavailable(s, "backend-tls-failed");
+			return;
+		}
+		s->phase = SESSION_GREETING;
+		session_relay(&s->backend);
+		return;
+	case SESSION_BACKEND_TLS:
+		s->phase = SESSION_GREETING;
+		session_relay(&s->backend);
+		return;
+	case SESSION_BACKEND_UPGRADE:
+		if (cf->client_ip == CONFIG_CLIENT_IP_ID)
+			session_send_id(s);
+		else
+			session_release_greeting(s);
+		return;
+	default:
+		return;
 	}
 }
 
@@ -541,7 +780,10 @@ session_relay(struct session_half *h)
 	size_t avail, len, used;
 	uint64_t left;
 
-	while (!s->finishing && !s->closed && s->backend_up) {
+	while (!s->finishing && !s->closed &&
+	    (h == &s->client ? s->phase == SESSION_RELAY && !s->client_upgrading :
+	    s->phase >= SESSION_GREETING && s->phase != SESSION_BACKEND_UPGRADE &&
+	    !s->client_upgrading)) {
 		if (session_must_pause(h))
 			return;
 		avail = endpoint_input_len(h->ep);
@@ -581,6 +823,14 @@ session_relay(struct session_half *h)
 				if (p->cur.nliterals <= 1 && !h->streaming)
 					session_client_decide(s, &p->cur);
 				h->sync_wait = ev.lit_sync;
+				if (h->dropping && ev.lit_sync) {
+					/* We answered it: the client will not send the literal. */
+					imap_parse_literal_cancel(p);
+					h->sync_wait = 0;
+					session_pass(h);
+					h->dropping = 0;
+					break;
+				}
 			}
 			session_pass(h);
 			break;
@@ -591,6 +841,8 @@ session_relay(struct session_half *h)
 			h->streaming = 0;
 			if (h == &s->client)
 				session_client_line(s);
+			else if (s->phase != SESSION_RELAY)
+				session_backend_setup_line(s);
 			else
 				session_backend_line(s);
 			break;
@@ -645,16 +897,20 @@ session_event(struct endpoint *ep, enum endpoint_event what, void *arg)
 		return;
 	}
 	if (h == &s->backend && what == ENDPOINT_CONNECTED) {
-		evtimer_del(s->ev_timer);
-		s->backend_up = 1;
-		log_debug("session=%s msg=backend-connected", s->id);
-		session_relay(&s->client);
-		session_relay(&s->backend);
+		session_backend_up(s);
 		return;
 	}
 	if (h == &s->client && what == ENDPOINT_CONNECTED) {
-		log_debug("session=%s msg=tls-established tls=%s cipher=%s", s->id,
-		    endpoint_tls_version(ep), endpoint_tls_cipher(ep));
+		const char *sni = endpoint_sni(ep);
+
+		s->client_tls = 1;
+		log_debug("session=%s msg=tls-established tls=%s cipher=%s sni=%s", s->id,
+		    endpoint_tls_version(ep), endpoint_tls_cipher(ep), sni ? sni : "-");
+		if (s->client_upgrading) {
+			s->client_upgrading = 0;
+			session_relay(&s->backend);
+			session_relay(&s->client);
+		}
 		return;
 	}
 	if (what == ENDPOINT_ERROR)
@@ -706,13 +962,13 @@ session_timer_cb(evutil_socket_t fd, short what, void *arg)
 /* Accept: wrap the client socket and start the backend connection at once. */
 void
 session_start(struct server *srv, const struct config_listen *lc, int fd,
-    const struct sockaddr *sa, socklen_t salen)
+    const struct sockaddr *sa, socklen_t salen, const struct sockaddr *local,
+    socklen_t locallen)
 {
 	const struct config *cf = srv->cf;
 	struct session *s;
 	struct timeval tv;
 
-	(void)salen;
 	if ((s = calloc(1, sizeof(*s))) == NULL) {
 		close(fd);
 		return;
@@ -723,6 +979,9 @@ session_start(struct server *srv, const struct config_listen *lc, int fd,
 	snprintf(s->id, sizeof(s->id), "%06x%06llx", srv->id_prefix & 0xffffff,
 	    (unsigned long long)(++srv->next_id & 0xffffff));
 	netaddr_str(sa, s->client_addr, sizeof(s->client_addr));
+	memcpy(&s->client_ss, sa, salen < sizeof(s->client_ss) ? salen : sizeof(s->client_ss));
+	memcpy(&s->local_ss, local, locallen < sizeof(s->local_ss) ? locallen : sizeof(s->local_ss));
+	s->client_tls = lc->tls == CONFIG_TLS_IMPLICIT;
 	s->backend_cf = &cf->servers[0];
 	s->client.s = s->backend.s = s;
 	s->client.peer = &s->backend;

@@ -14,9 +14,13 @@ struct config_listen;
 struct server;
 struct session;
 
-/* Start a session for an accepted socket on listener lc. */
+/*
+ * Start a session for an accepted socket on listener lc: sa is the real
+ * client (after any PROXY header), local the address it connected to.
+ */
 void	session_start(struct server *srv, const struct config_listen *lc, int fd,
-	    const struct sockaddr *sa, socklen_t salen);
+	    const struct sockaddr *sa, socklen_t salen, const struct sockaddr *local,
+	    socklen_t locallen);
 /* End s now: log the summary line once and schedule the free. */
 void	session_close(struct session *s, const char *reason);
 

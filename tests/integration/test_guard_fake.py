@@ -64,7 +64,9 @@ def t_select_before_login(env):
         c = env.client(g)
         c.send(cmd)
         data, how = read_to_close(c)
-        tag, name = cmd.split()[0], cmd.split()[1]
+        tag = cmd.split()[0]
+        # UID commands are named with their subcommand ("UID FETCH").
+        name = b" ".join(cmd.split()[1:3]) if cmd.split()[1] == b"UID" else cmd.split()[1]
         want = BYE_NOT_LOGGED_IN + tag + b" BAD " + name + b" not allowed now\r\n"
         check(data == want, "%r -> %r (%s), want %r" % (cmd, data, how, want))
         say("   %-22r -> BYE + %r, %s" % (cmd, want.split(b"\r\n")[1], how))

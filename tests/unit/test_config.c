@@ -242,6 +242,49 @@ test_guard_defaults(const struct config *cf)
 	CHECK(cf->ncap_remove == 0 && cf->ncap_add == 0, "no capability changes by default");
 }
 
+/* The defaults of the TLS, pool, limit and operations keys. */
+static void
+test_ops_defaults(const struct config *cf)
+{
+	for (size_t i = 0; i < cf->nlisten; i++) {
+		const struct config_listen *l = &cf->listen[i];
+		CHECK(l->require_tls == 1 && l->insecure == 0 && l->proxy_protocol == 0 &&
+		    l->ntrusted_proxies == 0, "listen[%zu] defaults", i);
+	}
+	for (size_t i = 0; i < cf->nservers; i++)
+		CHECK(cf->servers[i].weight == 1 && cf->servers[i].max_connections == 0,
+		    "servers[%zu] defaults", i);
+	CHECK(cf->tls_min_version == 12 && cf->tls_ciphers == NULL &&
+	    cf->tls_ciphersuites == NULL, "tls defaults");
+	CHECK(cf->backend_tls == CONFIG_TLS_NONE && cf->backend_ca_file == NULL &&
+	    cf->backend_server_name == NULL && cf->backend_verify == 1 &&
+	    cf->client_ip == CONFIG_CLIENT_IP_NONE, "backend TLS defaults");
+	CHECK(cf->balance == CONFIG_BALANCE_ROUND_ROBIN && cf->health_interval_ms == 5000 &&
+	    cf->health_timeout_ms == 2000 && cf->health_rise == 2 && cf->health_fall == 2 &&
+	    cf->connect_tries == 3, "pool defaults");
+	CHECK(cf->workers == 0 && cf->user == NULL && cf->group == NULL, "process defaults");
+	CHECK(cf->metrics_address == NULL && cf->metrics_addr.ss.ss_family == 0,
+	    "no metrics by default");
+	CHECK(cf->log_format == CONFIG_LOG_TEXT && cf->log_output == CONFIG_LOG_STDERR,
+	    "log defaults");
+	CHECK(cf->max_connections == 50000 && cf->max_connections_per_ip == 50,
+	    "limits defaults %u %u", cf->max_connections, cf->max_connections_per_ip);
+	CHECK(cf->tls_handshake_ms == 10000 && cf->preauth_ms == 60000 &&
+	    cf->idle_ms == 30 * 60000 && cf->drain_ms == 30000, "timeout defaults");
+}
+
+/* Whether c is the network fam/text/prefix. */
+static int
+test_cidr(const struct config_cidr *c, int fam, const char *text, unsigned prefix)
+{
+	unsigned char want[16] = { 0 };
+
+	if (inet_pton(fam, text, want) != 1)
+		return 0;
+	return c->family == fam && c->prefix == prefix &&
+	    memcmp(c->addr, want, fam == AF_INET ? 4 : 16) == 0;
+}
+
 /* The minimal file: one listener, one certificate, one server, defaults elsewhere. */
 static void
 test_minimal(void)
@@ -275,6 +318,7 @@ test_minimal(void)
 	    (unsigned long long)cf->backend_connect_ms);
 	CHECK(strcmp(cf->path, test_datafile("good-minimal.yaml")) == 0, "path %s", cf->path);
 	test_guard_defaults(cf);
+	test_ops_defaults(cf);
 	config_free(cf);
 }
 
@@ -461,7 +505,7 @@ test_many(void)
 	} want[] = {
 		{ 1, 1, "unknown key \"lisen\"" },
 		{ 4, 14, "listen[0].address: address \"127.0.0.1:99999\": port must be 1-65535" },
-		{ 5, 10, "listen[0].tls: \"starttls\" is not supported yet (use implicit or none)" },
+		{ 5, 10, "listen[0].tls: \"startls\" is not one of implicit, none, starttls" },
 		{ 6, 5, "listen[1]: missing required key \"address\"" },
 		{ 9, 13, "tls.certificates[0].cert: cannot read" },
 		{ 12, 12, "tls.certificates[1].key: " },
@@ -521,10 +565,8 @@ test_bad_inputs(void)
 	/* Enums. */
 	BAD(LISTEN CERTS BACKEND "log:\n  level: loud\n", 1, 11, 10,
 	    "log.level: \"loud\" is not one of error, warn, info, debug");
-	BAD("listen:\n  - address: 127.0.0.1:993\n    tls: starttls\n" CERTS BACKEND, 1, 3, 10,
-	    "listen[0].tls: \"starttls\" is not supported yet (use implicit or none)");
 	BAD("listen:\n  - address: 127.0.0.1:993\n    tls: TLS\n" CERTS BACKEND, 1, 3, 10,
-	    "listen[0].tls: \"TLS\" is not one of implicit, none");
+	    "listen[0].tls: \"TLS\" is not one of implicit, none, starttls");
 
 	/* Sizes and durations: syntax and bounds. */
 	BAD(LISTEN CERTS BACKEND "limits:\n  max_line: 100\n", 1, 11, 13,
@@ -676,6 +718,362 @@ test_bad_inputs(void)
 	BAD(LISTEN CERTS BACKEND "log:\n  level: \xff\n", 1, 11, 10, "YAML error: invalid");
 }
 
+/* The file with every TLS, pool, limit and operations key set. */
+static void
+test_ops(void)
+{
+	struct config *cf = test_load_good(test_datafile("good-ops.yaml"), __LINE__);
+	char want[TEST_PATHLEN];
+
+	if (cf == NULL)
+		return;
+	CHECK(cf->workers == 4, "workers %u", cf->workers);
+	CHECK(cf->user != NULL && strcmp(cf->user, "daemon") == 0 && cf->group != NULL &&
+	    strcmp(cf->group, "daemon") == 0, "user and group");
+	CHECK(cf->nlisten == 3, "nlisten %zu", cf->nlisten);
+	if (cf->nlisten == 3) {
+		const struct config_listen *l = &cf->listen[0];
+		CHECK(l->tls == CONFIG_TLS_STARTTLS && l->require_tls == 0 && l->insecure == 1 &&
+		    l->proxy_protocol == 1, "listen[0] flags");
+		CHECK(l->ntrusted_proxies == 7 && l->trusted != NULL, "trusted %zu",
+		    l->ntrusted_proxies);
+		if (l->ntrusted_proxies == 7) {
+			CHECK(strcmp(l->trusted_proxies[2], "::1/128") == 0, "as written");
+			CHECK(test_cidr(&l->trusted[0], AF_INET, "10.0.0.0", 8), "10/8");
+			CHECK(test_cidr(&l->trusted[1], AF_INET, "127.0.0.0", 8), "127/8");
+			CHECK(test_cidr(&l->trusted[2], AF_INET6, "::1", 128), "::1/128");
+			CHECK(test_cidr(&l->trusted[3], AF_INET6, "2001:db8::", 32), "2001:db8::/32");
+			CHECK(test_cidr(&l->trusted[4], AF_INET, "192.0.2.7", 32), "bare v4 is /32");
+			CHECK(test_cidr(&l->trusted[5], AF_INET6, "2001:db8::1", 128),
+			    "bare v6 is /128");
+			CHECK(test_cidr(&l->trusted[6], AF_INET, "0.0.0.0", 0), "0/0");
+		}
+		CHECK(cf->listen[1].tls == CONFIG_TLS_NONE && cf->listen[1].insecure == 1,
+		    "listen[1] insecure off loopback");
+		CHECK(cf->listen[2].tls == CONFIG_TLS_NONE && cf->listen[2].insecure == 0,
+		    "listen[2] plaintext on ::1 needs no insecure");
+	}
+	CHECK(cf->tls_min_version == 13, "min_version %d", cf->tls_min_version);
+	CHECK(cf->tls_ciphers != NULL && strcmp(cf->tls_ciphers, "ECDHE+AESGCM:!aNULL") == 0,
+	    "ciphers");
+	CHECK(cf->tls_ciphersuites != NULL &&
+	    strcmp(cf->tls_ciphersuites, "TLS_AES_256_GCM_SHA384") == 0, "ciphersuites");
+	snprintf(want, sizeof(want), "%s/cert.pem", test_data);
+	CHECK(cf->backend_tls == CONFIG_TLS_IMPLICIT && cf->backend_ca_file != NULL &&
+	    strcmp(cf->backend_ca_file, want) == 0 && cf->backend_verify == 0 &&
+	    cf->backend_server_name != NULL &&
+	    strcmp(cf->backend_server_name, "imap.internal") == 0, "backend TLS");
+	CHECK(cf->client_ip == CONFIG_CLIENT_IP_PROXY_V2, "client_ip");
+	CHECK(cf->balance == CONFIG_BALANCE_LEAST_CONNECTIONS, "balance");
+	CHECK(cf->health_interval_ms == 3600000 && cf->health_timeout_ms == 60000 &&
+	    cf->health_rise == 100 && cf->health_fall == 1, "health");
+	CHECK(cf->connect_tries == 16, "connect_tries");
+	CHECK(cf->nservers == 2 && cf->servers[0].weight == 1000 &&
+	    cf->servers[0].max_connections == 1000000 && cf->servers[1].weight == 1 &&
+	    cf->servers[1].max_connections == 0, "server weights and limits");
+	CHECK(cf->metrics_address != NULL && strcmp(cf->metrics_address, "127.0.0.1:9143") == 0 &&
+	    test_port(&cf->metrics_addr) == 9143, "metrics address");
+	CHECK(cf->log_format == CONFIG_LOG_JSON && cf->log_output == CONFIG_LOG_SYSLOG, "log");
+	CHECK(cf->max_connections == 10000000 && cf->max_connections_per_ip == 0, "limits");
+	CHECK(cf->tls_handshake_ms == 300000 && cf->preauth_ms == 1000 && cf->idle_ms == 60000 &&
+	    cf->drain_ms == 0, "timeouts");
+	config_free(cf);
+}
+
+/* Inline good cases of the new keys: spellings, edges, rules that hold. */
+static void
+test_ops_inline(void)
+{
+	struct config *cf;
+
+	/* "1.2" quoted or not, workers a number, drain written as 0s. */
+	cf = test_load_good(test_write(LISTEN CERTS BACKEND "  tls: starttls\n"
+	    "  server_name: imap.example.org\nworkers: 64\ntimeouts: {drain: 0s}\n"), __LINE__);
+	if (cf != NULL)
+		CHECK(cf->backend_tls == CONFIG_TLS_STARTTLS && cf->backend_verify == 1 &&
+		    cf->workers == 64 && cf->drain_ms == 0 && cf->tls_min_version == 12,
+		    "starttls backend with server_name");
+	config_free(cf);
+	cf = test_load_good(test_write(LISTEN BACKEND "  tls: implicit\n  verify: false\n"
+	    "tls:\n  certificates: [{cert: @DATA@/cert.pem, key: @DATA@/key.pem}]\n"
+	    "  min_version: \"1.2\"\nworkers: auto\n"), __LINE__);
+	if (cf != NULL)
+		CHECK(cf->backend_verify == 0 && cf->backend_server_name == NULL &&
+		    cf->tls_min_version == 12 && cf->workers == 0, "verify: false needs no name");
+	config_free(cf);
+
+	/* Loopback in each spelling needs no insecure; starttls on loopback may drop require_tls. */
+	cf = test_load_good(test_write("listen:\n  - {address: 127.1.2.3:10143, tls: none}\n"
+	    "  - {address: '[::1]:10144', tls: none}\n"
+	    "  - {address: '[::ffff:127.0.0.1]:10145', tls: none}\n"
+	    "  - {address: 127.0.0.1:10146, tls: starttls, require_tls: false}\n"
+	    "  - {address: 0.0.0.0:10147, tls: starttls}\n"
+	    CERTS BACKEND), __LINE__);
+	if (cf != NULL)
+		CHECK(cf->nlisten == 5 && cf->listen[3].require_tls == 0 &&
+		    cf->listen[4].tls == CONFIG_TLS_STARTTLS && cf->listen[4].require_tls == 1,
+		    "loopback listeners");
+	config_free(cf);
+
+	/* A plaintext listener off loopback with insecure written out; trusted proxies. */
+	cf = test_load_good(test_write("listen:\n  - address: '*:10143'\n    tls: none\n"
+	    "    insecure: true\n    proxy_protocol: true\n    trusted_proxies:\n"
+	    "      - 10.0.0.0/8\n      - 'fd00::/8'\n" BACKEND), __LINE__);
+	if (cf != NULL && cf->nlisten == 1)
+		CHECK(cf->listen[0].ntrusted_proxies == 2 &&
+		    test_cidr(&cf->listen[0].trusted[1], AF_INET6, "fd00::", 8), "trusted block list");
+	config_free(cf);
+
+	/* An empty trusted_proxies without proxy_protocol is harmless. */
+	cf = test_load_good(test_write("listen:\n  - {address: 127.0.0.1:1, tls: none, "
+	    "trusted_proxies: []}\n" BACKEND), __LINE__);
+	config_free(cf);
+
+	/* Health: timeout equal to the interval is fine; metrics on a wildcard. */
+	cf = test_load_good(test_write(LISTEN CERTS BACKEND
+	    "  health: {interval: 100ms, timeout: 100ms}\nmetrics: {address: '[::1]:9100'}\n"
+	    "user: root\ngroup: root\n"), __LINE__);
+	if (cf != NULL)
+		CHECK(cf->health_interval_ms == 100 && cf->health_timeout_ms == 100 &&
+		    cf->metrics_addr.ss.ss_family == AF_INET6 && strcmp(cf->user, "root") == 0,
+		    "edges");
+	config_free(cf);
+}
+
+/* Each mistake in the new keys on its own, with its exact position. */
+static void
+test_ops_bad(void)
+{
+	BAD(LISTEN CERTS BACKEND "  tls: implicit\n", 1, 10, 8,
+	    "backend.tls: backend.server_name is needed to verify the backend's "
+	    "certificate (or set verify: false)");
+	BAD(LISTEN CERTS BACKEND "  tls: implicit\n" "  server_name: imap.internal\n"
+	    "  ca_file: nothere.pem\n", 1, 12, 12,
+	    "backend.ca_file: cannot read \"");
+	BAD(LISTEN CERTS BACKEND "  ca_file: @DATA@/cert.pem\n", 1, 10, 12,
+	    "backend.ca_file: only used with backend.tls: implicit or starttls "
+	    "(backend.tls is none)");
+	BAD(LISTEN CERTS BACKEND "  server_name: imap.internal\n", 1, 10, 16,
+	    "backend.server_name: only used with backend.tls: implicit or starttls");
+	BAD(LISTEN CERTS BACKEND "  tls: implicit\n" "  server_name: 'imap internal'\n", 1, 11, 16,
+	    "backend.server_name: \"imap internal\" is not a host name");
+	BAD(LISTEN CERTS BACKEND "  tls: implicit\n" "  server_name: ''\n", 1, 11, 16,
+	    "backend.server_name: the value is empty");
+	BAD(LISTEN CERTS BACKEND "  tls: tls\n", 1, 10, 8,
+	    "backend.tls: \"tls\" is not one of implicit, none, starttls");
+	BAD(LISTEN CERTS BACKEND "  verify: maybe\n", 1, 10, 11,
+	    "backend.verify: \"maybe\" is not a boolean");
+	BAD(LISTEN CERTS BACKEND "  client_ip: proxy-v3\n", 1, 10, 14,
+	    "backend.client_ip: \"proxy-v3\" is not one of none, proxy-v1, proxy-v2, id");
+	BAD(LISTEN CERTS BACKEND "  balance: random\n", 1, 10, 12,
+	    "backend.balance: \"random\" is not one of round-robin, least-connections, "
+	    "source-ip");
+	BAD(LISTEN CERTS BACKEND "  health: {interval: 50ms}\n", 1, 10, 22,
+	    "backend.health.interval: 50ms is below the minimum 100ms");
+	BAD(LISTEN CERTS BACKEND "  health: {interval: 2h}\n", 1, 10, 22,
+	    "backend.health.interval: 2h is above the maximum 1h");
+	BAD(LISTEN CERTS BACKEND "  health: {timeout: 61s}\n", 1, 10, 21,
+	    "backend.health.timeout: 61s is above the maximum 1m");
+	BAD(LISTEN CERTS BACKEND "  health: {timeout: 99ms}\n", 1, 10, 21,
+	    "backend.health.timeout: 99ms is below the minimum 100ms");
+	BAD(LISTEN CERTS BACKEND "  health:\n" "    rise: 0\n", 1, 11, 11,
+	    "backend.health.rise: 0 is out of range 1..100");
+	BAD(LISTEN CERTS BACKEND "  health:\n" "    fall: 101\n", 1, 11, 11,
+	    "backend.health.fall: 101 is out of range 1..100");
+	BAD(LISTEN CERTS BACKEND "  health:\n" "    fall: 2.5\n", 1, 11, 11,
+	    "backend.health.fall: \"2.5\" is not a whole number");
+	BAD(LISTEN CERTS BACKEND "  health: {interval: 1s}\n", 1, 10, 22,
+	    "backend.health.timeout (2000ms) is longer than backend.health.interval "
+	    "(1000ms)");
+	BAD(LISTEN CERTS BACKEND "  health: {interval: 2s, timeout: 3s}\n", 1, 10, 35,
+	    "backend.health.timeout (3000ms) is longer than backend.health.interval "
+	    "(2000ms)");
+	BAD(LISTEN CERTS BACKEND "  health: 5s\n", 1, 10, 11,
+	    "backend.health: expected a mapping, got a scalar");
+	BAD(LISTEN CERTS BACKEND "  health: {every: 5s}\n", 1, 10, 12,
+	    "backend.health: unknown key \"every\"");
+	BAD(LISTEN CERTS BACKEND "  connect_tries: 17\n", 1, 10, 18,
+	    "backend.connect_tries: 17 is out of range 1..16");
+	BAD(LISTEN CERTS BACKEND "  connect_tries: 0\n", 1, 10, 18,
+	    "backend.connect_tries: 0 is out of range 1..16");
+	BAD(LISTEN CERTS "backend:\n" "  servers:\n"
+	    "    - {address: 127.0.0.1:1, weight: 0}\n", 1, 9, 38,
+	    "backend.servers[0].weight: 0 is out of range 1..1000");
+	BAD(LISTEN CERTS "backend:\n" "  servers:\n"
+	    "    - {address: 127.0.0.1:1, weight: 1001}\n", 1, 9, 38,
+	    "backend.servers[0].weight: 1001 is out of range 1..1000");
+	BAD(LISTEN CERTS "backend:\n" "  servers:\n"
+	    "    - {address: 127.0.0.1:1, weight: -1}\n", 1, 9, 38,
+	    "backend.servers[0].weight: \"-1\" is not a whole number");
+	BAD(LISTEN CERTS "backend:\n" "  servers:\n"
+	    "    - {address: 127.0.0.1:1, weight: +2}\n", 1, 9, 38,
+	    "backend.servers[0].weight: \"+2\" is not a whole number");
+	BAD(LISTEN CERTS "backend:\n" "  servers:\n"
+	    "    - {address: 127.0.0.1:1, max_connections: 1000001}\n", 1, 9, 47,
+	    "backend.servers[0].max_connections: 1000001 is out of range 0..1000000");
+	BAD(LISTEN CERTS "backend:\n" "  servers:\n"
+	    "    - {address: 127.0.0.1:1, max_connections: 99999999999999999999999}\n", 1, 9, 47,
+	    "backend.servers[0].max_connections: 99999999999999999999999 is out of range "
+	    "0..1000000");
+	BAD(LISTEN CERTS BACKEND "workers: 0\n", 1, 10, 10,
+	    "workers: 0 is out of range 1..64 (or auto)");
+	BAD(LISTEN CERTS BACKEND "workers: 65\n", 1, 10, 10,
+	    "workers: 65 is out of range 1..64 (or auto)");
+	BAD(LISTEN CERTS BACKEND "workers: all\n", 1, 10, 10,
+	    "workers: \"all\" is not auto or a whole number");
+	BAD(LISTEN CERTS BACKEND "workers: Auto\n", 1, 10, 10,
+	    "workers: \"Auto\" is not auto or a whole number");
+	BAD(LISTEN CERTS BACKEND "limits:\n" "  max_connections: 0\n", 1, 11, 20,
+	    "limits.max_connections: 0 is out of range 1..10000000");
+	BAD(LISTEN CERTS BACKEND "limits:\n" "  max_connections: 10000001\n", 1, 11, 20,
+	    "limits.max_connections: 10000001 is out of range 1..10000000");
+	BAD(LISTEN CERTS BACKEND "limits:\n" "  max_connections_per_ip: 1000001\n", 1, 11, 27,
+	    "limits.max_connections_per_ip: 1000001 is out of range 0..1000000");
+	BAD(LISTEN CERTS BACKEND "timeouts:\n" "  tls_handshake: 999ms\n", 1, 11, 18,
+	    "timeouts.tls_handshake: 999ms is below the minimum 1s");
+	BAD(LISTEN CERTS BACKEND "timeouts:\n" "  tls_handshake: 301s\n", 1, 11, 18,
+	    "timeouts.tls_handshake: 301s is above the maximum 5m");
+	BAD(LISTEN CERTS BACKEND "timeouts:\n" "  preauth: 0\n", 1, 11, 12,
+	    "timeouts.preauth: 0 is below the minimum 1s");
+	BAD(LISTEN CERTS BACKEND "timeouts:\n" "  preauth: 61m\n", 1, 11, 12,
+	    "timeouts.preauth: 61m is above the maximum 1h");
+	BAD(LISTEN CERTS BACKEND "timeouts:\n" "  idle: 59s\n", 1, 11, 9,
+	    "timeouts.idle: 59s is below the minimum 1m");
+	BAD(LISTEN CERTS BACKEND "timeouts:\n" "  idle: 25h\n", 1, 11, 9,
+	    "timeouts.idle: 25h is above the maximum 24h");
+	BAD(LISTEN CERTS BACKEND "timeouts:\n" "  drain: 3601s\n", 1, 11, 10,
+	    "timeouts.drain: 3601s is above the maximum 1h");
+	BAD(LISTEN CERTS BACKEND "timeouts:\n" "  drain: -1s\n", 1, 11, 10,
+	    "timeouts.drain: \"-1s\" is not a duration");
+	BAD(LISTEN CERTS BACKEND "metrics:\n" "  address: localhost:9100\n", 1, 11, 12,
+	    "metrics.address: ");
+	BAD(LISTEN CERTS BACKEND "metrics:\n" "  address: 127.0.0.1:99999\n", 1, 11, 12,
+	    "metrics.address: address \"127.0.0.1:99999\": port must be 1-65535");
+	BAD(LISTEN CERTS BACKEND "metrics: 127.0.0.1:9100\n", 1, 10, 10,
+	    "metrics: expected a mapping, got a scalar");
+	BAD(LISTEN CERTS BACKEND "log:\n" "  format: yaml\n", 1, 11, 11,
+	    "log.format: \"yaml\" is not one of text, json");
+	BAD(LISTEN CERTS BACKEND "log:\n" "  output: file\n", 1, 11, 11,
+	    "log.output: \"file\" is not one of stderr, syslog");
+	BAD(LISTEN CERTS BACKEND "user: no-such-user-imapgate\n", 1, 10, 7,
+	    "user: no such user \"no-such-user-imapgate\"");
+	BAD(LISTEN CERTS BACKEND "group: no-such-group-imapgate\n", 1, 10, 8,
+	    "group: no such group \"no-such-group-imapgate\"");
+	BAD(LISTEN CERTS BACKEND "user: ''\n", 1, 10, 7,
+	    "user: the value is empty");
+	BAD(LISTEN CERTS BACKEND "user: [root]\n", 1, 10, 7,
+	    "user: expected a single value, got a list");
+	BAD(LISTEN BACKEND "tls:\n"
+	    "  certificates: [{cert: @DATA@/cert.pem, key: @DATA@/key.pem}]\n"
+	    "  min_version: 1.1\n", 1, 8, 16,
+	    "tls.min_version: \"1.1\" is refused: TLS 1.1 is deprecated (RFC 8996); use "
+	    "1.2 or 1.3");
+	BAD(LISTEN BACKEND "tls:\n"
+	    "  certificates: [{cert: @DATA@/cert.pem, key: @DATA@/key.pem}]\n"
+	    "  min_version: 1.0\n", 1, 8, 16,
+	    "tls.min_version: \"1.0\" is refused: TLS 1.0 is deprecated (RFC 8996)");
+	BAD(LISTEN BACKEND "tls:\n"
+	    "  certificates: [{cert: @DATA@/cert.pem, key: @DATA@/key.pem}]\n"
+	    "  min_version: \"1.4\"\n", 1, 8, 16,
+	    "tls.min_version: \"1.4\" is not one of 1.2, 1.3");
+	BAD(LISTEN BACKEND "tls:\n"
+	    "  certificates: [{cert: @DATA@/cert.pem, key: @DATA@/key.pem}]\n"
+	    "  min_version: 1.20\n", 1, 8, 16,
+	    "tls.min_version: \"1.20\" is not one of 1.2, 1.3");
+	BAD(LISTEN BACKEND "tls:\n"
+	    "  certificates: [{cert: @DATA@/cert.pem, key: @DATA@/key.pem}]\n"
+	    "  ciphers: \"\"\n", 1, 8, 12,
+	    "tls.ciphers: the value is empty");
+	BAD(LISTEN BACKEND "tls:\n"
+	    "  certificates: [{cert: @DATA@/cert.pem, key: @DATA@/key.pem}]\n"
+	    "  ciphersuites: [TLS_AES_128_GCM_SHA256]\n", 1, 8, 17,
+	    "tls.ciphersuites: expected a single value, got a list");
+	BAD("listen:\n" "  - address: 0.0.0.0:10143\n" "    tls: none\n" BACKEND, 1, 3, 10,
+	    "listen[0].tls: \"none\" on 0.0.0.0:10143, which is not a loopback address, "
+	    "lets passwords cross the network in plaintext; use implicit or starttls, or "
+	    "add insecure: true to accept that");
+	BAD("listen:\n" "  - {address: \"*:10143\", tls: none, insecure: false}\n" BACKEND, 1, 2, 31,
+	    "listen[0].tls: \"none\" on *:10143, which is not a loopback address");
+	BAD("listen:\n" "  - address: 127.0.0.1:10143\n" "    tls: none\n"
+	    "  - address: \"[::]:10143\"\n" "    tls: none\n" BACKEND, 1, 5, 10,
+	    "listen[1].tls: \"none\" on [::]:10143, which is not a loopback address");
+	BAD("listen:\n" "  - address: 192.0.2.1:10143\n" "    tls: none\n"
+	    "    insecure: true\n" "  - address: 128.0.0.1:10143\n" "    tls: none\n"
+	    BACKEND, 1, 6, 10,
+	    "listen[1].tls: \"none\" on 128.0.0.1:10143, which is not a loopback");
+	BAD("listen:\n" "  - address: 0.0.0.0:10143\n" "    tls: starttls\n"
+	    "    require_tls: false\n" CERTS BACKEND, 1, 4, 18,
+	    "listen[0].require_tls: false on 0.0.0.0:10143, which is not a loopback "
+	    "address, lets clients log in before STARTTLS, in plaintext; add insecure: "
+	    "true to accept that");
+	BAD("listen:\n" "  - address: 127.0.0.1:10143\n" "    tls: starttls\n" BACKEND, 1, 2, 5,
+	    "listen[0]: uses tls: starttls, but tls.certificates lists no certificate");
+	BAD("listen:\n" "  - address: 127.0.0.1:10993\n" "    proxy_protocol: true\n" CERTS
+	    BACKEND, 1, 3, 21,
+	    "listen[0].proxy_protocol: true needs trusted_proxies, the networks whose "
+	    "PROXY headers are believed (for example [10.0.0.0/8])");
+	BAD("listen:\n" "  - address: 127.0.0.1:10993\n" "    proxy_protocol: true\n"
+	    "    trusted_proxies: []\n" CERTS BACKEND, 1, 3, 21,
+	    "listen[0].proxy_protocol: true needs trusted_proxies");
+	BAD("listen:\n" "  - address: 127.0.0.1:10993\n" "    proxy_protocol: on\n"
+	    "    trusted_proxies:\n" CERTS BACKEND, 1, 3, 21,
+	    "listen[0].proxy_protocol: true needs trusted_proxies");
+	BAD("listen:\n" "  - address: 127.0.0.1:10993\n"
+	    "    trusted_proxies: [10.0.0.0/8]\n" CERTS BACKEND, 1, 3, 22,
+	    "listen[0].trusted_proxies: only used with proxy_protocol: true (it does not "
+	    "limit who may connect)");
+	BAD("listen:\n" "  - address: 127.0.0.1:10993\n" "    proxy_protocol: true\n"
+	    "    trusted_proxies: [10.0.0.1/8]\n" CERTS BACKEND, 1, 4, 23,
+	    "listen[0].trusted_proxies[0]: \"10.0.0.1/8\" has bits set past the /8 "
+	    "prefix (the network is 10.0.0.0/8; for one address write it without a "
+	    "prefix)");
+	BAD("listen:\n" "  - address: 127.0.0.1:10993\n" "    proxy_protocol: true\n"
+	    "    trusted_proxies: [10.0.0.0/8, \"2001:db8::1/32\"]\n" CERTS BACKEND, 1, 4, 35,
+	    "listen[0].trusted_proxies[1]: \"2001:db8::1/32\" has bits set past the /32 "
+	    "prefix (the network is 2001:db8::/32;");
+	BAD("listen:\n" "  - address: 127.0.0.1:10993\n" "    proxy_protocol: true\n"
+	    "    trusted_proxies: [10.0.0.0/33]\n" CERTS BACKEND, 1, 4, 23,
+	    "listen[0].trusted_proxies[0]: \"10.0.0.0/33\": the prefix length must be "
+	    "0-32");
+	BAD("listen:\n" "  - address: 127.0.0.1:10993\n" "    proxy_protocol: true\n"
+	    "    trusted_proxies: [\"::/129\"]\n" CERTS BACKEND, 1, 4, 23,
+	    "listen[0].trusted_proxies[0]: \"::/129\": the prefix length must be 0-128");
+	BAD("listen:\n" "  - address: 127.0.0.1:10993\n" "    proxy_protocol: true\n"
+	    "    trusted_proxies: [10.0.0.0/]\n" CERTS BACKEND, 1, 4, 23,
+	    "\"10.0.0.0/\": the prefix length must be 0-32");
+	BAD("listen:\n" "  - address: 127.0.0.1:10993\n" "    proxy_protocol: true\n"
+	    "    trusted_proxies: [10.0.0.0/+8]\n" CERTS BACKEND, 1, 4, 23,
+	    "\"10.0.0.0/+8\": the prefix length must be 0-32");
+	BAD("listen:\n" "  - address: 127.0.0.1:10993\n" "    proxy_protocol: true\n"
+	    "    trusted_proxies: [10.0.0.0/0008]\n" CERTS BACKEND, 1, 4, 23,
+	    "\"10.0.0.0/0008\": the prefix length must be 0-32");
+	BAD("listen:\n" "  - address: 127.0.0.1:10993\n" "    proxy_protocol: true\n"
+	    "    trusted_proxies: [10.0.0/8]\n" CERTS BACKEND, 1, 4, 23,
+	    "listen[0].trusted_proxies[0]: \"10.0.0/8\" is not an IP network (write "
+	    "10.0.0.0/8, 2001:db8::/32, or a single address; no host names)");
+	BAD("listen:\n" "  - address: 127.0.0.1:10993\n" "    proxy_protocol: true\n"
+	    "    trusted_proxies: [proxy.example.org]\n" CERTS BACKEND, 1, 4, 23,
+	    "\"proxy.example.org\" is not an IP network");
+	BAD("listen:\n" "  - address: 127.0.0.1:10993\n" "    proxy_protocol: true\n"
+	    "    trusted_proxies: [\"fe80::1%eth0\"]\n" CERTS BACKEND, 1, 4, 23,
+	    "\"fe80::1%eth0\" is not an IP network");
+	BAD("listen:\n" "  - address: 127.0.0.1:10993\n" "    proxy_protocol: true\n"
+	    "    trusted_proxies: [\" 10.0.0.0/8\"]\n" CERTS BACKEND, 1, 4, 23,
+	    "\" 10.0.0.0/8\" is not an IP network");
+	BAD("listen:\n" "  - address: 127.0.0.1:10993\n" "    proxy_protocol: true\n"
+	    "    trusted_proxies: [{a: b}]\n" CERTS BACKEND, 1, 4, 23,
+	    "listen[0].trusted_proxies[0]: expected a string, got a mapping");
+	BAD("listen:\n" "  - address: 127.0.0.1:10993\n" "    proxy_protocol: true\n"
+	    "    trusted_proxies: 10.0.0.0/8\n" CERTS BACKEND, 1, 4, 22,
+	    "listen[0].trusted_proxies: expected a list, got a scalar");
+	BAD("listen:\n" "  - address: 127.0.0.1:10993\n" "    require_tls: maybe\n" CERTS
+	    BACKEND, 1, 3, 18,
+	    "listen[0].require_tls: \"maybe\" is not a boolean");
+	BAD("listen:\n" "  - address: 127.0.0.1:10993\n" "    insecure: 1\n" CERTS BACKEND, 1, 3, 15,
+	    "listen[0].insecure: \"1\" is not a boolean");
+
+}
+
 /* Several independent mistakes in one inline file: all of them come back. */
 static void
 test_several(void)
@@ -701,6 +1099,7 @@ test_load_shipped(const char *rel, int srcline)
 	} subst[] = {
 		{ "/etc/imapgate/fullchain.pem", "@DATA@/cert.pem" },
 		{ "/etc/imapgate/privkey.pem", "@DATA@/key.pem" },
+		{ "/etc/imapgate/backend-ca.pem", "@DATA@/cert.pem" },
 	};
 	char path[TEST_PATHLEN];
 	size_t n, o = 0;
@@ -731,7 +1130,7 @@ test_load_shipped(const char *rel, int srcline)
 	return test_load_good(test_write(fixed), srcline);
 }
 
-/* The shipped example and WildDuck preset load (given real certificate files). */
+/* The shipped example and every preset load (given real certificate files). */
 static void
 test_shipped(void)
 {
@@ -740,13 +1139,40 @@ test_shipped(void)
 	if (cf != NULL) {
 		/* The example spells out the defaults; its results must equal them. */
 		test_guard_defaults(cf);
-		CHECK(cf->nlisten == 1 && cf->listen[0].tls == CONFIG_TLS_IMPLICIT, "example listen");
+		test_ops_defaults(cf);
+		CHECK(cf->nlisten == 2 && cf->listen[0].tls == CONFIG_TLS_IMPLICIT &&
+		    cf->listen[1].tls == CONFIG_TLS_STARTTLS, "example listen");
 	}
+	config_free(cf);
+
+	cf = test_load_shipped("config/presets/dovecot.yaml", __LINE__);
+	if (cf != NULL) {
+		test_guard_defaults(cf);
+		CHECK(cf->nlisten == 2 && cf->listen[1].tls == CONFIG_TLS_STARTTLS &&
+		    cf->listen[0].proxy_protocol && cf->listen[0].ntrusted_proxies == 1 &&
+		    test_cidr(&cf->listen[0].trusted[0], AF_INET, "10.0.0.0", 24),
+		    "dovecot preset listeners");
+		CHECK(cf->backend_tls == CONFIG_TLS_IMPLICIT && cf->backend_verify == 1 &&
+		    cf->backend_ca_file != NULL && cf->backend_server_name != NULL &&
+		    cf->client_ip == CONFIG_CLIENT_IP_PROXY_V2 &&
+		    cf->balance == CONFIG_BALANCE_LEAST_CONNECTIONS && cf->nservers == 2,
+		    "dovecot preset backend");
+	}
+	config_free(cf);
+
+	cf = test_load_shipped("config/presets/starttls-legacy.yaml", __LINE__);
+	if (cf != NULL)
+		CHECK(cf->backend_tls == CONFIG_TLS_STARTTLS && cf->backend_verify == 1 &&
+		    cf->backend_server_name != NULL && cf->listen[1].require_tls == 1 &&
+		    cf->connect_tries == 1, "starttls-legacy preset");
 	config_free(cf);
 
 	cf = test_load_shipped("config/presets/wildduck.yaml", __LINE__);
 	if (cf != NULL) {
 		test_guard_defaults_present(cf);
+		CHECK(cf->nlisten == 2 && cf->listen[1].tls == CONFIG_TLS_STARTTLS &&
+		    cf->client_ip == CONFIG_CLIENT_IP_PROXY_V1 && cf->backend_tls == CONFIG_TLS_NONE,
+		    "preset: STARTTLS listener, PROXY v1 to WildDuck");
 		CHECK(cf->nrules == 6, "preset rules %zu", cf->nrules);
 		CHECK(cf->nrules == 6 && cf->rules[0].match_status == CONFIG_STATUS_NO &&
 		    strcmp(cf->rules[0].match_code, "RATELIMITEDERROR") == 0 &&
@@ -948,6 +1374,9 @@ main(void)
 	test_good_inline();
 	test_many();
 	test_bad_inputs();
+	test_ops();
+	test_ops_inline();
+	test_ops_bad();
 	test_several();
 	test_limits();
 	test_nofile();

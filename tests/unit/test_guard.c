@@ -188,7 +188,7 @@ expect_full(const struct config *cf, const char *in, size_t inlen, int greeting,
 		    (int)inlen, in);
 		return;
 	}
-	rc = guard_rewrite(cf, &r.l, r.buf, r.len, &out);
+	rc = guard_rewrite(cf, &r.l, r.buf, r.len, 0, &out);
 	checks++;
 	if ((want == NULL && rc != 0) || (want != NULL && (rc != 1 ||
 	    out.len != strlen(want) || memcmp(out.buf, want, out.len) != 0))) {
