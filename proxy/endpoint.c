@@ -77,7 +77,13 @@ endpoint_note_error(struct endpoint *ep, short what)
 
 	if (ep->ssl != NULL && (e = bufferevent_get_openssl_error(ep->bev)) != 0) {
 		const char *r = ERR_reason_error_string(e);
-		snprintf(ep->error, sizeof(ep->error), "tls: %s", r ? r : "error");
+		long v = SSL_get_verify_result(ep->ssl);
+
+		if (v != X509_V_OK && !SSL_is_server(ep->ssl))
+			snprintf(ep->error, sizeof(ep->error), "tls: %s: %s", r ? r : "error",
+			    X509_verify_cert_error_string(v));
+		else
+			snprintf(ep->error, sizeof(ep->error), "tls: %s", r ? r : "error");
 		while (bufferevent_get_openssl_error(ep->bev) != 0)
 			;
 	} else if (what & BEV_EVENT_TIMEOUT)

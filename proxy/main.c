@@ -35,7 +35,8 @@ int
 main(int argc, char *argv[])
 {
 	struct config_errors errs = { NULL, 0 };
-	struct server srv;
+	struct gate gate;
+	struct config *cf;
 	const char *path = NULL;
 	int test = 0, ch, rc;
 
@@ -63,8 +64,9 @@ main(int argc, char *argv[])
 		return 2;
 	}
 
-	memset(&srv, 0, sizeof(srv));
-	if ((srv.cf = config_load(path, &errs)) == NULL) {
+	memset(&gate, 0, sizeof(gate));
+	gate.path = path;
+	if ((cf = config_load(path, &errs)) == NULL) {
 		print_errors(path, &errs);
 		config_errors_free(&errs);
 		return 1;
@@ -75,32 +77,32 @@ main(int argc, char *argv[])
 		struct tls_ctx *t = NULL, *b = NULL;
 		int bad = 0;
 
-		for (size_t i = 0; i < srv.cf->nlisten; i++)
-			if (srv.cf->listen[i].tls != CONFIG_TLS_NONE && t == NULL &&
-			    (t = tls_ctx_new(srv.cf, err, sizeof(err))) == NULL) {
+		for (size_t i = 0; i < cf->nlisten; i++)
+			if (cf->listen[i].tls != CONFIG_TLS_NONE && t == NULL &&
+			    (t = tls_ctx_new(cf, err, sizeof(err))) == NULL) {
 				fprintf(stderr, "%s: %s\n", path, err);
 				bad = 1;
 				break;
 			}
-		if (srv.cf->backend_tls != CONFIG_TLS_NONE &&
-		    (b = tls_ctx_new_backend(srv.cf, err, sizeof(err))) == NULL) {
+		if (cf->backend_tls != CONFIG_TLS_NONE &&
+		    (b = tls_ctx_new_backend(cf, err, sizeof(err))) == NULL) {
 			fprintf(stderr, "%s: %s\n", path, err);
 			bad = 1;
 		}
 		tls_ctx_free(t);
 		tls_ctx_free(b);
-		config_free(srv.cf);
+		config_free(cf);
 		if (bad)
 			return 1;
 		printf("configuration OK\n");
 		return 0;
 	}
-	log_set_level(srv.cf->log_level);
+	log_set_level(cf->log_level);
 	log_info("msg=starting version=%s config=%s pid=%d", IMAPGATE_VERSION,
 	    path, (int)getpid());
-	rc = server_open(&srv) == 0 && server_run(&srv) == 0 ? 0 : 1;
-	server_close(&srv);
-	config_free(srv.cf);
+	/* From here the gate owns cf. */
+	rc = server_gate_open(&gate, cf) == 0 && server_gate_run(&gate) == 0 ? 0 : 1;
+	server_gate_close(&gate);
 	log_info("msg=stopped");
 	return rc;
 }

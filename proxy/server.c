@@ -1,19 +1,25 @@
-/* server: listeners, accept, signals, and the loop. */
+/* server: the gate, its worker threads, listeners and accept. */
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/event.h>
 #include <event2/listener.h>
+#include <event2/thread.h>
 
 #include "config.h"
-#include "netaddr.h"
-#include "proxyproto.h"
+#include "connlimit.h"
 #include "log.h"
+#include "netaddr.h"
+#include "pool.h"
+#include "proxyproto.h"
 #include "server.h"
 #include "session.h"
 #include "tls.h"
@@ -23,6 +29,10 @@
 /* How long a PROXY header may take to arrive, and how often an incomplete one is re-read. */
 #define SERVER_PROXY_TIMEOUT_MS	10000
 #define SERVER_PROXY_RETRY_MS	5
+/* Pending connections per listening socket. */
+#define SERVER_BACKLOG		1024
+/* Connections per worker that may wait for their PROXY header at once. */
+#define SERVER_MAX_PENDING	1024
 
 struct server_listener {
 	struct server		*srv;
@@ -33,6 +43,7 @@ struct server_listener {
 
 /* A connection whose PROXY protocol header has not arrived yet. */
 struct server_pending {
+	TAILQ_ENTRY(server_pending) entry;
 	struct server_listener	*l;
 	int			 fd;
 	struct sockaddr_storage	 peer;
@@ -52,8 +63,14 @@ server_trusted(const struct config_listen *lc, const struct sockaddr *sa)
 		a = (const unsigned char *)&((const struct sockaddr_in *)sa)->sin_addr;
 		alen = 4;
 	} else if (sa->sa_family == AF_INET6) {
+		static const unsigned char mapped[12] = { 0,0,0,0,0,0,0,0,0,0,0xff,0xff };
 		a = (const unsigned char *)&((const struct sockaddr_in6 *)sa)->sin6_addr;
 		alen = 16;
+		/* An IPv4 peer on a dual-stack socket: match it as IPv4. */
+		if (memcmp(a, mapped, 12) == 0) {
+			a += 12;
+			alen = 4;
+		}
 	} else
 		return 0;
 	for (size_t i = 0; i < lc->ntrusted_proxies; i++) {
@@ -90,6 +107,19 @@ server_start_session(struct server_listener *l, int fd, const struct sockaddr *s
 	session_start(l->srv, l->lc, fd, sa, salen, local, locallen);
 }
 
+/* Forget a pending connection, closing its socket. */
+static void
+server_pending_free(struct server_pending *pp)
+{
+	struct server *srv = pp->l->srv;
+
+	TAILQ_REMOVE(&srv->pending, pp, entry);
+	srv->npending--;
+	close(pp->fd);
+	event_free(pp->ev);
+	free(pp);
+}
+
 /* Give up on a connection whose PROXY header is missing or bad. */
 static void
 server_pending_fail(struct server_pending *pp, const char *why)
@@ -99,9 +129,7 @@ server_pending_fail(struct server_pending *pp, const char *why)
 	log_warn("msg=proxy-header-rejected listen=%s peer=%s error=\"%s\"",
 	    pp->l->lc->address,
 	    netaddr_str((const struct sockaddr *)&pp->peer, addr, sizeof(addr)), why);
-	close(pp->fd);
-	event_free(pp->ev);
-	free(pp);
+	server_pending_free(pp);
 }
 
 /*
@@ -120,7 +148,6 @@ server_pending_cb(evutil_socket_t fd, short what, void *arg)
 	ssize_t n;
 	int len;
 
-	(void)what;
 	gettimeofday(&now, NULL);
 	n = recv(fd, buf, sizeof(buf), MSG_PEEK);
 	if (n == 0) {
@@ -145,16 +172,17 @@ server_pending_cb(evutil_socket_t fd, short what, void *arg)
 			return;
 		}
 		/*
-		 * Part of the header is in the socket: it stays readable, so
-		 * wait a moment instead of spinning; with nothing there, wait
-		 * for bytes.  Either way the deadline above bounds it.
+		 * Part of the header is in the socket, which therefore stays
+		 * readable: wait edge-triggered for more bytes (or the peer's
+		 * close) instead of spinning.  The deadline bounds the wait.
 		 */
 		event_del(pp->ev);
-		event_assign(pp->ev, pp->l->srv->base, fd, n > 0 ? 0 : EV_READ,
+		event_assign(pp->ev, pp->l->srv->base, fd, EV_READ | EV_ET | EV_CLOSED,
 		    server_pending_cb, pp);
-		if (n == 0)
-			timersub(&pp->deadline, &now, &retry);
+		timersub(&pp->deadline, &now, &retry);
 		event_add(pp->ev, &retry);
+		if (what & EV_CLOSED)
+			server_pending_fail(pp, "closed before the PROXY header");
 		return;
 	}
 	if (recv(fd, buf, (size_t)len, 0) != len) {
@@ -162,6 +190,9 @@ server_pending_cb(evutil_socket_t fd, short what, void *arg)
 		return;
 	}
 	event_free(pp->ev);
+	pp->ev = NULL;
+	TAILQ_REMOVE(&pp->l->srv->pending, pp, entry);
+	pp->l->srv->npending--;
 	if (r.local)
 		server_start_session(pp->l, fd, (const struct sockaddr *)&pp->peer,
 		    pp->peerlen, NULL, 0);
@@ -192,10 +223,13 @@ server_accept_cb(struct evconnlistener *evl, evutil_socket_t fd,
 		close(fd);
 		return;
 	}
-	if ((pp = calloc(1, sizeof(*pp))) == NULL) {
+	if (l->srv->npending >= SERVER_MAX_PENDING || (pp = calloc(1, sizeof(*pp))) == NULL) {
+		log_warn("msg=proxy-header-backlog-full listen=%s", l->lc->address);
 		close(fd);
 		return;
 	}
+	TAILQ_INSERT_TAIL(&l->srv->pending, pp, entry);
+	l->srv->npending++;
 	pp->l = l;
 	pp->fd = fd;
 	memcpy(&pp->peer, sa, (size_t)salen);
@@ -231,112 +265,256 @@ server_accept_error_cb(struct evconnlistener *evl, void *arg)
 	int err = EVUTIL_SOCKET_ERROR();
 	struct timeval tv = { 0, SERVER_ACCEPT_PAUSE_MS * 1000 };
 
-	log_warn("msg=accept-failed listen=%s error=\"%s\"", l->lc->address,
-	    strerror(err));
+	log_warn("msg=accept-failed listen=%s worker=%u error=\"%s\"", l->lc->address,
+	    l->srv->index, strerror(err));
 	evconnlistener_disable(evl);
 	evtimer_add(l->ev_resume, &tv);
 }
 
-/* SIGINT/SIGTERM: leave the loop. */
-static void
-server_signal_cb(evutil_socket_t sig, short what, void *arg)
+/* Build everything a configuration implies, on the side. */
+struct generation *
+generation_new(struct config *cf, unsigned id, char *err, size_t errlen)
 {
-	struct server *srv = arg;
-
-	(void)what;
-	log_info("msg=stopping signal=%d sessions=%llu", (int)sig,
-	    (unsigned long long)srv->nsessions);
-	event_base_loopbreak(srv->base);
-}
-
-/* Bind all listeners and install signal handlers. */
-int
-server_open(struct server *srv)
-{
-	struct config *cf = srv->cf;
-	char err[256];
+	struct generation *g;
 	size_t i;
 
-	TAILQ_INIT(&srv->sessions);
-	if ((srv->base = event_base_new()) == NULL) {
-		log_error("msg=\"cannot create event base\"");
-		return -1;
+	if ((g = calloc(1, sizeof(*g))) == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
 	}
+	atomic_init(&g->refs, 1);
+	g->id = id;
+	g->cf = cf;
 	for (i = 0; i < cf->nlisten; i++)
 		if (cf->listen[i].tls != CONFIG_TLS_NONE)
 			break;
-	if (i < cf->nlisten && (srv->tls = tls_ctx_new(cf, err, sizeof(err))) == NULL) {
-		log_error("msg=\"tls setup failed\" error=\"%s\"", err);
-		return -1;
-	}
+	if (i < cf->nlisten && (g->tls = tls_ctx_new(cf, err, errlen)) == NULL)
+		goto fail;
 	if (cf->backend_tls != CONFIG_TLS_NONE &&
-	    (srv->btls = tls_ctx_new_backend(cf, err, sizeof(err))) == NULL) {
-		log_error("msg=\"backend tls setup failed\" error=\"%s\"", err);
-		return -1;
-	}
-	if ((srv->listeners = calloc(cf->nlisten, sizeof(*srv->listeners))) == NULL)
-		return -1;
-	for (i = 0; i < cf->nlisten; i++) {
-		struct server_listener *l = &srv->listeners[i];
-		const struct config_listen *lc = &cf->listen[i];
+	    (g->btls = tls_ctx_new_backend(cf, err, errlen)) == NULL)
+		goto fail;
+	if ((g->pool = pool_new(cf, err, errlen)) == NULL)
+		goto fail;
+	return g;
+fail:
+	g->cf = NULL;	/* the caller still owns cf */
+	generation_unref(g);
+	return NULL;
+}
 
-		l->srv = srv;
-		l->lc = lc;
-		l->evl = evconnlistener_new_bind(srv->base, server_accept_cb, l,
-		    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC,
-		    1024, (const struct sockaddr *)&lc->addr.ss, (int)lc->addr.len);
-		if (l->evl == NULL) {
-			log_error("msg=\"cannot listen\" listen=%s error=\"%s\"",
-			    lc->address, strerror(errno));
-			return -1;
-		}
-		srv->nlisteners++;
-		evconnlistener_set_error_cb(l->evl, server_accept_error_cb);
-		l->ev_resume = evtimer_new(srv->base, server_resume_cb, l);
-		log_info("msg=listening listen=%s tls=%s proxy_protocol=%d", lc->address,
-		    lc->tls == CONFIG_TLS_IMPLICIT ? "implicit" :
-		    lc->tls == CONFIG_TLS_STARTTLS ? "starttls" : "none", lc->proxy_protocol);
+/* One more holder of g. */
+struct generation *
+generation_ref(struct generation *g)
+{
+	atomic_fetch_add(&g->refs, 1);
+	return g;
+}
+
+/* One holder fewer; free at zero. */
+void
+generation_unref(struct generation *g)
+{
+	if (g == NULL || atomic_fetch_sub(&g->refs, 1) != 1)
+		return;
+	pool_free(g->pool);
+	tls_ctx_free(g->tls);
+	tls_ctx_free(g->btls);
+	config_free(g->cf);
+	free(g);
+}
+
+/* Bind listener i of srv's generation on srv's loop. */
+static int
+server_listen(struct server *srv, struct server_listener *l, const struct config_listen *lc)
+{
+	unsigned flags = LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC;
+
+	/* Several workers share a port through the kernel's SO_REUSEPORT balancing. */
+	if (srv->gate->nworkers > 1)
+		flags |= LEV_OPT_REUSEABLE_PORT;
+	l->srv = srv;
+	l->lc = lc;
+	l->evl = evconnlistener_new_bind(srv->base, server_accept_cb, l, flags,
+	    SERVER_BACKLOG, (const struct sockaddr *)&lc->addr.ss, (int)lc->addr.len);
+	if (l->evl == NULL) {
+		log_error("msg=\"cannot listen\" listen=%s error=\"%s\"", lc->address,
+		    strerror(errno));
+		return -1;
 	}
-	signal(SIGPIPE, SIG_IGN);
-	srv->ev_sigint = evsignal_new(srv->base, SIGINT, server_signal_cb, srv);
-	srv->ev_sigterm = evsignal_new(srv->base, SIGTERM, server_signal_cb, srv);
-	evsignal_add(srv->ev_sigint, NULL);
-	evsignal_add(srv->ev_sigterm, NULL);
-	srv->id_prefix = (uint32_t)getpid() ^ (uint32_t)time(NULL);
+	evconnlistener_set_error_cb(l->evl, server_accept_error_cb);
+	l->ev_resume = evtimer_new(srv->base, server_resume_cb, l);
 	return 0;
 }
 
-/* Run until stopped. */
-int
-server_run(struct server *srv)
+/* Stop listening and end every session of this worker, then leave its loop. */
+static void
+server_stop_cb(evutil_socket_t fd, short what, void *arg)
 {
-	return event_base_dispatch(srv->base) < 0 ? -1 : 0;
-}
-
-/* Tear everything down: sessions first, then listeners, then the loop. */
-void
-server_close(struct server *srv)
-{
+	struct server *srv = arg;
 	struct session *s;
-	size_t i;
 
+	(void)fd;
+	(void)what;
+	for (size_t i = 0; i < srv->nlisteners; i++)
+		evconnlistener_disable(srv->listeners[i].evl);
+	while (!TAILQ_EMPTY(&srv->pending))
+		server_pending_free(TAILQ_FIRST(&srv->pending));
 	while ((s = TAILQ_FIRST(&srv->sessions)) != NULL)
 		session_close(s, "shutdown");
-	/* Run the deferred frees the closes scheduled. */
-	if (srv->base != NULL)
-		event_base_loop(srv->base, EVLOOP_NONBLOCK);
-	for (i = 0; i < srv->nlisteners; i++) {
+	event_base_loopexit(srv->base, NULL);
+}
+
+/* A worker thread: its own loop until told to stop. */
+static void *
+server_worker_main(void *arg)
+{
+	struct server *srv = arg;
+
+	event_base_dispatch(srv->base);
+	/* Run the frees the last closes scheduled. */
+	event_base_loop(srv->base, EVLOOP_NONBLOCK);
+	return NULL;
+}
+
+/* SIGINT/SIGTERM: stop the workers, then the main loop. */
+static void
+server_signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+	struct gate *g = arg;
+
+	(void)what;
+	log_info("msg=stopping signal=%d", (int)sig);
+	for (unsigned i = 0; i < g->nworkers; i++)
+		event_active(g->workers[i].ev_stop, EV_TIMEOUT, 0);
+	event_base_loopbreak(g->base);
+}
+
+/* Set up one worker: loop, listeners, stop event. */
+static int
+server_worker_open(struct gate *g, struct server *srv, unsigned index)
+{
+	const struct config *cf = g->gen->cf;
+
+	srv->gate = g;
+	srv->index = index;
+	TAILQ_INIT(&srv->sessions);
+	TAILQ_INIT(&srv->pending);
+	srv->gen = generation_ref(g->gen);
+	srv->id_prefix = (((uint32_t)getpid() ^ (uint32_t)time(NULL)) + index * 0x10000u) & 0xffffff;
+	if ((srv->base = event_base_new()) == NULL)
+		return -1;
+	srv->ev_stop = event_new(srv->base, -1, 0, server_stop_cb, srv);
+	if ((srv->listeners = calloc(cf->nlisten, sizeof(*srv->listeners))) == NULL)
+		return -1;
+	for (size_t i = 0; i < cf->nlisten; i++) {
+		if (server_listen(srv, &srv->listeners[i], &cf->listen[i]) != 0)
+			return -1;
+		srv->nlisteners++;
+	}
+	return 0;
+}
+
+/* Build the first generation, the limits and the workers. */
+int
+server_gate_open(struct gate *g, struct config *cf)
+{
+	char err[256];
+	long ncpu;
+
+	evthread_use_pthreads();
+	signal(SIGPIPE, SIG_IGN);
+	if ((g->gen = generation_new(cf, ++g->next_gen, err, sizeof(err))) == NULL) {
+		log_error("msg=\"setup failed\" error=\"%s\"", err);
+		config_free(cf);
+		return -1;
+	}
+	g->limits = connlimit_new(cf->max_connections, cf->max_connections_per_ip);
+	if ((g->base = event_base_new()) == NULL || g->limits == NULL) {
+		log_error("msg=\"out of memory\"");
+		return -1;
+	}
+	ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	g->nworkers = cf->workers > 0 ? cf->workers : ncpu > 0 ? (unsigned)ncpu : 1;
+	if (g->nworkers > SERVER_MAX_WORKERS)
+		g->nworkers = SERVER_MAX_WORKERS;
+	if ((g->workers = calloc(g->nworkers, sizeof(*g->workers))) == NULL)
+		return -1;
+	for (unsigned i = 0; i < g->nworkers; i++)
+		if (server_worker_open(g, &g->workers[i], i) != 0)
+			return -1;
+	for (size_t i = 0; i < cf->nlisten; i++) {
+		const struct config_listen *lc = &cf->listen[i];
+		log_info("msg=listening listen=%s tls=%s proxy_protocol=%d workers=%u",
+		    lc->address, lc->tls == CONFIG_TLS_IMPLICIT ? "implicit" :
+		    lc->tls == CONFIG_TLS_STARTTLS ? "starttls" : "none",
+		    lc->proxy_protocol, g->nworkers);
+	}
+	g->ev_sigint = evsignal_new(g->base, SIGINT, server_signal_cb, g);
+	g->ev_sigterm = evsignal_new(g->base, SIGTERM, server_signal_cb, g);
+	evsignal_add(g->ev_sigint, NULL);
+	evsignal_add(g->ev_sigterm, NULL);
+	pool_health_start(g->gen->pool, g->base, g->gen->btls);
+	return 0;
+}
+
+/* Run the workers and the main loop; join the workers when it ends. */
+int
+server_gate_run(struct gate *g)
+{
+	int rc = 0;
+
+	for (unsigned i = 0; i < g->nworkers; i++) {
+		if (pthread_create(&g->workers[i].thread, NULL, server_worker_main,
+		    &g->workers[i]) != 0) {
+			log_error("msg=\"cannot start worker\" worker=%u", i);
+			rc = -1;
+			break;
+		}
+		g->workers[i].started = 1;
+	}
+	if (rc == 0 && event_base_dispatch(g->base) < 0)
+		rc = -1;
+	for (unsigned i = 0; i < g->nworkers; i++)
+		if (g->workers[i].started) {
+			event_active(g->workers[i].ev_stop, EV_TIMEOUT, 0);
+			pthread_join(g->workers[i].thread, NULL);
+			g->workers[i].started = 0;
+		}
+	return rc;
+}
+
+/* Free one worker (its thread has ended). */
+static void
+server_worker_close(struct server *srv)
+{
+	for (size_t i = 0; i < srv->nlisteners; i++) {
 		evconnlistener_free(srv->listeners[i].evl);
 		if (srv->listeners[i].ev_resume != NULL)
 			event_free(srv->listeners[i].ev_resume);
 	}
 	free(srv->listeners);
-	if (srv->ev_sigint != NULL)
-		event_free(srv->ev_sigint);
-	if (srv->ev_sigterm != NULL)
-		event_free(srv->ev_sigterm);
-	tls_ctx_free(srv->tls);
-	tls_ctx_free(srv->btls);
+	if (srv->ev_stop != NULL)
+		event_free(srv->ev_stop);
 	if (srv->base != NULL)
 		event_base_free(srv->base);
+	generation_unref(srv->gen);
+}
+
+/* Free everything. */
+void
+server_gate_close(struct gate *g)
+{
+	for (unsigned i = 0; i < g->nworkers; i++)
+		server_worker_close(&g->workers[i]);
+	free(g->workers);
+	if (g->ev_sigint != NULL)
+		event_free(g->ev_sigint);
+	if (g->ev_sigterm != NULL)
+		event_free(g->ev_sigterm);
+	if (g->gen != NULL)
+		pool_health_stop(g->gen->pool);
+	generation_unref(g->gen);
+	connlimit_free(g->limits);
+	if (g->base != NULL)
+		event_base_free(g->base);
 }

@@ -1,35 +1,86 @@
-/* server: the event loop, listeners, signals and the list of live sessions. */
+/*
+ * server: the gate (main thread: signals, health checks, reloads) and its
+ * workers (one thread and event loop each, with their own SO_REUSEPORT
+ * listeners and sessions).
+ *
+ * Everything a configuration implies (TLS contexts, the backend pool) lives
+ * in a generation.  Sessions hold a reference to the generation they
+ * started with, so a reload never changes a running session.
+ */
 #ifndef IMAPGATE_SERVER_H
 #define IMAPGATE_SERVER_H
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <sys/queue.h>
 
 struct config;
 struct config_listen;
+struct event;
 struct event_base;
+struct connlimit;
+struct pool;
 struct session;
 struct tls_ctx;
 
-struct server {
-	struct event_base	*base;
+/* Workers at most (workers: N). */
+#define SERVER_MAX_WORKERS	64
+
+struct generation {
+	atomic_int		 refs;
+	unsigned		 id;
 	struct config		*cf;
 	struct tls_ctx		*tls;		/* client side: our certificates */
 	struct tls_ctx		*btls;		/* backend side, when backend.tls is on */
-	struct server_listener	*listeners;
-	size_t			 nlisteners;
-	struct event		*ev_sigint, *ev_sigterm;
-	TAILQ_HEAD(, session)	 sessions;
-	uint64_t		 nsessions;	/* open now */
-	uint64_t		 next_id;
-	uint32_t		 id_prefix;	/* random per process, keeps ids unique over restarts */
+	struct pool		*pool;
 };
 
-/* Bind every listener in srv->cf; returns 0 or -1 after logging why. */
-int	server_open(struct server *srv);
-/* Run the event loop until a signal stops it. */
-int	server_run(struct server *srv);
-/* Close listeners and sessions and free everything but srv itself. */
-void	server_close(struct server *srv);
+struct server_listener;
+struct server_pending;
+
+/* One worker thread. */
+struct server {
+	struct gate		*gate;
+	unsigned		 index;
+	pthread_t		 thread;
+	int			 started;
+	struct event_base	*base;
+	struct generation	*gen;		/* the current one; sessions keep their own */
+	struct server_listener	*listeners;
+	size_t			 nlisteners;
+	struct event		*ev_stop;
+	TAILQ_HEAD(, session)	 sessions;
+	TAILQ_HEAD(, server_pending) pending;	/* connections waiting for a PROXY header */
+	unsigned		 npending;
+	uint64_t		 nsessions;	/* open now */
+	uint64_t		 next_id;
+	uint32_t		 id_prefix;
+};
+
+struct gate {
+	const char		*path;		/* configuration file */
+	struct generation	*gen;
+	struct connlimit		*limits;
+	struct event_base	*base;		/* main thread */
+	struct event		*ev_sigint, *ev_sigterm;
+	struct server		*workers;
+	unsigned		 nworkers;
+	unsigned		 next_gen;
+};
+
+/* Build a generation from cf (TLS contexts, pool); NULL after logging why. */
+struct generation *generation_new(struct config *cf, unsigned id, char *err, size_t errlen);
+/* Take a reference. */
+struct generation *generation_ref(struct generation *g);
+/* Drop a reference; the last one frees everything. */
+void	generation_unref(struct generation *g);
+
+/* Build the first generation, the workers and their listeners; 0 or -1 after logging. */
+int	server_gate_open(struct gate *g, struct config *cf);
+/* Start the workers and run the main loop until a signal stops it. */
+int	server_gate_run(struct gate *g);
+/* Stop and free everything (the configuration too). */
+void	server_gate_close(struct gate *g);
 
 #endif

@@ -17,6 +17,8 @@
 #include "netaddr.h"
 #include "server.h"
 #include "guard.h"
+#include "connlimit.h"
+#include "pool.h"
 #include "proxyproto.h"
 #include "session.h"
 #include "stats.h"
@@ -65,7 +67,13 @@ struct session {
 	const struct config_listen *lc;
 	char			 id[20];
 	char			 client_addr[NETADDR_STRLEN];
-	const struct config_server *backend_cf;
+	struct generation	*gen;		/* the configuration this session started with */
+	int			 server;	/* pool index of the backend, -1 before one is chosen */
+	uint64_t		 tried;		/* servers tried for this session (bit per pool index) */
+	unsigned		 tries;
+	int			 limited;	/* holds a slot in the connection limits */
+	struct timeval		 last_activity;	/* last byte either way (timeouts.idle) */
+	struct event		*ev_guard;	/* tls_handshake, preauth and idle timeouts */
 	struct session_half	 client, backend;
 	struct timeval		 start;
 	struct event		*ev_timer;	/* connect timeout, then flush timeout */
@@ -97,6 +105,7 @@ struct session {
 
 static void session_relay(struct session_half *);
 static void session_backend_setup_line(struct session *);
+static void session_backend_failover(struct session *, const char *);
 static void session_response_timer(struct session *, int);
 static void session_readable(struct endpoint *, void *);
 static void session_drained(struct endpoint *, void *);
@@ -139,7 +148,13 @@ session_free_cb(evutil_socket_t fd, short what, void *arg)
 	free(s->greeting);
 	event_free(s->ev_timer);
 	event_free(s->ev_response);
+	event_free(s->ev_guard);
 	event_free(s->ev_free);
+	if (s->server >= 0)
+		pool_release(s->gen->pool, s->server);
+	if (s->limited)
+		connlimit_release(s->srv->gate->limits, (const struct sockaddr *)&s->client_ss);
+	generation_unref(s->gen);
 	free(s);
 }
 
@@ -158,6 +173,7 @@ session_close(struct session *s, const char *reason)
 	s->srv->nsessions--;
 	evtimer_del(s->ev_timer);
 	evtimer_del(s->ev_response);
+	evtimer_del(s->ev_guard);
 	if (s->client.ep != NULL)
 		endpoint_read_enable(s->client.ep, 0);
 	if (s->backend.ep != NULL)
@@ -168,9 +184,10 @@ session_close(struct session *s, const char *reason)
 	    "duration_ms=%lld user=\"%s\" state=%s rewrites=%u guard_events=%u "
 	    "last_guard=%s reason=%s%s%s%s",
 	    s->id, s->client_addr,
-	    netaddr_str((const struct sockaddr *)&s->backend_cf->addr.ss, bk, sizeof(bk)),
-	    s->client.ep ? endpoint_tls_version(s->client.ep) : "-",
-	    s->client.ep ? endpoint_tls_cipher(s->client.ep) : "-",
+	    s->server >= 0 ? netaddr_str((const struct sockaddr *)
+	    &pool_server(s->gen->pool, s->server)->addr.ss, bk, sizeof(bk)) : "-",
+	    s->client.ep && s->client_tls ? endpoint_tls_version(s->client.ep) : "-",
+	    s->client.ep && s->client_tls ? endpoint_tls_cipher(s->client.ep) : "-",
 	    s->client.ep && endpoint_sni(s->client.ep) ? endpoint_sni(s->client.ep) : "-",
 	    (unsigned long long)(s->client.ep ? endpoint_bytes_in(s->client.ep) : 0),
 	    (unsigned long long)(s->client.ep ? endpoint_bytes_out(s->client.ep) : 0),
@@ -186,7 +203,7 @@ session_close(struct session *s, const char *reason)
 static void
 session_guard_event(struct session *s, enum stats_guard g)
 {
-	stats.guard[g]++;
+	stats_add(&stats.guard[g], 1);
 	s->nguard++;
 	s->last_guard = stats_guard_name(g);
 	log_info("session=%s msg=guard event=%s state=%s", s->id, stats_guard_name(g),
@@ -221,7 +238,7 @@ session_bye_unavailable(struct session *s, const char *reason)
 	static const char bye[] = "* BYE [UNAVAILABLE] Backend server unavailable\r\n";
 
 	endpoint_write(s->client.ep, bye, sizeof(bye) - 1);
-	stats.bye[STATS_BYE_UNAVAILABLE]++;
+	stats_add(&stats.bye[STATS_BYE_UNAVAILABLE], 1);
 	session_finish(s, reason);
 }
 
@@ -345,7 +362,7 @@ session_client_decide(struct session *s, const struct imap_line *l)
 		session_inject(s, "%s NO %s is not available here", l->tag, l->name);
 		return;
 	}
-	if (s->srv->cf->guard_client_state == CONFIG_GUARD_BYE &&
+	if (s->gen->cf->guard_client_state == CONFIG_GUARD_BYE &&
 	    state_needs_login(kind) && state_expected(&s->st) == STATE_NOT_AUTH) {
 		/*
 		 * The client believes it is logged in (a resumed TLS session, a
@@ -354,7 +371,7 @@ session_client_decide(struct session *s, const struct imap_line *l)
 		 */
 		h->dropping = 1;
 		session_guard_event(s, STATS_GUARD_CLIENT_STATE);
-		stats.bye[STATS_BYE_CLIENT_STATE]++;
+		stats_add(&stats.bye[STATS_BYE_CLIENT_STATE], 1);
 		session_inject(s, "* BYE Not logged in: please reconnect and log in");
 		session_inject(s, "%s BAD %s%s%s not allowed now", l->tag, l->name,
 		    l->subname[0] ? " " : "", l->subname);
@@ -403,8 +420,8 @@ session_client_line(struct session *s)
 	if (s->starttls_now) {
 		s->starttls_now = 0;
 		s->client_upgrading = 1;
-		imap_parse_init(&h->parser, IMAP_DIR_CLIENT, s->srv->cf->max_line);
-		if (endpoint_start_tls(h->ep, s->srv->tls) != 0)
+		imap_parse_init(&h->parser, IMAP_DIR_CLIENT, s->gen->cf->max_line);
+		if (endpoint_start_tls(h->ep, s->gen->tls) != 0)
 			session_close(s, "client-tls-failed");
 		return;
 	}
@@ -418,7 +435,7 @@ session_client_line(struct session *s)
 static void
 session_response_timer(struct session *s, int activity)
 {
-	uint64_t ms = s->srv->cf->backend_response_ms;
+	uint64_t ms = s->gen->cf->backend_response_ms;
 	struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
 
 	if (s->closed || s->finishing || ms == 0)
@@ -475,7 +492,7 @@ session_response_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	snprintf(s->detail, sizeof(s->detail), "no answer for %llu ms",
-	    (unsigned long long)s->srv->cf->backend_response_ms);
+	    (unsigned long long)s->gen->cf->backend_response_ms);
 	session_backend_lost(s, "backend-timeout");
 }
 
@@ -489,7 +506,7 @@ static int
 session_backend_desync(struct session *s, const struct imap_line *l,
     const char *line, size_t len)
 {
-	const struct config *cf = s->srv->cf;
+	const struct config *cf = s->gen->cf;
 	enum state_cmd_kind kind;
 	enum stats_guard g;
 
@@ -509,7 +526,7 @@ session_backend_desync(struct session *s, const struct imap_line *l,
 		return 0;
 	endpoint_drop(s->backend.ep, s->backend.pending);
 	s->backend.pending = 0;
-	stats.bye[STATS_BYE_DESYNC]++;
+	stats_add(&stats.bye[STATS_BYE_DESYNC], 1);
 	session_inject(s, "* BYE [UNAVAILABLE] The server lost this session, please reconnect");
 	session_finish(s, g == STATS_GUARD_DESYNC_GREETING ? "backend-greeted-again" :
 	    "backend-desync");
@@ -542,7 +559,7 @@ session_backend_line(struct session *s)
 		imap_parse_literal_cancel(cp);
 		s->client.sync_wait = 0;
 	}
-	if (line != NULL && guard_rewrite(s->srv->cf, l, line, h->pending, session_caps(s), &out) == 1) {
+	if (line != NULL && guard_rewrite(s->gen->cf, l, line, h->pending, session_caps(s), &out) == 1) {
 		log_debug("session=%s msg=rewrite original=%s status=%d code=%d caps=%d",
 		    s->id, out.original, out.status_changed, out.code_changed,
 		    out.caps_changed);
@@ -603,11 +620,11 @@ session_release_greeting(struct session *s)
 		 * After STARTTLS the greeting's capability list is stale (it
 		 * was the plaintext one); drop it and let the client ask.
 		 */
-		if (s->srv->cf->backend_tls == CONFIG_TLS_STARTTLS &&
+		if (s->gen->cf->backend_tls == CONFIG_TLS_STARTTLS &&
 		    strcmp(l->code, "CAPABILITY") == 0)
 			r = guard_drop_code(l, s->greeting, s->greeting_len, &out);
 		else
-			r = guard_rewrite(s->srv->cf, l, s->greeting, s->greeting_len,
+			r = guard_rewrite(s->gen->cf, l, s->greeting, s->greeting_len,
 			    session_caps(s), &out);
 		if (r == 1) {
 			endpoint_write(s->client.ep, out.buf, out.len);
@@ -627,13 +644,22 @@ session_backend_setup_line(struct session *s)
 {
 	struct session_half *h = &s->backend;
 	const struct imap_line *l = &h->parser.line;
-	const struct config *cf = s->srv->cf;
+	const struct config *cf = s->gen->cf;
 	const char *bytes;
 
 	switch (s->phase) {
 	case SESSION_GREETING:
-		if (l->kind != IMAP_KIND_GREETING || l->status == IMAP_STATUS_BYE ||
-		    (cf->backend_tls != CONFIG_TLS_STARTTLS && cf->client_ip != CONFIG_CLIENT_IP_ID)) {
+		if (l->kind != IMAP_KIND_GREETING ||
+		    (l->status != IMAP_STATUS_OK && l->status != IMAP_STATUS_PREAUTH)) {
+			/* A BYE or a garbled greeting: this server cannot take us. */
+			endpoint_drop(h->ep, h->pending);
+			h->pending = 0;
+			session_backend_failover(s, l->status == IMAP_STATUS_BYE ?
+			    "greeted with BYE" : "bad greeting");
+			return;
+		}
+		pool_report(s->gen->pool, s->server, 1, NULL);
+		if (cf->backend_tls != CONFIG_TLS_STARTTLS && cf->client_ip != CONFIG_CLIENT_IP_ID) {
 			/* Nothing to do first (or nothing possible): relay from here. */
 			s->phase = SESSION_RELAY;
 			session_backend_line(s);
@@ -670,7 +696,7 @@ session_backend_setup_line(struct session *s)
 		s->phase = SESSION_BACKEND_UPGRADE;
 		imap_parse_init(&h->parser, IMAP_DIR_SERVER, cf->max_line);
 		h->parser.seen_greeting = 1;
-		if (endpoint_start_tls(h->ep, s->srv->btls) != 0)
+		if (endpoint_start_tls(h->ep, s->gen->btls) != 0)
 			session_bye_unavailable(s, "backend-tls-failed");
 		return;
 	case SESSION_BACKEND_ID:
@@ -690,7 +716,7 @@ session_backend_setup_line(struct session *s)
 static void
 session_backend_up(struct session *s)
 {
-	const struct config *cf = s->srv->cf;
+	const struct config *cf = s->gen->cf;
 
 	switch (s->phase) {
 	case SESSION_CONNECTING:
@@ -710,7 +736,7 @@ session_backend_up(struct session *s)
 		}
 		if (cf->backend_tls == CONFIG_TLS_IMPLICIT) {
 			s->phase = SESSION_BACKEND_TLS;
-			if (endpoint_start_tls(s->backend.ep, s->srv->btls) != 0)
+			if (endpoint_start_tls(s->backend.ep, s->gen->btls) != 0)
 				session_bye_unavailable(s, "backend-tls-failed");
 			return;
 		}
@@ -860,6 +886,7 @@ session_readable(struct endpoint *ep, void *arg)
 	struct session *s = arg;
 	struct session_half *h = session_half_of(s, ep);
 
+	event_base_gettimeofday_cached(s->srv->base, &s->last_activity);
 	if (h == &s->backend && evtimer_pending(s->ev_response, NULL))
 		session_response_timer(s, 1);
 	session_relay(h);
@@ -934,11 +961,79 @@ session_event(struct endpoint *ep, enum endpoint_event what, void *arg)
 	}
 	if (s->finishing)
 		return;
-	if (!s->backend_up) {
-		session_bye_unavailable(s, "backend-connect-failed");
+	if (s->phase < SESSION_RELAY) {
+		session_backend_failover(s, what == ENDPOINT_EOF ? "closed before the greeting" :
+		    endpoint_error(ep));
 		return;
 	}
 	session_backend_lost(s, what == ENDPOINT_EOF ? "backend-eof" : "backend-error");
+}
+
+/*
+ * Choose a backend (not one tried already) and start connecting; with none
+ * left, the client gets BYE.  The client has seen nothing from the backend
+ * before the greeting is released, so moving on is invisible to it.
+ */
+static void
+session_connect_backend(struct session *s)
+{
+	const struct config *cf = s->gen->cf;
+	const struct config_server *sv;
+	struct timeval tv;
+
+	for (;;) {
+		if (s->server >= 0) {
+			pool_release(s->gen->pool, s->server);
+			s->server = -1;
+		}
+		if (s->tries >= cf->connect_tries ||
+		    (s->server = pool_pick(s->gen->pool, (const struct sockaddr *)&s->client_ss,
+		    s->tried)) < 0) {
+			if (s->detail[0] == '\0')
+				snprintf(s->detail, sizeof(s->detail), "no backend server available");
+			session_bye_unavailable(s, s->tries == 0 ? "no-backend" :
+			    "backend-connect-failed");
+			return;
+		}
+		s->tried |= (uint64_t)1 << s->server;
+		s->tries++;
+		sv = pool_server(s->gen->pool, s->server);
+		s->backend.ep = endpoint_connect(s->srv->base, &sv->addr, &session_cbs, s);
+		if (s->backend.ep != NULL)
+			break;
+		snprintf(s->detail, sizeof(s->detail), "connect to %s failed", sv->address);
+		pool_report(s->gen->pool, s->server, 0, "connect failed");
+	}
+	s->phase = SESSION_CONNECTING;
+	s->backend_up = 0;
+	endpoint_set_limits(s->backend.ep, cf->buffer, cf->buffer + cf->max_line);
+	tv.tv_sec = (time_t)(cf->backend_connect_ms / 1000);
+	tv.tv_usec = (suseconds_t)((cf->backend_connect_ms % 1000) * 1000);
+	evtimer_add(s->ev_timer, &tv);
+}
+
+/*
+ * The backend failed before the client saw anything of it (connect error
+ * or timeout, TLS failure, a bad greeting): count it against the server
+ * and try the next one.
+ */
+static void
+session_backend_failover(struct session *s, const char *why)
+{
+	log_info("session=%s msg=backend-failed server=%s error=\"%s\"", s->id,
+	    pool_name(s->gen->pool, s->server), why);
+	snprintf(s->detail, sizeof(s->detail), "%s: %s", pool_name(s->gen->pool, s->server), why);
+	pool_report(s->gen->pool, s->server, 0, why);
+	evtimer_del(s->ev_timer);
+	endpoint_free(s->backend.ep);
+	s->backend.ep = NULL;
+	s->backend.pending = 0;
+	s->backend.paused = 0;
+	s->backend.streaming = 0;
+	imap_parse_init(&s->backend.parser, IMAP_DIR_SERVER, s->gen->cf->max_line);
+	free(s->greeting);
+	s->greeting = NULL;
+	session_connect_backend(s);
 }
 
 /* Connect timeout (before the backend is up) or flush timeout (while finishing). */
@@ -953,19 +1048,91 @@ session_timer_cb(evutil_socket_t fd, short what, void *arg)
 		session_close(s, s->reason);
 		return;
 	}
-	if (!s->backend_up) {
-		snprintf(s->detail, sizeof(s->detail), "connect timeout");
-		session_bye_unavailable(s, "backend-connect-timeout");
-	}
+	if (s->phase < SESSION_RELAY)
+		session_backend_failover(s, "connect timeout");
 }
 
-/* Accept: wrap the client socket and start the backend connection at once. */
+/* Milliseconds as a timeval. */
+static struct timeval
+session_tv(uint64_t ms)
+{
+	struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
+
+	return tv;
+}
+
+/*
+ * The timeouts a client is held to: the TLS handshake, login, and silence.
+ * Activity only stamps last_activity; the timer re-arms itself for what is
+ * left when it fires early, so the relay path never touches the timer heap.
+ */
+static void
+session_guard_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct session *s = arg;
+	const struct config *cf = s->gen->cf;
+	struct timeval now, age, idle, tv;
+	uint64_t age_ms, idle_ms, next = UINT64_MAX;
+
+	(void)fd;
+	(void)what;
+	if (s->finishing || s->closed)
+		return;
+	event_base_gettimeofday_cached(s->srv->base, &now);
+	timersub(&now, &s->start, &age);
+	timersub(&now, &s->last_activity, &idle);
+	age_ms = (uint64_t)age.tv_sec * 1000 + (uint64_t)age.tv_usec / 1000;
+	idle_ms = (uint64_t)idle.tv_sec * 1000 + (uint64_t)idle.tv_usec / 1000;
+
+	if (s->lc->tls == CONFIG_TLS_IMPLICIT && !s->client_tls) {
+		if (age_ms >= cf->tls_handshake_ms) {
+			snprintf(s->detail, sizeof(s->detail), "no TLS handshake in %llu ms",
+			    (unsigned long long)cf->tls_handshake_ms);
+			session_close(s, "tls-handshake-timeout");
+			return;
+		}
+		next = cf->tls_handshake_ms - age_ms;
+	}
+	if (s->st.proto == STATE_NOT_AUTH) {
+		if (age_ms >= cf->preauth_ms) {
+			stats_add(&stats.bye[STATS_BYE_TIMEOUT], 1);
+			session_inject(s, "* BYE Autologout; no login within %llu seconds",
+			    (unsigned long long)(cf->preauth_ms / 1000));
+			session_finish(s, "preauth-timeout");
+			return;
+		}
+		if (cf->preauth_ms - age_ms < next)
+			next = cf->preauth_ms - age_ms;
+	}
+	if (idle_ms >= cf->idle_ms) {
+		stats_add(&stats.bye[STATS_BYE_TIMEOUT], 1);
+		session_inject(s, "* BYE Autologout; idle for too long");
+		session_finish(s, "idle-timeout");
+		return;
+	}
+	if (cf->idle_ms - idle_ms < next)
+		next = cf->idle_ms - idle_ms;
+	tv = session_tv(next + 1);
+	evtimer_add(s->ev_guard, &tv);
+}
+
+/* Start a session that only says BYE (a limit said no) and closes. */
+static void
+session_reject(struct session *s, const char *text, const char *reason)
+{
+	endpoint_write(s->client.ep, text, strlen(text));
+	stats_add(&stats.bye[STATS_BYE_LIMIT], 1);
+	session_finish(s, reason);
+}
+
+/* Accept: wrap the client socket, apply limits, and start the backend connection at once. */
 void
 session_start(struct server *srv, const struct config_listen *lc, int fd,
     const struct sockaddr *sa, socklen_t salen, const struct sockaddr *local,
     socklen_t locallen)
 {
-	const struct config *cf = srv->cf;
+	struct generation *gen = srv->gen;
+	const struct config *cf = gen->cf;
 	struct session *s;
 	struct timeval tv;
 
@@ -974,15 +1141,17 @@ session_start(struct server *srv, const struct config_listen *lc, int fd,
 		return;
 	}
 	s->srv = srv;
+	s->gen = generation_ref(gen);
 	s->lc = lc;
+	s->server = -1;
 	gettimeofday(&s->start, NULL);
+	s->last_activity = s->start;
 	snprintf(s->id, sizeof(s->id), "%06x%06llx", srv->id_prefix & 0xffffff,
 	    (unsigned long long)(++srv->next_id & 0xffffff));
 	netaddr_str(sa, s->client_addr, sizeof(s->client_addr));
 	memcpy(&s->client_ss, sa, salen < sizeof(s->client_ss) ? salen : sizeof(s->client_ss));
 	memcpy(&s->local_ss, local, locallen < sizeof(s->local_ss) ? locallen : sizeof(s->local_ss));
-	s->client_tls = lc->tls == CONFIG_TLS_IMPLICIT;
-	s->backend_cf = &cf->servers[0];
+	s->client_tls = 0;
 	s->client.s = s->backend.s = s;
 	s->client.peer = &s->backend;
 	s->backend.peer = &s->client;
@@ -994,11 +1163,13 @@ session_start(struct server *srv, const struct config_listen *lc, int fd,
 	s->ev_timer = evtimer_new(srv->base, session_timer_cb, s);
 	s->ev_free = event_new(srv->base, -1, 0, session_free_cb, s);
 	s->ev_response = evtimer_new(srv->base, session_response_cb, s);
+	s->ev_guard = evtimer_new(srv->base, session_guard_cb, s);
 	TAILQ_INSERT_TAIL(&srv->sessions, s, entry);
 	srv->nsessions++;
+	stats_add(&stats.sessions_total, 1);
 
 	s->client.ep = endpoint_accept(srv->base, fd,
-	    lc->tls == CONFIG_TLS_IMPLICIT ? srv->tls : NULL, &session_cbs, s);
+	    lc->tls == CONFIG_TLS_IMPLICIT ? gen->tls : NULL, &session_cbs, s);
 	if (s->client.ep == NULL) {
 		close(fd);
 		snprintf(s->detail, sizeof(s->detail), "out of memory");
@@ -1008,15 +1179,22 @@ session_start(struct server *srv, const struct config_listen *lc, int fd,
 	endpoint_set_limits(s->client.ep, cf->buffer, cf->buffer + cf->max_line);
 	log_debug("session=%s msg=accepted client=%s listen=%s", s->id,
 	    s->client_addr, lc->address);
+	tv = session_tv(lc->tls == CONFIG_TLS_IMPLICIT && cf->tls_handshake_ms < cf->preauth_ms ?
+	    cf->tls_handshake_ms : cf->preauth_ms);
+	evtimer_add(s->ev_guard, &tv);
 
-	s->backend.ep = endpoint_connect(srv->base, &s->backend_cf->addr, &session_cbs, s);
-	if (s->backend.ep == NULL) {
-		snprintf(s->detail, sizeof(s->detail), "connect failed");
-		session_bye_unavailable(s, "backend-connect-failed");
+	switch (connlimit_acquire(srv->gate->limits, sa)) {
+	case CONNLIMIT_TOTAL:
+		session_reject(s, "* BYE [UNAVAILABLE] Too many connections, try again later\r\n",
+		    "limit-total");
 		return;
+	case CONNLIMIT_PER_IP:
+		session_reject(s, "* BYE [UNAVAILABLE] Too many connections from your address\r\n",
+		    "limit-per-ip");
+		return;
+	case CONNLIMIT_OK:
+		s->limited = 1;
+		break;
 	}
-	endpoint_set_limits(s->backend.ep, cf->buffer, cf->buffer + cf->max_line);
-	tv.tv_sec = (time_t)(cf->backend_connect_ms / 1000);
-	tv.tv_usec = (suseconds_t)((cf->backend_connect_ms % 1000) * 1000);
-	evtimer_add(s->ev_timer, &tv);
+	session_connect_backend(s);
 }

@@ -28,6 +28,9 @@ enum stats_bye {
 	STATS_BYE_CLIENT_STATE,
 	STATS_BYE_DESYNC,
 	STATS_BYE_PROTOCOL,		/* unreadable client stream */
+	STATS_BYE_TIMEOUT,		/* autologout: preauth or idle */
+	STATS_BYE_LIMIT,		/* too many connections */
+	STATS_BYE_SHUTDOWN,		/* drain on SIGTERM */
 	STATS_BYE_MAX,
 };
 
@@ -39,7 +42,12 @@ struct stats_code {
 	uint64_t	count;
 };
 
+/*
+ * Every worker thread updates these: use stats_add (relaxed atomics) and
+ * read them with stats_get.
+ */
 struct stats {
+	uint64_t		sessions_total;
 	uint64_t		guard[STATS_GUARD_MAX];
 	uint64_t		bye[STATS_BYE_MAX];
 	struct stats_code	rewrites[STATS_MAX_CODES];
@@ -47,6 +55,20 @@ struct stats {
 };
 
 extern struct stats stats;
+
+/* Add n to a counter from any thread. */
+static inline void
+stats_add(uint64_t *c, uint64_t n)
+{
+	__atomic_fetch_add(c, n, __ATOMIC_RELAXED);
+}
+
+/* Read a counter written by other threads. */
+static inline uint64_t
+stats_get(const uint64_t *c)
+{
+	return __atomic_load_n(c, __ATOMIC_RELAXED);
+}
 
 /* Name of a guard event kind, for logs and metrics. */
 const char	*stats_guard_name(enum stats_guard g);

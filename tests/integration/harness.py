@@ -554,7 +554,7 @@ class Client:
 class Env:
     """Temp dir, certificate, Dovecot and (unless direct mode) imapgate."""
 
-    def __init__(self, argv, mail=None, proxy_env=None):
+    def __init__(self, argv, mail=None, proxy_env=None, proxy_extra=""):
         self.direct = os.environ.get("IMAPGATE_TEST_DIRECT") == "1"
         self.binary = imapgate_binary(argv)
         if shutil.which("dovecot") is None:
@@ -576,7 +576,7 @@ class Env:
             self.dovecot.start()
             if not self.direct:
                 self.proxy = Imapgate(self.binary, self.tmp, self.cert, self.key,
-                                      self.dovecot.port, env=proxy_env)
+                                      self.dovecot.port, env=proxy_env, extra=proxy_extra)
                 self.proxy.start()
                 self.tls = ssl.create_default_context(cafile=self.cert)
         except Fail:

@@ -9,6 +9,7 @@ refuses STARTTLS.
 usage: test_tls_backend.py [PATH-TO-IMAPGATE]   (or $IMAPGATE)
 """
 
+import re
 import ssl
 import sys
 
@@ -128,7 +129,7 @@ def expect_verify_failure(env, g, want):
     f = tc.session_end(g)
     err = f.get("error", "")
     say("   session-end reason=%s error=%s" % (f.get("reason"), err))
-    check(tc.re.search(want, err, tc.re.I), "error=%r does not match /%s/" % (err, want))
+    check(re.search(want, err, re.I), "error=%r does not match /%s/" % (err, want))
 
 
 def t_verify_wrong_ca(env):

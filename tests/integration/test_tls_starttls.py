@@ -8,7 +8,6 @@ usage: test_tls_starttls.py [PATH-TO-IMAPGATE]   (or $IMAPGATE)
 """
 
 import imaplib
-import os
 import ssl
 import subprocess
 import sys

@@ -1,0 +1,150 @@
+/* connlimit: shared connection counters with a per-address hash table. */
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "connlimit.h"
+
+/* Buckets of the per-address table (entries chain; an entry lives while its count > 0). */
+#define CONNLIMIT_BUCKETS	4096
+
+struct connlimit_entry {
+	struct connlimit_entry	*next;
+	unsigned char		 addr[16];	/* IPv4 stored as v4-mapped v6 */
+	unsigned		 count;
+};
+
+struct connlimit {
+	pthread_mutex_t		 lock;
+	unsigned		 max_total, max_per_ip;
+	unsigned		 total;
+	struct connlimit_entry	*buckets[CONNLIMIT_BUCKETS];
+};
+
+/* Create the table. */
+struct connlimit *
+connlimit_new(unsigned max_total, unsigned max_per_ip)
+{
+	struct connlimit *l = calloc(1, sizeof(*l));
+
+	if (l == NULL)
+		return NULL;
+	pthread_mutex_init(&l->lock, NULL);
+	l->max_total = max_total;
+	l->max_per_ip = max_per_ip;
+	return l;
+}
+
+/* Free the table and its entries. */
+void
+connlimit_free(struct connlimit *l)
+{
+	if (l == NULL)
+		return;
+	for (size_t i = 0; i < CONNLIMIT_BUCKETS; i++) {
+		struct connlimit_entry *e = l->buckets[i], *n;
+		for (; e != NULL; e = n) {
+			n = e->next;
+			free(e);
+		}
+	}
+	pthread_mutex_destroy(&l->lock);
+	free(l);
+}
+
+/* The 16-byte key of an address (IPv4 as ::ffff:a.b.c.d, so both spellings count once). */
+static void
+connlimit_key(const struct sockaddr *sa, unsigned char key[16])
+{
+	memset(key, 0, 16);
+	if (sa->sa_family == AF_INET) {
+		key[10] = key[11] = 0xff;
+		memcpy(key + 12, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+	} else if (sa->sa_family == AF_INET6)
+		memcpy(key, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
+}
+
+/* Bucket of a key. */
+static size_t
+connlimit_bucket(const unsigned char key[16])
+{
+	uint32_t h = 2166136261u;
+
+	for (size_t i = 0; i < 16; i++) {
+		h ^= key[i];
+		h *= 16777619u;
+	}
+	return h % CONNLIMIT_BUCKETS;
+}
+
+/* Count one more session for sa unless a limit says no. */
+enum connlimit_verdict
+connlimit_acquire(struct connlimit *l, const struct sockaddr *sa)
+{
+	unsigned char key[16];
+	struct connlimit_entry *e;
+	size_t b;
+
+	connlimit_key(sa, key);
+	b = connlimit_bucket(key);
+	pthread_mutex_lock(&l->lock);
+	if (l->total >= l->max_total) {
+		pthread_mutex_unlock(&l->lock);
+		return CONNLIMIT_TOTAL;
+	}
+	for (e = l->buckets[b]; e != NULL; e = e->next)
+		if (memcmp(e->addr, key, 16) == 0)
+			break;
+	if (e != NULL && l->max_per_ip > 0 && e->count >= l->max_per_ip) {
+		pthread_mutex_unlock(&l->lock);
+		return CONNLIMIT_PER_IP;
+	}
+	if (e == NULL) {
+		if ((e = calloc(1, sizeof(*e))) == NULL) {
+			pthread_mutex_unlock(&l->lock);
+			return CONNLIMIT_TOTAL;
+		}
+		memcpy(e->addr, key, 16);
+		e->next = l->buckets[b];
+		l->buckets[b] = e;
+	}
+	e->count++;
+	l->total++;
+	pthread_mutex_unlock(&l->lock);
+	return CONNLIMIT_OK;
+}
+
+/* One session fewer for sa. */
+void
+connlimit_release(struct connlimit *l, const struct sockaddr *sa)
+{
+	unsigned char key[16];
+	struct connlimit_entry **ep, *e;
+
+	connlimit_key(sa, key);
+	pthread_mutex_lock(&l->lock);
+	for (ep = &l->buckets[connlimit_bucket(key)]; (e = *ep) != NULL; ep = &e->next)
+		if (memcmp(e->addr, key, 16) == 0) {
+			if (--e->count == 0) {
+				*ep = e->next;
+				free(e);
+			}
+			l->total--;
+			break;
+		}
+	pthread_mutex_unlock(&l->lock);
+}
+
+/* Sessions counted. */
+unsigned
+connlimit_total(struct connlimit *l)
+{
+	unsigned n;
+
+	pthread_mutex_lock(&l->lock);
+	n = l->total;
+	pthread_mutex_unlock(&l->lock);
+	return n;
+}

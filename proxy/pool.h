@@ -1,0 +1,50 @@
+/*
+ * pool: the backend servers, their health, and the choice of one per session.
+ *
+ * Shared by every worker thread: the up/down state and connection counts are
+ * atomics, the weighted round-robin state sits behind a mutex.  Active
+ * health checks run on the main thread's event loop; workers report connect
+ * failures and good greetings (passive checks).
+ */
+#ifndef IMAPGATE_POOL_H
+#define IMAPGATE_POOL_H
+
+#include <stdint.h>
+#include <sys/socket.h>
+
+/* Most servers a pool holds (a session's tried set is a 64-bit mask). */
+#define POOL_MAX_SERVERS	64
+
+struct config;
+struct event_base;
+struct pool;
+struct tls_ctx;
+
+/* Build the pool for cf's backend.servers; NULL with err on failure. */
+struct pool	*pool_new(const struct config *cf, char *err, size_t errlen);
+/* Stop health checks and free the pool. */
+void		 pool_free(struct pool *p);
+/* Start active health checks on base (TLS through btls when backend.tls is implicit). */
+void		 pool_health_start(struct pool *p, struct event_base *base,
+		    struct tls_ctx *btls);
+/* Stop the health checks (on the thread that started them). */
+void		 pool_health_stop(struct pool *p);
+/*
+ * Choose a server for a client at addr, skipping those in the tried mask,
+ * down, or at max_connections.  Counts the connection; -1 if none.
+ */
+int		 pool_pick(struct pool *p, const struct sockaddr *addr, uint64_t tried);
+/* The session using server i has ended. */
+void		 pool_release(struct pool *p, int i);
+/* A session's connect or greeting on server i went well (ok) or not (why). */
+void		 pool_report(struct pool *p, int i, int ok, const char *why);
+/* Server i's configuration entry index, up state, open connections and totals. */
+int		 pool_size(const struct pool *p);
+const char	*pool_name(const struct pool *p, int i);
+const struct config_server *pool_server(const struct pool *p, int i);
+int		 pool_is_up(const struct pool *p, int i);
+unsigned	 pool_active(const struct pool *p, int i);
+uint64_t	 pool_connects(const struct pool *p, int i);
+uint64_t	 pool_failures(const struct pool *p, int i);
+
+#endif
