@@ -37,6 +37,16 @@ connlimit_new(unsigned max_total, unsigned max_per_ip)
 	return l;
 }
 
+/* New limits from a reload. */
+void
+connlimit_set_max(struct connlimit *l, unsigned max_total, unsigned max_per_ip)
+{
+	pthread_mutex_lock(&l->lock);
+	l->max_total = max_total;
+	l->max_per_ip = max_per_ip;
+	pthread_mutex_unlock(&l->lock);
+}
+
 /* Free the table and its entries. */
 void
 connlimit_free(struct connlimit *l)

@@ -17,6 +17,8 @@ enum connlimit_verdict {
 
 /* A new table for max_total sessions, max_per_ip per address (0 = no limit). */
 struct connlimit	*connlimit_new(unsigned max_total, unsigned max_per_ip);
+/* Change the limits (a reload); counts are kept. */
+void		 connlimit_set_max(struct connlimit *l, unsigned max_total, unsigned max_per_ip);
 /* Free the table. */
 void		 connlimit_free(struct connlimit *l);
 /* Take a slot for a client at sa; on CONNLIMIT_OK the caller must connlimit_release it. */

@@ -6,6 +6,8 @@
 
 /* Set the least severe level that is printed. */
 void	log_set_level(enum config_log_level level);
+/* Choose text or JSON lines, on stderr or syslog. */
+void	log_set_output(enum config_log_format format, enum config_log_output output);
 /* Is level printed at all (to skip building expensive lines)? */
 int	log_enabled(enum config_log_level level);
 /* Print one line "ts level=L msg" with printf-style key=value fields. */

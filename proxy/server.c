@@ -1,6 +1,8 @@
 /* server: the gate, its worker threads, listeners and accept. */
 #include <errno.h>
+#include <grp.h>
 #include <pthread.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,10 +15,12 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <event2/thread.h>
+#include <systemd/sd-daemon.h>
 
 #include "config.h"
 #include "connlimit.h"
 #include "log.h"
+#include "metrics.h"
 #include "netaddr.h"
 #include "pool.h"
 #include "proxyproto.h"
@@ -346,22 +350,156 @@ server_listen(struct server *srv, struct server_listener *l, const struct config
 	return 0;
 }
 
-/* Stop listening and end every session of this worker, then leave its loop. */
+/* Close every session of srv now and leave its loop. */
+static void
+server_stop_now(struct server *srv, const char *reason)
+{
+	struct session *s;
+
+	while ((s = TAILQ_FIRST(&srv->sessions)) != NULL)
+		session_close(s, reason);
+	event_base_loopexit(srv->base, NULL);
+}
+
+/* timeouts.drain ran out: end what is left. */
+static void
+server_drain_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	server_stop_now(arg, "drain-timeout");
+}
+
+/*
+ * Stop accepting and drain: every session gets BYE at its next quiet point
+ * (session_drain).  The loop ends when the last session is gone, or at
+ * timeouts.drain.  A second signal stops at once.
+ */
 static void
 server_stop_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct server *srv = arg;
-	struct session *s;
+	struct session *s, *next;
+	struct timeval tv;
+	int now;
 
 	(void)fd;
 	(void)what;
+	pthread_mutex_lock(&srv->lock);
+	now = srv->stop_now;
+	pthread_mutex_unlock(&srv->lock);
 	for (size_t i = 0; i < srv->nlisteners; i++)
-		evconnlistener_disable(srv->listeners[i].evl);
+		evconnlistener_disable(srv->listeners[i]->evl);
 	while (!TAILQ_EMPTY(&srv->pending))
 		server_pending_free(TAILQ_FIRST(&srv->pending));
-	while ((s = TAILQ_FIRST(&srv->sessions)) != NULL)
-		session_close(s, "shutdown");
-	event_base_loopexit(srv->base, NULL);
+	if (now || srv->gen->cf->drain_ms == 0) {
+		server_stop_now(srv, "shutdown");
+		return;
+	}
+	if (srv->draining)
+		return;
+	srv->draining = 1;
+	tv.tv_sec = (time_t)(srv->gen->cf->drain_ms / 1000);
+	tv.tv_usec = (suseconds_t)((srv->gen->cf->drain_ms % 1000) * 1000);
+	evtimer_add(srv->ev_drain, &tv);
+	for (s = TAILQ_FIRST(&srv->sessions); s != NULL; s = next) {
+		next = session_next(s);
+		session_drain(s);
+	}
+	server_session_gone(srv);
+}
+
+/* Called when a session leaves the list. */
+void
+server_session_gone(struct server *srv)
+{
+	if (srv->draining && TAILQ_EMPTY(&srv->sessions))
+		event_base_loopexit(srv->base, NULL);
+}
+
+/* Do two listen entries name the same socket address? */
+static int
+server_same_addr(const struct config_listen *a, const struct config_listen *b)
+{
+	return a->addr.len == b->addr.len && memcmp(&a->addr.ss, &b->addr.ss, a->addr.len) == 0;
+}
+
+/* Free one listener and the PROXY waits that came through it. */
+static void
+server_listener_free(struct server *srv, struct server_listener *l)
+{
+	struct server_pending *pp, *next;
+
+	for (pp = TAILQ_FIRST(&srv->pending); pp != NULL; pp = next) {
+		next = TAILQ_NEXT(pp, entry);
+		if (pp->l == l)
+			server_pending_free(pp);
+	}
+	if (l->evl != NULL)
+		evconnlistener_free(l->evl);
+	if (l->ev_resume != NULL)
+		event_free(l->ev_resume);
+	free(l);
+}
+
+/*
+ * Take the generation the main thread committed: keep the sockets of
+ * listeners that stay (their settings come from the new generation), open
+ * the new ones, close the ones the file no longer names.  Sessions keep
+ * the generation they started with.
+ */
+static void
+server_reload_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct server *srv = arg;
+	struct server_listener **nl;
+	struct generation *gen;
+	const struct config *cf;
+	size_t n = 0;
+
+	(void)fd;
+	(void)what;
+	pthread_mutex_lock(&srv->lock);
+	gen = srv->next_gen;
+	srv->next_gen = NULL;
+	pthread_mutex_unlock(&srv->lock);
+	if (gen == NULL)
+		return;
+	cf = gen->cf;
+	if ((nl = calloc(cf->nlisten, sizeof(*nl))) == NULL) {
+		log_error("msg=\"reload: out of memory\" worker=%u", srv->index);
+		generation_unref(gen);
+		return;
+	}
+	for (size_t i = 0; i < cf->nlisten; i++) {
+		for (size_t j = 0; j < srv->nlisteners; j++)
+			if (srv->listeners[j] != NULL &&
+			    server_same_addr(srv->listeners[j]->lc, &cf->listen[i])) {
+				nl[n] = srv->listeners[j];
+				srv->listeners[j] = NULL;
+				nl[n]->lc = &cf->listen[i];
+				break;
+			}
+		if (nl[n] == NULL) {
+			if ((nl[n] = calloc(1, sizeof(**nl))) == NULL ||
+			    server_listen(srv, nl[n], &cf->listen[i]) != 0) {
+				free(nl[n]);
+				nl[n] = NULL;
+				continue;
+			}
+			if (srv->draining)
+				evconnlistener_disable(nl[n]->evl);
+		}
+		n++;
+	}
+	for (size_t j = 0; j < srv->nlisteners; j++)
+		if (srv->listeners[j] != NULL)
+			server_listener_free(srv, srv->listeners[j]);
+	free(srv->listeners);
+	srv->listeners = nl;
+	srv->nlisteners = n;
+	generation_unref(srv->gen);
+	srv->gen = gen;
 }
 
 /* A worker thread: its own loop until told to stop. */
@@ -373,20 +511,181 @@ server_worker_main(void *arg)
 	event_base_dispatch(srv->base);
 	/* Run the frees the last closes scheduled. */
 	event_base_loop(srv->base, EVLOOP_NONBLOCK);
+	/* The last worker out ends the main loop (metrics serve until then). */
+	if (atomic_fetch_sub(&srv->gate->running, 1) == 1)
+		event_base_loopbreak(srv->gate->base);
 	return NULL;
 }
 
-/* SIGINT/SIGTERM: stop the workers, then the main loop. */
+/*
+ * SIGINT/SIGTERM: the workers drain (a second signal: stop now), and the
+ * main loop ends so that the main thread can wait for them.
+ */
 static void
 server_signal_cb(evutil_socket_t sig, short what, void *arg)
 {
 	struct gate *g = arg;
+	int now = g->stopping;
 
 	(void)what;
-	log_info("msg=stopping signal=%d", (int)sig);
-	for (unsigned i = 0; i < g->nworkers; i++)
+	g->stopping = 1;
+	sd_notify(0, "STOPPING=1");
+	log_info("msg=%s signal=%d", now ? "stopping-now" : "draining", (int)sig);
+	for (unsigned i = 0; i < g->nworkers; i++) {
+		pthread_mutex_lock(&g->workers[i].lock);
+		g->workers[i].stop_now = now;
+		pthread_mutex_unlock(&g->workers[i].lock);
 		event_active(g->workers[i].ev_stop, EV_TIMEOUT, 0);
-	event_base_loopbreak(g->base);
+	}
+	if (!now)
+		g->drain_started = 1;
+}
+
+static uint64_t server_monotonic_us(void);
+
+/* Can every listen address in cf that is not bound now be bound? */
+static int
+server_check_new_listeners(struct gate *g, const struct config *cf, char *err, size_t errlen)
+{
+	const struct config *old = g->gen->cf;
+
+	for (size_t i = 0; i < cf->nlisten; i++) {
+		const struct config_listen *lc = &cf->listen[i];
+		int fd, one = 1, bound = 0;
+
+		for (size_t j = 0; j < old->nlisten && !bound; j++)
+			bound = server_same_addr(&old->listen[j], lc);
+		if (bound)
+			continue;
+		if ((fd = socket(lc->addr.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0 ||
+		    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+		    bind(fd, (const struct sockaddr *)&lc->addr.ss, lc->addr.len) != 0) {
+			snprintf(err, errlen, "listen %s: %s", lc->address, strerror(errno));
+			if (fd >= 0)
+				close(fd);
+			return -1;
+		}
+		close(fd);
+	}
+	return 0;
+}
+
+/*
+ * SIGHUP: read the file and build everything on the side; commit only if
+ * all of it worked, else keep the running configuration and log why.
+ */
+static void
+server_reload(struct gate *g)
+{
+	struct config_errors errs = { NULL, 0 };
+	struct generation *gen, *old = g->gen;
+	struct config *cf;
+	char err[256];
+
+	sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu", (unsigned long long)server_monotonic_us());
+	log_info("msg=reloading config=%s", g->path);
+	if ((cf = config_load(g->path, &errs)) == NULL) {
+		for (size_t i = 0; i < errs.n; i++)
+			log_error("msg=reload-failed error=\"%s:%d:%d: %s\"",
+			    errs.v[i].file ? errs.v[i].file : g->path, errs.v[i].line,
+			    errs.v[i].col, errs.v[i].msg);
+		config_errors_free(&errs);
+		goto done;
+	}
+	if (server_check_new_listeners(g, cf, err, sizeof(err)) != 0 ||
+	    (gen = generation_new(cf, g->next_gen + 1, err, sizeof(err))) == NULL) {
+		log_error("msg=reload-failed error=\"%s\"", err);
+		config_free(cf);
+		goto done;
+	}
+	/* Commit. */
+	g->next_gen++;
+	pool_health_stop(old->pool);
+	g->gen = gen;
+	pool_health_start(gen->pool, g->base, gen->btls);
+	connlimit_set_max(g->limits, cf->max_connections, cf->max_connections_per_ip);
+	log_set_level(cf->log_level);
+	log_set_output(cf->log_format, cf->log_output);
+	for (unsigned i = 0; i < g->nworkers; i++) {
+		struct server *srv = &g->workers[i];
+
+		pthread_mutex_lock(&srv->lock);
+		if (srv->next_gen != NULL)
+			generation_unref(srv->next_gen);
+		srv->next_gen = generation_ref(gen);
+		pthread_mutex_unlock(&srv->lock);
+		event_active(srv->ev_reload, EV_TIMEOUT, 0);
+	}
+	if ((cf->metrics_address == NULL) != (old->cf->metrics_address == NULL) ||
+	    (cf->metrics_address != NULL &&
+	    strcmp(cf->metrics_address, old->cf->metrics_address) != 0)) {
+		metrics_stop(g->metrics);
+		g->metrics = metrics_start(g);
+	}
+	generation_unref(old);
+	log_info("msg=reloaded generation=%u", gen->id);
+done:
+	sd_notify(0, "READY=1");
+}
+
+/* SIGHUP handler on the main loop. */
+static void
+server_sighup_cb(evutil_socket_t sig, short what, void *arg)
+{
+	(void)sig;
+	(void)what;
+	if (((struct gate *)arg)->stopping)
+		return;
+	server_reload(arg);
+}
+
+/* CLOCK_MONOTONIC in microseconds (for systemd's reload protocol). */
+static uint64_t
+server_monotonic_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+/*
+ * Drop root once the sockets are bound and the keys read (user, group).
+ * Reloads then read certificates and keys as that user.
+ */
+static int
+server_drop_privileges(const struct config *cf)
+{
+	struct passwd *pw = NULL;
+	struct group *gr;
+	gid_t gid;
+
+	if (cf->user == NULL && cf->group == NULL)
+		return 0;
+	if (cf->user != NULL && (pw = getpwnam(cf->user)) == NULL) {
+		log_error("msg=\"unknown user\" user=%s", cf->user);
+		return -1;
+	}
+	gid = cf->user != NULL ? pw->pw_gid : getgid();
+	if (cf->group != NULL) {
+		if ((gr = getgrnam(cf->group)) == NULL) {
+			log_error("msg=\"unknown group\" group=%s", cf->group);
+			return -1;
+		}
+		gid = gr->gr_gid;
+	}
+	if (setgroups(1, &gid) != 0 || setgid(gid) != 0 ||
+	    (cf->user != NULL && setuid(pw->pw_uid) != 0)) {
+		log_error("msg=\"cannot drop privileges\" error=\"%s\"", strerror(errno));
+		return -1;
+	}
+	if (cf->user != NULL && setuid(0) == 0) {
+		log_error("msg=\"privileges not dropped\"");
+		return -1;
+	}
+	log_info("msg=privileges-dropped user=%s group=%u", cf->user ? cf->user : "-",
+	    (unsigned)gid);
+	return 0;
 }
 
 /* Set up one worker: loop, listeners, stop event. */
@@ -404,12 +703,17 @@ server_worker_open(struct gate *g, struct server *srv, unsigned index)
 	if ((srv->base = event_base_new()) == NULL)
 		return -1;
 	srv->ev_stop = event_new(srv->base, -1, 0, server_stop_cb, srv);
+	srv->ev_reload = event_new(srv->base, -1, 0, server_reload_cb, srv);
+	srv->ev_drain = evtimer_new(srv->base, server_drain_timeout_cb, srv);
+	pthread_mutex_init(&srv->lock, NULL);
 	if ((srv->listeners = calloc(cf->nlisten, sizeof(*srv->listeners))) == NULL)
 		return -1;
 	for (size_t i = 0; i < cf->nlisten; i++) {
-		if (server_listen(srv, &srv->listeners[i], &cf->listen[i]) != 0)
+		if ((srv->listeners[i] = calloc(1, sizeof(**srv->listeners))) == NULL)
 			return -1;
 		srv->nlisteners++;
+		if (server_listen(srv, srv->listeners[i], &cf->listen[i]) != 0)
+			return -1;
 	}
 	return 0;
 }
@@ -451,9 +755,15 @@ server_gate_open(struct gate *g, struct config *cf)
 	}
 	g->ev_sigint = evsignal_new(g->base, SIGINT, server_signal_cb, g);
 	g->ev_sigterm = evsignal_new(g->base, SIGTERM, server_signal_cb, g);
+	g->ev_sighup = evsignal_new(g->base, SIGHUP, server_sighup_cb, g);
 	evsignal_add(g->ev_sigint, NULL);
 	evsignal_add(g->ev_sigterm, NULL);
+	evsignal_add(g->ev_sighup, NULL);
+	if (cf->metrics_address != NULL && (g->metrics = metrics_start(g)) == NULL)
+		return -1;
 	pool_health_start(g->gen->pool, g->base, g->gen->btls);
+	if (server_drop_privileges(cf) != 0)
+		return -1;
 	return 0;
 }
 
@@ -471,9 +781,13 @@ server_gate_run(struct gate *g)
 			break;
 		}
 		g->workers[i].started = 1;
+		atomic_fetch_add(&g->running, 1);
 	}
-	if (rc == 0 && event_base_dispatch(g->base) < 0)
-		rc = -1;
+	if (rc == 0) {
+		sd_notify(0, "READY=1");
+		if (event_base_dispatch(g->base) < 0)
+			rc = -1;
+	}
 	for (unsigned i = 0; i < g->nworkers; i++)
 		if (g->workers[i].started) {
 			event_active(g->workers[i].ev_stop, EV_TIMEOUT, 0);
@@ -487,14 +801,20 @@ server_gate_run(struct gate *g)
 static void
 server_worker_close(struct server *srv)
 {
-	for (size_t i = 0; i < srv->nlisteners; i++) {
-		evconnlistener_free(srv->listeners[i].evl);
-		if (srv->listeners[i].ev_resume != NULL)
-			event_free(srv->listeners[i].ev_resume);
-	}
+	for (size_t i = 0; i < srv->nlisteners; i++)
+		if (srv->listeners[i] != NULL)
+			server_listener_free(srv, srv->listeners[i]);
 	free(srv->listeners);
 	if (srv->ev_stop != NULL)
 		event_free(srv->ev_stop);
+	if (srv->ev_reload != NULL)
+		event_free(srv->ev_reload);
+	if (srv->ev_drain != NULL)
+		event_free(srv->ev_drain);
+	if (srv->next_gen != NULL)
+		generation_unref(srv->next_gen);
+	if (srv->base != NULL)
+		pthread_mutex_destroy(&srv->lock);
 	if (srv->base != NULL)
 		event_base_free(srv->base);
 	generation_unref(srv->gen);
@@ -511,6 +831,9 @@ server_gate_close(struct gate *g)
 		event_free(g->ev_sigint);
 	if (g->ev_sigterm != NULL)
 		event_free(g->ev_sigterm);
+	if (g->ev_sighup != NULL)
+		event_free(g->ev_sighup);
+	metrics_stop(g->metrics);
 	if (g->gen != NULL)
 		pool_health_stop(g->gen->pool);
 	generation_unref(g->gen);

@@ -47,9 +47,15 @@ struct server {
 	int			 started;
 	struct event_base	*base;
 	struct generation	*gen;		/* the current one; sessions keep their own */
-	struct server_listener	*listeners;
+	struct server_listener	**listeners;	/* each allocated alone: pending PROXY waits point at them */
 	size_t			 nlisteners;
-	struct event		*ev_stop;
+	struct event		*ev_stop;	/* drain (first SIGTERM) or stop now (second) */
+	struct event		*ev_reload;	/* take next_gen */
+	struct event		*ev_drain;	/* timeouts.drain */
+	pthread_mutex_t		 lock;		/* next_gen, stop_now */
+	struct generation	*next_gen;
+	int			 stop_now;
+	int			 draining;
 	TAILQ_HEAD(, session)	 sessions;
 	TAILQ_HEAD(, server_pending) pending;	/* connections waiting for a PROXY header */
 	unsigned		 npending;
@@ -63,7 +69,11 @@ struct gate {
 	struct generation	*gen;
 	struct connlimit		*limits;
 	struct event_base	*base;		/* main thread */
-	struct event		*ev_sigint, *ev_sigterm;
+	struct event		*ev_sigint, *ev_sigterm, *ev_sighup;
+	struct metrics		*metrics;
+	int			 stopping;	/* SIGTERM seen once: draining */
+	int			 drain_started;
+	atomic_int		 running;	/* worker threads still in their loops */
 	struct server		*workers;
 	unsigned		 nworkers;
 	unsigned		 next_gen;
@@ -80,6 +90,8 @@ void	generation_unref(struct generation *g);
 int	server_gate_open(struct gate *g, struct config *cf);
 /* Start the workers and run the main loop until a signal stops it. */
 int	server_gate_run(struct gate *g);
+/* A worker's session list became empty: leave the loop if the worker is draining. */
+void	server_session_gone(struct server *srv);
 /* Stop and free everything (the configuration too). */
 void	server_gate_close(struct gate *g);
 

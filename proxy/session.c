@@ -96,7 +96,8 @@ struct session {
 	struct sockaddr_storage	 client_ss;	/* the real client (after any PROXY header) */
 	struct sockaddr_storage	 local_ss;	/* the address the client connected to */
 	int			 backend_gone;
-	int			 client_gone;	/* client half-closed: answer what is in flight, then close */	/* EOF or error: drain its input, whatever the client's pace */
+	int			 client_gone;	/* client half-closed: answer what is in flight, then close */
+	int			 draining;	/* shutting down: BYE at the next quiet point */	/* EOF or error: drain its input, whatever the client's pace */
 	int			 finishing;	/* flushing the client before close */
 	int			 closed;
 	const char		*reason;
@@ -114,6 +115,16 @@ static void session_event(struct endpoint *, enum endpoint_event, void *);
 static const struct endpoint_cbs session_cbs = {
 	session_readable, session_drained, session_event,
 };
+
+/* Now in microseconds, from the loop's cached clock. */
+static uint64_t
+session_now_us(const struct session *s)
+{
+	struct timeval tv;
+
+	event_base_gettimeofday_cached(s->srv->base, &tv);
+	return (uint64_t)tv.tv_sec * 1000000 + (uint64_t)tv.tv_usec;
+}
 
 /* The half that owns endpoint ep. */
 static struct session_half *
@@ -169,8 +180,10 @@ session_close(struct session *s, const char *reason)
 	s->closed = 1;
 	if (s->reason == NULL)
 		s->reason = reason;
+	stats_name_add(&stats.ended, s->reason);
 	TAILQ_REMOVE(&s->srv->sessions, s, entry);
 	s->srv->nsessions--;
+	server_session_gone(s->srv);
 	evtimer_del(s->ev_timer);
 	evtimer_del(s->ev_response);
 	evtimer_del(s->ev_guard);
@@ -300,9 +313,60 @@ session_pass(struct session_half *h)
 		return;
 	if (h->dropping)
 		endpoint_drop(h->ep, h->pending);
-	else
+	else {
 		endpoint_move(h->ep, h->peer->ep, h->pending);
+		if (h == &h->s->client) {
+			stats_add(&stats.client_in, h->pending);
+			stats_add(&stats.backend_out, h->pending);
+		} else {
+			stats_add(&stats.backend_in, h->pending);
+			stats_add(&stats.client_out, h->pending);
+		}
+	}
 	h->pending = 0;
+}
+
+/*
+ * Draining: is this a quiet point?  No command in flight (or only IDLE,
+ * accepted by the server), and neither side inside a line or a literal.
+ */
+static void
+session_drain_check(struct session *s)
+{
+	static const char bye[] = "* BYE [UNAVAILABLE] Server shutting down\r\n";
+
+	if (!s->draining || s->finishing || s->closed)
+		return;
+	if (s->phase != SESSION_RELAY) {
+		/* The client has seen nothing yet: a BYE greeting is all it gets. */
+		endpoint_write(s->client.ep, bye, sizeof(bye) - 1);
+		stats_add(&stats.bye[STATS_BYE_SHUTDOWN], 1);
+		session_finish(s, "shutdown");
+		return;
+	}
+	if (!(s->st.ninflight == 0 || (s->st.ninflight == 1 && s->st.idling)))
+		return;
+	if (s->client.pending > 0 || !imap_parse_at_boundary(&s->client.parser) ||
+	    !session_backend_at_boundary(s) || s->ninject > 0)
+		return;
+	stats_add(&stats.bye[STATS_BYE_SHUTDOWN], 1);
+	endpoint_write(s->client.ep, bye, sizeof(bye) - 1);
+	session_finish(s, "shutdown");
+}
+
+/* Start draining s. */
+void
+session_drain(struct session *s)
+{
+	s->draining = 1;
+	session_drain_check(s);
+}
+
+/* The next session of the same worker. */
+struct session *
+session_next(struct session *s)
+{
+	return TAILQ_NEXT(s, entry);
 }
 
 /* Capabilities this session adds: STARTTLS (and LOGINDISABLED) before TLS. */
@@ -413,6 +477,8 @@ session_client_line(struct session *s)
 		session_close(s, "too-many-in-flight");
 		return;
 	}
+	if (!h->dropping && l->kind == IMAP_KIND_COMMAND)
+		state_stamp_last(&s->st, session_now_us(s));
 	if (h->dropping && strcmp(l->name, "AUTHENTICATE") == 0)
 		imap_parse_set_mode(&h->parser, IMAP_MODE_COMMAND);
 	session_pass(h);
@@ -426,6 +492,7 @@ session_client_line(struct session *s)
 		return;
 	}
 	session_response_timer(s, 0);
+	session_drain_check(s);
 }
 
 /*
@@ -551,6 +618,10 @@ session_backend_line(struct session *s)
 		return;
 
 	state_server_response(&s->st, l, &res);
+	if (res.completed && res.started_us > 0) {
+		uint64_t now = session_now_us(s);
+		stats_rtt(res.kind, now > res.started_us ? now - res.started_us : 0);
+	}
 	if (res.completed && (res.kind == STATE_CMD_LOGIN || res.kind == STATE_CMD_IDLE))
 		imap_parse_set_mode(cp, IMAP_MODE_COMMAND);
 	if (l->kind == IMAP_KIND_TAGGED && s->client.sync_wait &&
@@ -582,6 +653,7 @@ session_backend_line(struct session *s)
 		s->client.paused = 0;
 		endpoint_read_enable(s->client.ep, 1);
 	}
+	session_drain_check(s);
 }
 
 /* Send ID with the client's address (backend.client_ip: id); its reply is swallowed. */
@@ -931,6 +1003,7 @@ session_event(struct endpoint *ep, enum endpoint_event what, void *arg)
 		const char *sni = endpoint_sni(ep);
 
 		s->client_tls = 1;
+		stats_add(&stats.tls_handshakes, 1);
 		log_debug("session=%s msg=tls-established tls=%s cipher=%s sni=%s", s->id,
 		    endpoint_tls_version(ep), endpoint_tls_cipher(ep), sni ? sni : "-");
 		if (s->client_upgrading) {
@@ -943,6 +1016,9 @@ session_event(struct endpoint *ep, enum endpoint_event what, void *arg)
 	if (what == ENDPOINT_ERROR)
 		snprintf(s->detail, sizeof(s->detail), "%s", endpoint_error(ep));
 	if (h == &s->client) {
+		if (what == ENDPOINT_ERROR && !s->client_tls && endpoint_is_tls(ep))
+			stats_name_add(&stats.tls_failures, strncmp(s->detail, "tls: ", 5) == 0 ?
+			    s->detail + 5 : s->detail);
 		if (what == ENDPOINT_ERROR || !s->backend_up) {
 			session_close(s, "client-error");
 			return;
@@ -1088,6 +1164,7 @@ session_guard_cb(evutil_socket_t fd, short what, void *arg)
 		if (age_ms >= cf->tls_handshake_ms) {
 			snprintf(s->detail, sizeof(s->detail), "no TLS handshake in %llu ms",
 			    (unsigned long long)cf->tls_handshake_ms);
+			stats_name_add(&stats.tls_failures, "timeout");
 			session_close(s, "tls-handshake-timeout");
 			return;
 		}
@@ -1160,6 +1237,8 @@ session_start(struct server *srv, const struct config_listen *lc, int fd,
 	imap_parse_init(&s->client.parser, IMAP_DIR_CLIENT, cf->max_line);
 	imap_parse_init(&s->backend.parser, IMAP_DIR_SERVER, cf->max_line);
 	state_init(&s->st, s->id);
+	if ((size_t)(lc - cf->listen) < STATS_MAX_LISTENERS)
+		state_set_gauge(&s->st, stats.open[lc - cf->listen]);
 	s->ev_timer = evtimer_new(srv->base, session_timer_cb, s);
 	s->ev_free = event_new(srv->base, -1, 0, session_free_cb, s);
 	s->ev_response = evtimer_new(srv->base, session_response_cb, s);

@@ -24,4 +24,12 @@ void	session_start(struct server *srv, const struct config_listen *lc, int fd,
 /* End s now: log the summary line once and schedule the free. */
 void	session_close(struct session *s, const char *reason);
 
+/* The next session in its worker's list (iteration that survives closes). */
+struct session *session_next(struct session *s);
+/*
+ * Shutting down: BYE at the next quiet point (no command in flight or in
+ * IDLE, never inside a literal), then close.
+ */
+void	session_drain(struct session *s);
+
 #endif

@@ -67,10 +67,31 @@ state_cmd_clear(struct state_cmd *c)
 	c->mailbox = c->user = NULL;
 }
 
-/* Release the in-flight table. */
+/* Attach the shared gauge and count this session in its current state. */
+void
+state_set_gauge(struct state *st, uint64_t *gauge)
+{
+	st->gauge = gauge;
+	if (gauge != NULL)
+		__atomic_fetch_add(&gauge[st->proto], 1, __ATOMIC_RELAXED);
+}
+
+/* Record when the newest command in flight was sent. */
+void
+state_stamp_last(struct state *st, uint64_t us)
+{
+	if (st->ninflight > 0)
+		st->inflight[st->ninflight - 1].started_us = us;
+}
+
+/* Release the in-flight table (and leave the gauge). */
 void
 state_free(struct state *st)
 {
+	if (st->gauge != NULL) {
+		__atomic_fetch_sub(&st->gauge[st->proto], 1, __ATOMIC_RELAXED);
+		st->gauge = NULL;
+	}
 	for (size_t i = 0; i < st->ninflight; i++)
 		state_cmd_clear(&st->inflight[i]);
 	free(st->inflight);
@@ -89,6 +110,10 @@ state_set(struct state *st, enum state_proto proto, const char *why)
 		st->readonly = 0;
 	}
 	st->proto = proto;
+	if (st->gauge != NULL && old != proto) {
+		__atomic_fetch_sub(&st->gauge[old], 1, __ATOMIC_RELAXED);
+		__atomic_fetch_add(&st->gauge[proto], 1, __ATOMIC_RELAXED);
+	}
 	if (old == proto && proto != STATE_SELECTED)
 		return;
 	if (proto == STATE_SELECTED)
@@ -338,6 +363,7 @@ state_server_response(struct state *st, const struct imap_line *l,
 		}
 		res->completed = 1;
 		res->kind = c->kind;
+		res->started_us = c->started_us;
 		state_complete(st, c, l);
 		state_inflight_remove(st, i);
 		break;

@@ -47,6 +47,7 @@ struct state_cmd {
 	int			 examine;
 	char			*mailbox;	/* SELECT/EXAMINE only */
 	char			*user;		/* LOGIN/AUTHENTICATE only */
+	uint64_t		 started_us;	/* when it was sent (for round-trip times) */
 };
 
 struct state {
@@ -61,6 +62,7 @@ struct state {
 	int			 bye;		/* the server sent BYE */
 	struct state_cmd	*inflight;	/* oldest first */
 	size_t			 ninflight;
+	uint64_t		*gauge;		/* open sessions by state, shared; NULL = none */
 };
 
 /* What a server response meant, for the session to act on. */
@@ -69,10 +71,15 @@ struct state_result {
 	enum state_cmd_kind	 kind;		/* ... of this kind */
 	enum imap_status	 status;
 	int			 greeting;	/* this was the greeting */
+	uint64_t		 started_us;	/* when the completed command was sent */
 };
 
 /* Set up st for session sid (sid must outlive st). */
 void		 state_init(struct state *st, const char *sid);
+/* Count this session in gauge[state] (an array of 4) from now on. */
+void		 state_set_gauge(struct state *st, uint64_t *gauge);
+/* Stamp the newest command in flight with its send time. */
+void		 state_stamp_last(struct state *st, uint64_t us);
 /* Free what st holds. */
 void		 state_free(struct state *st);
 /* Change the protocol state, logging old->new at debug level. */

@@ -33,22 +33,56 @@ stats_bye_name(enum stats_bye b)
 	return stats_bye_names[b];
 }
 
-/* Count one rewrite under original. */
+const uint64_t stats_rtt_bounds_us[STATS_RTT_BUCKETS] = {
+	1000, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 5000000,
+};
+
+/* Count one under name. */
 void
-stats_rewrite(const char *original)
+stats_name_add(struct stats_names *t, const char *name)
 {
 	pthread_mutex_lock(&stats_lock);
 	for (size_t i = 0; i < STATS_MAX_CODES; i++) {
-		struct stats_code *c = &stats.rewrites[i];
+		struct stats_code *c = &t->v[i];
 
 		if (c->name[0] == '\0')
-			snprintf(c->name, sizeof(c->name), "%s", original);
-		if (strcmp(c->name, original) == 0) {
+			snprintf(c->name, sizeof(c->name), "%s", name);
+		if (strcmp(c->name, name) == 0) {
 			c->count++;
 			pthread_mutex_unlock(&stats_lock);
 			return;
 		}
 	}
-	stats.rewrites_other++;
+	t->other++;
 	pthread_mutex_unlock(&stats_lock);
+}
+
+/* Snapshot a table. */
+void
+stats_names_copy(struct stats_names *dst, const struct stats_names *t)
+{
+	pthread_mutex_lock(&stats_lock);
+	memcpy(dst, t, sizeof(*dst));
+	pthread_mutex_unlock(&stats_lock);
+}
+
+/* Count one rewrite under original. */
+void
+stats_rewrite(const char *original)
+{
+	stats_name_add(&stats.rewrites, original);
+}
+
+/* One round trip of us microseconds for class cls. */
+void
+stats_rtt(unsigned cls, uint64_t us)
+{
+	size_t b = 0;
+
+	if (cls >= STATS_CMD_CLASSES)
+		return;
+	while (b < STATS_RTT_BUCKETS && us > stats_rtt_bounds_us[b])
+		b++;
+	stats_add(&stats.rtt[cls][b], 1);
+	stats_add(&stats.rtt_sum_us[cls], us);
 }

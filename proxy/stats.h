@@ -34,12 +34,26 @@ enum stats_bye {
 	STATS_BYE_MAX,
 };
 
-/* Distinct original codes counted by name; the rest go to "other". */
+/* Distinct names counted in a stats_names table; the rest go to "other". */
 #define STATS_MAX_CODES	64
+/* Listeners whose open sessions are counted by state. */
+#define STATS_MAX_LISTENERS	64
+/* Protocol states counted (enum state_proto). */
+#define STATS_STATES		4
+/* Command classes timed (enum state_cmd_kind). */
+#define STATS_CMD_CLASSES	11
+/* Round-trip histogram bucket bounds in microseconds; one more bucket is +Inf. */
+#define STATS_RTT_BUCKETS	10
 
 struct stats_code {
 	char		name[IMAP_MAX_ATOM + 1];
 	uint64_t	count;
+};
+
+/* A small table of counters by name (reasons, codes), behind a lock. */
+struct stats_names {
+	struct stats_code	v[STATS_MAX_CODES];
+	uint64_t		other;
 };
 
 /*
@@ -48,11 +62,19 @@ struct stats_code {
  */
 struct stats {
 	uint64_t		sessions_total;
+	uint64_t		open[STATS_MAX_LISTENERS][STATS_STATES];	/* gauge */
 	uint64_t		guard[STATS_GUARD_MAX];
 	uint64_t		bye[STATS_BYE_MAX];
-	struct stats_code	rewrites[STATS_MAX_CODES];
-	uint64_t		rewrites_other;
+	uint64_t		client_in, client_out, backend_in, backend_out;
+	uint64_t		tls_handshakes;
+	uint64_t		rtt[STATS_CMD_CLASSES][STATS_RTT_BUCKETS + 1];
+	uint64_t		rtt_sum_us[STATS_CMD_CLASSES];
+	struct stats_names	rewrites;	/* by original code */
+	struct stats_names	ended;		/* sessions by end reason */
+	struct stats_names	tls_failures;	/* client handshakes by failure reason */
 };
+
+extern const uint64_t stats_rtt_bounds_us[STATS_RTT_BUCKETS];
 
 extern struct stats stats;
 
@@ -74,7 +96,13 @@ stats_get(const uint64_t *c)
 const char	*stats_guard_name(enum stats_guard g);
 /* Name of a BYE reason. */
 const char	*stats_bye_name(enum stats_bye b);
+/* Count one under name in table t. */
+void		 stats_name_add(struct stats_names *t, const char *name);
+/* Copy table t (under its lock) for reading. */
+void		 stats_names_copy(struct stats_names *dst, const struct stats_names *t);
 /* Count a rewritten response under its original code (or status word). */
 void		 stats_rewrite(const char *original);
+/* Count one command round trip of class cls. */
+void		 stats_rtt(unsigned cls, uint64_t us);
 
 #endif

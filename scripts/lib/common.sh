@@ -35,7 +35,7 @@ ensure_packages() {
 # What building and running imapgate with its demo and tests needs.
 # shellcheck disable=SC2034  # used by the scripts that source this file
 BUILD_PACKAGES=(build-essential meson ninja-build pkg-config
-	libevent-dev libssl-dev libyaml-dev dovecot-imapd openssl python3)
+	libevent-dev libssl-dev libyaml-dev libsystemd-dev dovecot-imapd openssl python3)
 
 # Configure and build the meson build dir $1; further args go to meson setup
 # (an existing dir is reconfigured with them, so options always apply).
