@@ -443,6 +443,71 @@ session_client_decide(struct session *s, const struct imap_line *l)
 	}
 }
 
+/* Longest line shown whole in the debug protocol trace. */
+#define SESSION_TRACE_MAX	200
+
+/*
+ * Debug protocol trace of one complete line of h.  Passwords and
+ * AUTHENTICATE payloads never appear: LOGIN is rebuilt from its tag and
+ * user, SASL lines and the server's SASL challenges become a marker.
+ */
+static void
+session_trace(struct session_half *h)
+{
+	const struct imap_line *l = &h->parser.line;
+	const struct session *s = h->s;
+	const char *dir = h == &s->client ? "c2s" : "s2c";
+	const unsigned char *b;
+	size_t n;
+
+	if (!log_enabled(CONFIG_LOG_DEBUG))
+		return;
+	if (h == &s->client) {
+		if (l->kind == IMAP_KIND_SASL || l->kind == IMAP_KIND_SASL_CANCEL) {
+			log_debug("session=%s trace=%s line=\"<sasl redacted>\"", s->id, dir);
+			return;
+		}
+		if (l->kind == IMAP_KIND_COMMAND && strcmp(l->name, "LOGIN") == 0) {
+			log_debug("session=%s trace=%s line=\"%s LOGIN %s <password redacted>\"",
+			    s->id, dir, l->tag, l->user);
+			return;
+		}
+		if (l->kind == IMAP_KIND_COMMAND && strcmp(l->name, "AUTHENTICATE") == 0) {
+			log_debug("session=%s trace=%s line=\"%s AUTHENTICATE %s%s\"", s->id, dir,
+			    l->tag, l->arg, l->sasl_ir ? " <sasl redacted>" : "");
+			return;
+		}
+	} else if (l->kind == IMAP_KIND_CONTINUATION && s->st.authenticating) {
+		log_debug("session=%s trace=%s line=\"+ <sasl redacted>\"", s->id, dir);
+		return;
+	}
+	if (l->nliterals > 0 || l->toolong || h->pending == 0) {
+		log_debug("session=%s trace=%s tag=\"%s\" name=%s bytes=%llu literals=%u",
+		    s->id, dir, l->tag, l->name[0] ? l->name : l->status_word,
+		    (unsigned long long)l->len, l->nliterals);
+		return;
+	}
+	n = h->pending < SESSION_TRACE_MAX ? h->pending : SESSION_TRACE_MAX;
+	if ((b = endpoint_pullup(h->ep, n)) == NULL)
+		return;
+	while (n > 0 && (b[n - 1] == '\n' || b[n - 1] == '\r'))
+		n--;
+	{
+		/* Quotes and backslashes escaped, so the line stays one value. */
+		char esc[SESSION_TRACE_MAX * 2 + 1];
+		size_t o = 0;
+
+		for (size_t i = 0; i < n; i++) {
+			if (b[i] == '"' || b[i] == '\\')
+				esc[o++] = '\\';
+			esc[o++] = (char)b[i];
+		}
+		esc[o] = '\0';
+		log_debug("session=%s trace=%s line=\"%s%s\"", s->id, dir, esc,
+		    h->pending > SESSION_TRACE_MAX ? "..." : "");
+	}
+}
+
 /* A complete client command (or SASL line, or DONE) has been parsed. */
 static void
 session_client_line(struct session *s)
@@ -470,6 +535,7 @@ session_client_line(struct session *s)
 			session_inject(s, "* BAD Invalid command line");
 		return;
 	}
+	session_trace(h);
 	if (l->nliterals == 0)
 		session_client_decide(s, l);
 	if (!h->dropping && state_client_command(&s->st, l) != 0) {
@@ -614,6 +680,7 @@ session_backend_line(struct session *s)
 	if (l->nliterals == 0 && !l->toolong && h->pending > 0 &&
 	    (l->status != IMAP_STATUS_NONE || strcasecmp(l->name, "CAPABILITY") == 0))
 		line = (const char *)endpoint_pullup(h->ep, h->pending);
+	session_trace(h);
 	if (line != NULL && session_backend_desync(s, l, line, h->pending))
 		return;
 
