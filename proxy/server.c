@@ -43,6 +43,7 @@ struct server_listener {
 	const struct config_listen *lc;
 	struct evconnlistener	*evl;
 	struct event		*ev_resume;
+	time_t			 last_warn;	/* accept-failed is logged once a second */
 };
 
 /* A connection whose PROXY protocol header has not arrived yet. */
@@ -269,8 +270,14 @@ server_accept_error_cb(struct evconnlistener *evl, void *arg)
 	int err = EVUTIL_SOCKET_ERROR();
 	struct timeval tv = { 0, SERVER_ACCEPT_PAUSE_MS * 1000 };
 
-	log_warn("msg=accept-failed listen=%s worker=%u error=\"%s\"", l->lc->address,
-	    l->srv->index, strerror(err));
+	time_t now = time(NULL);
+
+	/* Once a second is enough to tell the operator; the pauses go on. */
+	if (now != l->last_warn) {
+		l->last_warn = now;
+		log_warn("msg=accept-failed listen=%s worker=%u error=\"%s\"", l->lc->address,
+		    l->srv->index, strerror(err));
+	}
 	evconnlistener_disable(evl);
 	evtimer_add(l->ev_resume, &tv);
 }

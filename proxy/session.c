@@ -73,6 +73,7 @@ struct session {
 	unsigned		 tries;
 	int			 limited;	/* holds a slot in the connection limits */
 	struct timeval		 last_activity;	/* last byte either way (timeouts.idle) */
+	struct timeval		 tls_started;	/* accept (implicit TLS) or STARTTLS answered */
 	struct event		*ev_guard;	/* tls_handshake, preauth and idle timeouts */
 	struct session_half	 client, backend;
 	struct timeval		 start;
@@ -105,6 +106,7 @@ struct session {
 };
 
 static void session_relay(struct session_half *);
+static struct timeval session_tv(uint64_t);
 static void session_backend_setup_line(struct session *);
 static void session_backend_failover(struct session *, const char *);
 static void session_response_timer(struct session *, int);
@@ -552,6 +554,12 @@ session_client_line(struct session *s)
 	if (s->starttls_now) {
 		s->starttls_now = 0;
 		s->client_upgrading = 1;
+		{
+			struct timeval tv = session_tv(s->gen->cf->tls_handshake_ms);
+
+			event_base_gettimeofday_cached(s->srv->base, &s->tls_started);
+			evtimer_add(s->ev_guard, &tv);
+		}
 		imap_parse_init(&h->parser, IMAP_DIR_CLIENT, s->gen->cf->max_line);
 		if (endpoint_start_tls(h->ep, s->gen->tls) != 0)
 			session_close(s, "client-tls-failed");
@@ -751,6 +759,7 @@ session_release_greeting(struct session *s)
 	int r;
 
 	s->phase = SESSION_RELAY;
+	evtimer_del(s->ev_timer);
 	log_debug("session=%s msg=backend-ready tls=%s", s->id,
 	    endpoint_tls_version(s->backend.ep));
 	if (s->greeting != NULL) {
@@ -799,8 +808,9 @@ session_backend_setup_line(struct session *s)
 		}
 		pool_report(s->gen->pool, s->server, 1, NULL);
 		if (cf->backend_tls != CONFIG_TLS_STARTTLS && cf->client_ip != CONFIG_CLIENT_IP_ID) {
-			/* Nothing to do first (or nothing possible): relay from here. */
+			/* Nothing to do first: relay from here. */
 			s->phase = SESSION_RELAY;
+			evtimer_del(s->ev_timer);
 			session_backend_line(s);
 			return;
 		}
@@ -858,8 +868,15 @@ session_backend_up(struct session *s)
 	const struct config *cf = s->gen->cf;
 
 	switch (s->phase) {
-	case SESSION_CONNECTING:
-		evtimer_del(s->ev_timer);
+	case SESSION_CONNECTING: {
+		/*
+		 * The same bound covers what follows the TCP connect: a TLS
+		 * handshake and the greeting.  A server that accepts and then
+		 * says nothing is failed over like one that refuses.
+		 */
+		struct timeval tv = session_tv(cf->backend_connect_ms);
+
+		evtimer_add(s->ev_timer, &tv);
 		s->backend_up = 1;
 		log_debug("session=%s msg=backend-connected", s->id);
 		if (cf->client_ip == CONFIG_CLIENT_IP_PROXY_V1) {
@@ -882,6 +899,7 @@ session_backend_up(struct session *s)
 		s->phase = SESSION_GREETING;
 		session_relay(&s->backend);
 		return;
+	}
 	case SESSION_BACKEND_TLS:
 		s->phase = SESSION_GREETING;
 		session_relay(&s->backend);
@@ -1227,21 +1245,25 @@ session_guard_cb(evutil_socket_t fd, short what, void *arg)
 	age_ms = (uint64_t)age.tv_sec * 1000 + (uint64_t)age.tv_usec / 1000;
 	idle_ms = (uint64_t)idle.tv_sec * 1000 + (uint64_t)idle.tv_usec / 1000;
 
-	if (s->lc->tls == CONFIG_TLS_IMPLICIT && !s->client_tls) {
-		if (age_ms >= cf->tls_handshake_ms) {
+	if ((s->lc->tls == CONFIG_TLS_IMPLICIT && !s->client_tls) || s->client_upgrading) {
+		struct timeval hs;
+		uint64_t hs_ms;
+
+		timersub(&now, &s->tls_started, &hs);
+		hs_ms = (uint64_t)hs.tv_sec * 1000 + (uint64_t)hs.tv_usec / 1000;
+		if (hs_ms >= cf->tls_handshake_ms) {
 			snprintf(s->detail, sizeof(s->detail), "no TLS handshake in %llu ms",
 			    (unsigned long long)cf->tls_handshake_ms);
 			stats_name_add(&stats.tls_failures, "timeout");
 			session_close(s, "tls-handshake-timeout");
 			return;
 		}
-		next = cf->tls_handshake_ms - age_ms;
+		next = cf->tls_handshake_ms - hs_ms;
 	}
 	if (s->st.proto == STATE_NOT_AUTH) {
 		if (age_ms >= cf->preauth_ms) {
 			stats_add(&stats.bye[STATS_BYE_TIMEOUT], 1);
-			session_inject(s, "* BYE Autologout; no login within %llu seconds",
-			    (unsigned long long)(cf->preauth_ms / 1000));
+			session_inject(s, "* BYE Autologout; login took too long");
 			session_finish(s, "preauth-timeout");
 			return;
 		}
@@ -1290,6 +1312,7 @@ session_start(struct server *srv, const struct config_listen *lc, int fd,
 	s->server = -1;
 	gettimeofday(&s->start, NULL);
 	s->last_activity = s->start;
+	s->tls_started = s->start;
 	snprintf(s->id, sizeof(s->id), "%06x%06llx", srv->id_prefix & 0xffffff,
 	    (unsigned long long)(++srv->next_id & 0xffffff));
 	netaddr_str(sa, s->client_addr, sizeof(s->client_addr));
