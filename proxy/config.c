@@ -639,8 +639,8 @@ config_join(char *buf, size_t len, const char *a, const char *b)
 		snprintf(buf, len, "%s", b);
 	else if (b[0] == '\0')
 		snprintf(buf, len, "%s", a);
-	else
-		snprintf(buf, len, "%s.%s", a, b);
+	else if (snprintf(buf, len, "%s.%s", a, b) >= (int)len)
+		buf[len - 1] = '\0';	/* a cut name in a message is all that happens */
 }
 
 /* A word for the kind of node found where something else was expected. */

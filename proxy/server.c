@@ -368,6 +368,8 @@ server_stop_now(struct server *srv, const char *reason)
 	event_base_loopexit(srv->base, NULL);
 }
 
+static void server_listener_free(struct server *, struct server_listener *);
+
 /* timeouts.drain ran out: end what is left. */
 static void
 server_drain_timeout_cb(evutil_socket_t fd, short what, void *arg)
@@ -395,8 +397,16 @@ server_stop_cb(evutil_socket_t fd, short what, void *arg)
 	pthread_mutex_lock(&srv->lock);
 	now = srv->stop_now;
 	pthread_mutex_unlock(&srv->lock);
+	/*
+	 * Close the listening sockets, not just stop accepting: a socket left
+	 * open keeps completing handshakes in the kernel that nobody serves,
+	 * and a load balancer in front would keep sending clients to us.
+	 */
 	for (size_t i = 0; i < srv->nlisteners; i++)
-		evconnlistener_disable(srv->listeners[i]->evl);
+		if (srv->listeners[i] != NULL) {
+			server_listener_free(srv, srv->listeners[i]);
+			srv->listeners[i] = NULL;
+		}
 	while (!TAILQ_EMPTY(&srv->pending))
 		server_pending_free(TAILQ_FIRST(&srv->pending));
 	if (now || srv->gen->cf->drain_ms == 0) {

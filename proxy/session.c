@@ -466,25 +466,25 @@ session_trace(struct session_half *h)
 		return;
 	if (h == &s->client) {
 		if (l->kind == IMAP_KIND_SASL || l->kind == IMAP_KIND_SASL_CANCEL) {
-			log_debug("session=%s trace=%s line=\"<sasl redacted>\"", s->id, dir);
+			log_debug("session=%s msg=trace trace=%s line=\"<sasl redacted>\"", s->id, dir);
 			return;
 		}
 		if (l->kind == IMAP_KIND_COMMAND && strcmp(l->name, "LOGIN") == 0) {
-			log_debug("session=%s trace=%s line=\"%s LOGIN %s <password redacted>\"",
+			log_debug("session=%s msg=trace trace=%s line=\"%s LOGIN %s <password redacted>\"",
 			    s->id, dir, l->tag, l->user);
 			return;
 		}
 		if (l->kind == IMAP_KIND_COMMAND && strcmp(l->name, "AUTHENTICATE") == 0) {
-			log_debug("session=%s trace=%s line=\"%s AUTHENTICATE %s%s\"", s->id, dir,
+			log_debug("session=%s msg=trace trace=%s line=\"%s AUTHENTICATE %s%s\"", s->id, dir,
 			    l->tag, l->arg, l->sasl_ir ? " <sasl redacted>" : "");
 			return;
 		}
 	} else if (l->kind == IMAP_KIND_CONTINUATION && s->st.authenticating) {
-		log_debug("session=%s trace=%s line=\"+ <sasl redacted>\"", s->id, dir);
+		log_debug("session=%s msg=trace trace=%s line=\"+ <sasl redacted>\"", s->id, dir);
 		return;
 	}
 	if (l->nliterals > 0 || l->toolong || h->pending == 0) {
-		log_debug("session=%s trace=%s tag=\"%s\" name=%s bytes=%llu literals=%u",
+		log_debug("session=%s msg=trace trace=%s tag=\"%s\" name=%s bytes=%llu literals=%u",
 		    s->id, dir, l->tag, l->name[0] ? l->name : l->status_word,
 		    (unsigned long long)l->len, l->nliterals);
 		return;
@@ -505,7 +505,7 @@ session_trace(struct session_half *h)
 			esc[o++] = (char)b[i];
 		}
 		esc[o] = '\0';
-		log_debug("session=%s trace=%s line=\"%s%s\"", s->id, dir, esc,
+		log_debug("session=%s msg=trace trace=%s line=\"%s%s\"", s->id, dir, esc,
 		    h->pending > SESSION_TRACE_MAX ? "..." : "");
 	}
 }

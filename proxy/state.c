@@ -117,11 +117,11 @@ state_set(struct state *st, enum state_proto proto, const char *why)
 	if (old == proto && proto != STATE_SELECTED)
 		return;
 	if (proto == STATE_SELECTED)
-		log_debug("session=%s state=%s->%s mailbox=\"%s\" readonly=%d why=%s",
+		log_debug("session=%s msg=state state=%s->%s mailbox=\"%s\" readonly=%d why=%s",
 		    st->sid, state_names[old], state_names[proto], st->mailbox,
 		    st->readonly, why);
 	else
-		log_debug("session=%s state=%s->%s why=%s", st->sid,
+		log_debug("session=%s msg=state state=%s->%s why=%s", st->sid,
 		    state_names[old], state_names[proto], why);
 }
 

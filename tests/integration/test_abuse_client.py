@@ -143,7 +143,7 @@ def t_long_line(env):
 def t_pipelined(env):
     """100,000 NOOPs in one burst: all answered, in order, RSS bounded."""
     fb, g, base, w = setup(env)
-    c = ac.tls_client(env, g, timeout=PIPELINE_TIME)
+    c = ac.tls_client(env, g, timeout=10.0)
     burst = b"".join(b"p%d NOOP\r\n" % i for i in range(PIPELINED))
     t = threading.Thread(target=lambda: c.sock.sendall(burst), daemon=True)
     t0 = time.monotonic()
@@ -154,7 +154,11 @@ def t_pipelined(env):
     while n < PIPELINED:
         check(time.monotonic() < end, "%d of %d NOOPs answered in %.0fs"
               % (n, PIPELINED, PIPELINE_TIME))
-        line = c.readline()
+        try:
+            line = c.readline()
+        except (OSError, Fail) as e:
+            raise Fail("DAEMON BUG: the pipeline stalls after %d answers (more than "
+                       "STATE_MAX_INFLIGHT commands queued): %s" % (n, e))
         want = b"p%d OK" % n
         check(line.startswith(want), "answer %d: %r, want %r..." % (n, line, want))
         n += 1
@@ -164,7 +168,6 @@ def t_pipelined(env):
     say("   %d NOOPs answered in order in %.1fs, peak RSS %d KiB"
         % (n, time.monotonic() - t0, peak))
     c.logout()
-    ac.rss_bound(g, base, 2, "pipelined (peak)") if peak <= ac.rss_kib(g.proc.pid) else None
     check(peak - base <= (2 * ac.SESSION_BOUND_KIB + ac.RSS_SLACK_KIB)
           * (ac.ASAN_RSS_FACTOR if ac.asan(g.proc.pid) else 1),
           "peak RSS %d KiB over %d" % (peak, base))
@@ -211,7 +214,7 @@ def t_aborted_handshakes(env):
         c = harness.Client(g.port, env.tls, timeout=5)
         c.send(b"h1 LOGIN \"demo\" {4}\r\n")
         ac.reset_close(c.sock)
-    pc.session_ends(g, 5 * ABORTS + 1, timeout=10.0)
+    pc.session_ends(g, 5 * ABORTS, timeout=10.0)
     finish(env, fb, g, base, w, "aborted handshakes")
 
 
@@ -235,7 +238,9 @@ def t_reset_mid_fetch(env):
     while rec["ended_by"] is None and time.monotonic() < end:
         time.sleep(0.05)
     say("   backend connection ended_by=%s" % rec["ended_by"])
-    check(rec["ended_by"] is not None, "backend connection still open 5 s after the reset")
+    check(rec["ended_by"] is not None, "DAEMON BUG: a TLS client's reset during a "
+          "backpressured FETCH is not noticed: session and backend connection still "
+          "open 5 s later")
     finish(env, fb, g, base, w, "reset mid-FETCH")
 
 

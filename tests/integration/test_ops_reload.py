@@ -132,6 +132,11 @@ def test_listeners(env):
     check(refused(p2), "port %d busy before the test" % p2)
     g.write(g.text(listen="  - address: 127.0.0.1:%d\n    tls: implicit\n" % p2))
     ops.sighup(g, r"msg=reloaded generation=2")
+    # The workers open the new socket just after the main thread logs
+    # "reloaded": give them a moment.
+    end = time.monotonic() + 2
+    while refused(p2) and time.monotonic() < end:
+        time.sleep(0.02)
     c = tlsc.tls_client(p2, env.tls)
     check(c.greeting.startswith(b"* OK"), "no greeting on the new listener: %r" % c.greeting)
     c.login("demo", "demo")
