@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -18,6 +19,10 @@
 #include "endpoint.h"
 #include "netaddr.h"
 #include "tls.h"
+
+/* Bytes read from a plaintext socket per wakeup beyond libevent's first 4 KiB, and per read. */
+#define ENDPOINT_READ_BUDGET	(256 * 1024)
+#define ENDPOINT_READ_CHUNK	(64 * 1024)
 
 struct endpoint {
 	struct bufferevent	*bev;
@@ -34,6 +39,58 @@ struct endpoint {
 	char			 error[128];
 };
 
+/*
+ * On a plaintext socket, read on after libevent's first read.  libevent
+ * 2.1 reads at most 4 KiB per wakeup; for a FETCH of megabytes that means
+ * a wakeup, a read and (behind TLS) a 4 KiB record and a write per 4 KiB.
+ * Reading what the socket holds, in large chunks, up to a budget, lets the
+ * TLS side write full records.  A read of 0 or an error is left for
+ * libevent's next read to report as the usual event.
+ */
+static void
+endpoint_read_more(struct endpoint *ep)
+{
+	struct evbuffer *in = bufferevent_get_input(ep->bev);
+	int fd = bufferevent_getfd(ep->bev);
+	size_t budget = ENDPOINT_READ_BUDGET, high = 0;
+
+	bufferevent_getwatermark(ep->bev, EV_READ, NULL, &high);
+	/* A bufferevent keeps its input's end frozen between its own reads. */
+	evbuffer_unfreeze(in, 0);
+	while (budget > 0 && (high == 0 || evbuffer_get_length(in) < high)) {
+		struct evbuffer_iovec v[2];
+		struct iovec iov[2];
+		size_t want = budget < ENDPOINT_READ_CHUNK ? budget : ENDPOINT_READ_CHUNK;
+		size_t got, left;
+		ssize_t r;
+		int n;
+
+		if ((n = evbuffer_reserve_space(in, (ev_ssize_t)want, v, 2)) <= 0)
+			break;
+		for (int i = 0; i < n; i++) {
+			iov[i].iov_base = v[i].iov_base;
+			iov[i].iov_len = v[i].iov_len;
+		}
+		r = readv(fd, iov, n);
+		if (r <= 0) {
+			evbuffer_commit_space(in, v, 0);
+			break;
+		}
+		got = (size_t)r;
+		left = got;
+		for (int i = 0; i < n; i++) {
+			if (v[i].iov_len > left)
+				v[i].iov_len = left;
+			left -= v[i].iov_len;
+		}
+		evbuffer_commit_space(in, v, n);
+		budget -= got < budget ? got : budget;
+		if (got < want)
+			break;	/* the socket is drained */
+	}
+	evbuffer_freeze(in, 0);
+}
+
 /* Input arrived: hand it to the session. */
 static void
 endpoint_readcb(struct bufferevent *bev, void *arg)
@@ -41,6 +98,8 @@ endpoint_readcb(struct bufferevent *bev, void *arg)
 	struct endpoint *ep = arg;
 
 	(void)bev;
+	if (ep->ssl == NULL && ep->tls_pending == NULL)
+		endpoint_read_more(ep);
 	ep->cbs->readable(ep, ep->arg);
 }
 

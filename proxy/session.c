@@ -727,6 +727,10 @@ session_backend_line(struct session *s)
 	    !endpoint_output_full(s->backend.ep)) {
 		s->client.paused = 0;
 		endpoint_read_enable(s->client.ep, 1);
+		/* Commands already read wait in the input: no new byte will wake them. */
+		session_relay(&s->client);
+		if (s->finishing || s->closed)
+			return;
 	}
 	session_drain_check(s);
 }
@@ -1111,13 +1115,25 @@ session_event(struct endpoint *ep, enum endpoint_event what, void *arg)
 		/*
 		 * A half-close: what the client sent still goes through the
 		 * parser and the guard, and the answers to commands in flight
-		 * (a pipelined LOGOUT, say) still reach it.
+		 * (a pipelined LOGOUT, say) still reach it, for a bounded
+		 * time.  Over TLS the end of the client's stream ends the
+		 * connection (libevent stops writing too), so only what it
+		 * sent is passed on.
 		 */
 		s->client_gone = 1;
 		session_relay(&s->client);
 		endpoint_read_enable(s->client.ep, 0);
-		if (!s->closed && !s->finishing && s->st.ninflight == 0)
+		if (s->closed || s->finishing)
+			return;
+		if (s->st.ninflight == 0 || endpoint_is_tls(s->client.ep)) {
 			session_close(s, "client-eof");
+			return;
+		}
+		{
+			struct timeval tv = session_tv(SESSION_FLUSH_TIMEOUT_MS);
+
+			evtimer_add(s->ev_timer, &tv);
+		}
 		return;
 	}
 	if (s->finishing)
@@ -1207,6 +1223,10 @@ session_timer_cb(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	if (s->finishing) {
 		session_close(s, s->reason);
+		return;
+	}
+	if (s->client_gone) {
+		session_close(s, "client-eof");
 		return;
 	}
 	if (s->phase < SESSION_RELAY)

@@ -32,7 +32,7 @@ TEMPLATE = os.path.join(HERE, "dovecot.conf.in")
 
 # Every wait in the harness is bounded by one of these.
 START_TIMEOUT = 15.0      # seconds for Dovecot / imapgate to come up
-STOP_TIMEOUT = 5.0        # seconds between SIGTERM and SIGKILL
+STOP_TIMEOUT = 12.0        # seconds between SIGTERM and SIGKILL (a drain may take a flush timeout)
 IO_TIMEOUT = 30.0         # seconds for any single socket operation
 MAX_LINE = 1 << 20        # longest response line the client accepts
 MAX_LITERAL = 64 << 20    # largest literal the client accepts
