@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/ioctl.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -63,7 +64,17 @@ endpoint_read_more(struct endpoint *ep)
 		size_t want = budget < ENDPOINT_READ_CHUNK ? budget : ENDPOINT_READ_CHUNK;
 		size_t got, left;
 		ssize_t r;
-		int n;
+		int n, avail = 0;
+
+		/*
+		 * Ask first: reserving space for a read that finds nothing
+		 * would leave an empty 64 KiB chain behind on every idle
+		 * connection.
+		 */
+		if (ioctl(fd, FIONREAD, &avail) != 0 || avail <= 0)
+			break;
+		if ((size_t)avail < want)
+			want = (size_t)avail;
 
 		if ((n = evbuffer_reserve_space(in, (ev_ssize_t)want, v, 2)) <= 0)
 			break;

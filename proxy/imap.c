@@ -864,8 +864,17 @@ imap_line_end(struct imap_parser *p, int bare)
 		}
 		p->seen_greeting = 1;
 	}
-	p->line = *c;
-	imap_cur_reset(p);
+	p->line_done = 1;	/* p->line is *c; reset when bytes are fed again */
+}
+
+/* Start a new command or response if the last one was handed out. */
+static void
+imap_next_line(struct imap_parser *p)
+{
+	if (p->line_done) {
+		p->line_done = 0;
+		imap_cur_reset(p);
+	}
 }
 
 /* The LF of a line part was consumed. */
@@ -921,6 +930,8 @@ imap_parse_feed(struct imap_parser *p, const void *buf, size_t len,
 		ev->type = IMAP_EV_ERROR;
 		return 0;
 	}
+	if (len > 0)
+		imap_next_line(p);
 	if (p->lex == LEX_LITERAL) {
 		n = p->lit_left < len ? (size_t)p->lit_left : len;
 		if (p->capture && n > 0) {
@@ -971,6 +982,7 @@ imap_parse_skip(struct imap_parser *p, uint64_t n)
 {
 	if (p->lex != LEX_LITERAL)
 		return 0;
+	imap_next_line(p);
 	if (n > p->lit_left)
 		n = p->lit_left;
 	if (n > 0 && p->capture) {
@@ -992,6 +1004,7 @@ imap_parse_literal_cancel(struct imap_parser *p)
 	if (p->lex == LEX_ERROR)
 		return;
 	p->lex = LEX_LINE;
+	p->line_done = 0;
 	imap_cur_reset(p);
 }
 
@@ -1004,7 +1017,7 @@ imap_parse_set_mode(struct imap_parser *p, enum imap_mode mode)
 int
 imap_parse_at_boundary(const struct imap_parser *p)
 {
-	return p->lex == LEX_LINE && p->cur.len == 0;
+	return p->lex == LEX_LINE && (p->line_done || p->cur.len == 0);
 }
 
 int

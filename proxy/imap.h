@@ -132,9 +132,17 @@ struct imap_parser {
 	int			 b64_bits, b64_nuls, b64_bad, sasl_first;
 	size_t			 user_len;
 	char			 sasl_mech[IMAP_MAX_ATOM + 1];	/* mechanism of the running AUTHENTICATE */
-	struct imap_line	 cur;			/* being filled */
-
-	struct imap_line	 line;			/* last complete command/response */
+	/*
+	 * cur is the command or response being read; once IMAP_EV_LINE has
+	 * been returned the same storage is line, the complete one, until the
+	 * next call that feeds bytes resets it.  One struct rather than a copy
+	 * per response: less memory per session and no 800-byte copy per line.
+	 */
+	union {
+		struct imap_line cur;
+		struct imap_line line;
+	};
+	int			 line_done;		/* line is complete; reset cur before reading on */
 	char			 error[128];		/* set with IMAP_EV_ERROR */
 };
 

@@ -93,7 +93,7 @@ struct session {
 	int			 starttls_now;	/* switch the client to TLS after this line */
 	char			*greeting;	/* held while imapgate sets the backend up */
 	size_t			 greeting_len;
-	struct imap_line	 greeting_line;
+	struct imap_line	*greeting_line;	/* what the parser said of it (held with it) */
 	struct sockaddr_storage	 client_ss;	/* the real client (after any PROXY header) */
 	struct sockaddr_storage	 local_ss;	/* the address the client connected to */
 	int			 backend_gone;
@@ -159,6 +159,7 @@ session_free_cb(evutil_socket_t fd, short what, void *arg)
 	state_free(&s->st);
 	free(s->inject);
 	free(s->greeting);
+	free(s->greeting_line);
 	event_free(s->ev_timer);
 	event_free(s->ev_response);
 	event_free(s->ev_guard);
@@ -757,7 +758,7 @@ session_send_id(struct session *s)
 static void
 session_release_greeting(struct session *s)
 {
-	const struct imap_line *l = &s->greeting_line;
+	const struct imap_line *l = s->greeting_line;
 	struct state_result res;
 	struct guard_out out;
 	int r;
@@ -785,6 +786,8 @@ session_release_greeting(struct session *s)
 			endpoint_write(s->client.ep, s->greeting, s->greeting_len);
 		free(s->greeting);
 		s->greeting = NULL;
+		free(s->greeting_line);
+		s->greeting_line = NULL;
 	}
 	session_relay(&s->client);
 	session_relay(&s->backend);
@@ -820,13 +823,14 @@ session_backend_setup_line(struct session *s)
 		}
 		if (h->pending > cf->max_line ||
 		    (bytes = (const char *)endpoint_pullup(h->ep, h->pending)) == NULL ||
-		    (s->greeting = malloc(h->pending)) == NULL) {
+		    (s->greeting = malloc(h->pending)) == NULL ||
+		    (s->greeting_line = malloc(sizeof(*s->greeting_line))) == NULL) {
 			session_close(s, "out-of-memory");
 			return;
 		}
 		memcpy(s->greeting, bytes, h->pending);
 		s->greeting_len = h->pending;
-		s->greeting_line = *l;
+		*s->greeting_line = *l;
 		endpoint_drop(h->ep, h->pending);
 		h->pending = 0;
 		if (cf->backend_tls == CONFIG_TLS_STARTTLS) {
@@ -1210,6 +1214,8 @@ session_backend_failover(struct session *s, const char *why)
 	imap_parse_init(&s->backend.parser, IMAP_DIR_SERVER, s->gen->cf->max_line);
 	free(s->greeting);
 	s->greeting = NULL;
+	free(s->greeting_line);
+	s->greeting_line = NULL;
 	session_connect_backend(s);
 }
 
