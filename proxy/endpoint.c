@@ -24,6 +24,8 @@
 /* Bytes read from a plaintext socket per wakeup beyond libevent's first 4 KiB, and per read. */
 #define ENDPOINT_READ_BUDGET	(256 * 1024)
 #define ENDPOINT_READ_CHUNK	(64 * 1024)
+/* The most libevent 2.1 reads from a socket per wakeup (EVBUFFER_MAX_READ). */
+#define ENDPOINT_LIBEVENT_READ	4096
 
 struct endpoint {
 	struct bufferevent	*bev;
@@ -108,8 +110,9 @@ endpoint_readcb(struct bufferevent *bev, void *arg)
 {
 	struct endpoint *ep = arg;
 
-	(void)bev;
-	if (ep->ssl == NULL && ep->tls_pending == NULL)
+	/* libevent stops at 4 KiB: only then may the socket hold more. */
+	if (ep->ssl == NULL && ep->tls_pending == NULL &&
+	    evbuffer_get_length(bufferevent_get_input(bev)) >= ENDPOINT_LIBEVENT_READ)
 		endpoint_read_more(ep);
 	ep->cbs->readable(ep, ep->arg);
 }
@@ -405,10 +408,28 @@ endpoint_pullup(struct endpoint *ep, size_t n)
 void
 endpoint_move(struct endpoint *src, struct endpoint *dst, size_t n)
 {
-	evbuffer_remove_buffer(bufferevent_get_input(src->bev),
-	    bufferevent_get_output(dst->bev), n);
+	struct evbuffer *in = bufferevent_get_input(src->bev);
+	struct evbuffer *out = bufferevent_get_output(dst->bev);
+	size_t left = n;
+
 	src->bytes_in += n;
 	dst->bytes_out += n;
+	/*
+	 * To an idle plaintext socket, write at once from the source buffer:
+	 * queueing would cost an epoll registration and its removal per
+	 * command, plus a loop iteration.  What the kernel does not take is
+	 * queued as usual.
+	 */
+	if (dst->ssl == NULL && dst->tls_pending == NULL && dst->connected &&
+	    !dst->flushing && evbuffer_get_length(out) == 0) {
+		int w = evbuffer_write_atmost(in, bufferevent_getfd(dst->bev),
+		    (ev_ssize_t)n);
+
+		if (w > 0)
+			left -= (size_t)w < left ? (size_t)w : left;
+	}
+	if (left > 0)
+		evbuffer_remove_buffer(in, out, left);
 }
 
 /* Throw away n input bytes. */

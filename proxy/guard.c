@@ -249,6 +249,15 @@ guard_rewrite(const struct config *cf, const struct imap_line *l,
 		return 0;
 
 	has_code = l->code_end > l->code_off && l->code_off > 0;
+	/*
+	 * The common case, checked without building anything: no rule to
+	 * try, a standard status, and no code or a standard one that is not
+	 * a capability list.  Most tagged OKs end here.
+	 */
+	if (cf->nrules == 0 && l->status != IMAP_STATUS_OTHER &&
+	    (!has_code || ((cf->rewrite_keep_unknown || imap_code_is_standard(l->code)) &&
+	    strcmp(l->code, "CAPABILITY") != 0)))
+		return 0;
 	if ((text = guard_substr(line, l->text_off, clen)) == NULL)
 		return -1;
 	for (size_t i = 0; i < cf->nrules; i++)

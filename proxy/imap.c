@@ -173,6 +173,7 @@ imap_parse_init(struct imap_parser *p, enum imap_dir dir, size_t max_line)
 	p->max_line = max_line ? max_line : IMAP_DEFAULT_MAX_LINE;
 	p->mode = IMAP_MODE_COMMAND;
 	p->lex = LEX_LINE;
+	p->error = "";
 	imap_cur_reset(p);
 }
 
@@ -769,7 +770,7 @@ imap_tail_literal(struct imap_parser *p, size_t e, uint64_t *n, int *sync, int *
 	while (k > 0 && t[k - 1] >= '0' && t[k - 1] <= '9')
 		k--;
 	if (k == 0 && dend > 0 && p->part_len > p->tail_len) {
-		snprintf(p->error, sizeof(p->error), "literal length has too many digits");
+		p->error = "literal length has too many digits";
 		return -1;
 	}
 	if (k == 0 || t[k - 1] != '{' || dend == k) {
@@ -781,8 +782,7 @@ imap_tail_literal(struct imap_parser *p, size_t e, uint64_t *n, int *sync, int *
 		if (p->dir == IMAP_DIR_CLIENT) {
 			for (i = e; i > 0 && t[i - 1] != ' '; i--)
 				if (t[i - 1] == '{') {
-					snprintf(p->error, sizeof(p->error),
-					    "malformed literal header");
+					p->error = "malformed literal header";
 					return -1;
 				}
 		}
@@ -792,7 +792,7 @@ imap_tail_literal(struct imap_parser *p, size_t e, uint64_t *n, int *sync, int *
 		uint64_t d = (uint64_t)(t[i] - '0');
 
 		if (v > (IMAP_MAX_LITERAL - d) / 10) {
-			snprintf(p->error, sizeof(p->error), "literal length above limit");
+			p->error = "literal length above limit";
 			return -1;
 		}
 		v = v * 10 + d;

@@ -143,7 +143,7 @@ struct imap_parser {
 		struct imap_line line;
 	};
 	int			 line_done;		/* line is complete; reset cur before reading on */
-	char			 error[128];		/* set with IMAP_EV_ERROR */
+	const char		*error;			/* set with IMAP_EV_ERROR ("" before) */
 };
 
 struct imap_event {

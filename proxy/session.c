@@ -83,6 +83,9 @@ struct session {
 	unsigned		 nrewrites;	/* responses rewritten */
 	unsigned		 nguard;	/* guard events */
 	const char		*last_guard;	/* kind of the last guard event */
+	unsigned char		 guards[STATS_GUARD_MAX];	/* guard events by kind (saturating) */
+	const char		*bye;		/* why imapgate sent BYE, if it did */
+	char			 rewritten[64];	/* original codes rewritten, comma-separated */
 	struct state		 st;
 	char			*inject;	/* our own replies, waiting for a response boundary */
 	size_t			 ninject;
@@ -176,11 +179,16 @@ session_free_cb(evutil_socket_t fd, short what, void *arg)
 void
 session_close(struct session *s, const char *reason)
 {
-	char bk[NETADDR_STRLEN];
+	char bk[NETADDR_STRLEN], guards[256] = "";
+	size_t gl = 0;
 
 	if (s->closed)
 		return;
 	s->closed = 1;
+	for (int g = 0; g < STATS_GUARD_MAX; g++)
+		if (s->guards[g] > 0 && gl + 40 < sizeof(guards))
+			gl += (size_t)snprintf(guards + gl, sizeof(guards) - gl, "%s%s:%u",
+			    gl ? "," : "", stats_guard_name(g), s->guards[g]);
 	if (s->reason == NULL)
 		s->reason = reason;
 	stats_name_add(&stats.ended, s->reason);
@@ -198,7 +206,7 @@ session_close(struct session *s, const char *reason)
 	log_info("session=%s msg=session-end client=%s backend=%s tls=%s cipher=%s sni=%s "
 	    "bytes_in=%llu bytes_out=%llu backend_in=%llu backend_out=%llu "
 	    "duration_ms=%lld user=\"%s\" state=%s rewrites=%u guard_events=%u "
-	    "last_guard=%s reason=%s%s%s%s",
+	    "last_guard=%s guards=%s bye=%s rewritten=%s reason=%s%s%s%s",
 	    s->id, s->client_addr,
 	    s->server >= 0 ? netaddr_str((const struct sockaddr *)
 	    &pool_server(s->gen->pool, s->server)->addr.ss, bk, sizeof(bk)) : "-",
@@ -210,9 +218,18 @@ session_close(struct session *s, const char *reason)
 	    (unsigned long long)(s->backend.ep ? endpoint_bytes_in(s->backend.ep) : 0),
 	    (unsigned long long)(s->backend.ep ? endpoint_bytes_out(s->backend.ep) : 0),
 	    session_age_ms(s), s->st.user, state_name(s->st.proto), s->nrewrites,
-	    s->nguard, s->last_guard ? s->last_guard : "-", s->reason,
+	    s->nguard, s->last_guard ? s->last_guard : "-", guards[0] ? guards : "-",
+	    s->bye ? s->bye : "-", s->rewritten[0] ? s->rewritten : "-", s->reason,
 	    s->detail[0] ? " error=\"" : "", s->detail, s->detail[0] ? "\"" : "");
 	event_active(s->ev_free, EV_TIMEOUT, 0);
+}
+
+/* Count a BYE of ours for this session (summary line) and the process. */
+static void
+session_bye_count(struct session *s, enum stats_bye b)
+{
+	stats_add(&stats.bye[b], 1);
+	s->bye = stats_bye_name(b);
 }
 
 /* Count a guard event for this session and the process. */
@@ -222,6 +239,8 @@ session_guard_event(struct session *s, enum stats_guard g)
 	stats_add(&stats.guard[g], 1);
 	s->nguard++;
 	s->last_guard = stats_guard_name(g);
+	if (s->guards[g] < 255)
+		s->guards[g]++;
 	log_info("session=%s msg=guard event=%s state=%s", s->id, stats_guard_name(g),
 	    state_name(s->st.proto));
 }
@@ -254,7 +273,7 @@ session_bye_unavailable(struct session *s, const char *reason)
 	static const char bye[] = "* BYE [UNAVAILABLE] Backend server unavailable\r\n";
 
 	endpoint_write(s->client.ep, bye, sizeof(bye) - 1);
-	stats_add(&stats.bye[STATS_BYE_UNAVAILABLE], 1);
+	session_bye_count(s, STATS_BYE_UNAVAILABLE);
 	session_finish(s, reason);
 }
 
@@ -343,7 +362,7 @@ session_drain_check(struct session *s)
 	if (s->phase != SESSION_RELAY) {
 		/* The client has seen nothing yet: a BYE greeting is all it gets. */
 		endpoint_write(s->client.ep, bye, sizeof(bye) - 1);
-		stats_add(&stats.bye[STATS_BYE_SHUTDOWN], 1);
+		session_bye_count(s, STATS_BYE_SHUTDOWN);
 		session_finish(s, "shutdown");
 		return;
 	}
@@ -352,7 +371,7 @@ session_drain_check(struct session *s)
 	if (s->client.pending > 0 || !imap_parse_at_boundary(&s->client.parser) ||
 	    !session_backend_at_boundary(s) || s->ninject > 0)
 		return;
-	stats_add(&stats.bye[STATS_BYE_SHUTDOWN], 1);
+	session_bye_count(s, STATS_BYE_SHUTDOWN);
 	endpoint_write(s->client.ep, bye, sizeof(bye) - 1);
 	session_finish(s, "shutdown");
 }
@@ -438,7 +457,7 @@ session_client_decide(struct session *s, const struct imap_line *l)
 		 */
 		h->dropping = 1;
 		session_guard_event(s, STATS_GUARD_CLIENT_STATE);
-		stats_add(&stats.bye[STATS_BYE_CLIENT_STATE], 1);
+		session_bye_count(s, STATS_BYE_CLIENT_STATE);
 		session_inject(s, "* BYE Not logged in: please reconnect and log in");
 		session_inject(s, "%s BAD %s%s%s not allowed now", l->tag, l->name,
 		    l->subname[0] ? " " : "", l->subname);
@@ -668,7 +687,7 @@ session_backend_desync(struct session *s, const struct imap_line *l,
 		return 0;
 	endpoint_drop(s->backend.ep, s->backend.pending);
 	s->backend.pending = 0;
-	stats_add(&stats.bye[STATS_BYE_DESYNC], 1);
+	session_bye_count(s, STATS_BYE_DESYNC);
 	session_inject(s, "* BYE [UNAVAILABLE] The server lost this session, please reconnect");
 	session_finish(s, g == STATS_GUARD_DESYNC_GREETING ? "backend-greeted-again" :
 	    "backend-desync");
@@ -712,6 +731,11 @@ session_backend_line(struct session *s)
 		    out.caps_changed);
 		stats_rewrite(out.original);
 		s->nrewrites++;
+		if (strstr(s->rewritten, out.original) == NULL &&
+		    strlen(s->rewritten) + strlen(out.original) + 2 < sizeof(s->rewritten))
+			snprintf(s->rewritten + strlen(s->rewritten),
+			    sizeof(s->rewritten) - strlen(s->rewritten), "%s%s",
+			    s->rewritten[0] ? "," : "", out.original);
 		endpoint_drop(h->ep, h->pending);
 		h->pending = 0;
 		endpoint_write(s->client.ep, out.buf, out.len);
@@ -931,6 +955,7 @@ session_parse_error(struct session_half *h)
 
 	snprintf(s->detail, sizeof(s->detail), "%s: %s", h->name, h->parser.error);
 	if (h == &s->client) {
+		session_bye_count(s, STATS_BYE_PROTOCOL);
 		session_inject(s, "* BYE Unreadable command stream");
 		session_finish(s, "client-protocol-error");
 	} else
@@ -1288,7 +1313,7 @@ session_guard_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	if (s->st.proto == STATE_NOT_AUTH) {
 		if (age_ms >= cf->preauth_ms) {
-			stats_add(&stats.bye[STATS_BYE_TIMEOUT], 1);
+			session_bye_count(s, STATS_BYE_TIMEOUT);
 			session_inject(s, "* BYE Autologout; login took too long");
 			session_finish(s, "preauth-timeout");
 			return;
@@ -1297,7 +1322,7 @@ session_guard_cb(evutil_socket_t fd, short what, void *arg)
 			next = cf->preauth_ms - age_ms;
 	}
 	if (idle_ms >= cf->idle_ms) {
-		stats_add(&stats.bye[STATS_BYE_TIMEOUT], 1);
+		session_bye_count(s, STATS_BYE_TIMEOUT);
 		session_inject(s, "* BYE Autologout; idle for too long");
 		session_finish(s, "idle-timeout");
 		return;
@@ -1313,7 +1338,7 @@ static void
 session_reject(struct session *s, const char *text, const char *reason)
 {
 	endpoint_write(s->client.ep, text, strlen(text));
-	stats_add(&stats.bye[STATS_BYE_LIMIT], 1);
+	session_bye_count(s, STATS_BYE_LIMIT);
 	session_finish(s, reason);
 }
 
