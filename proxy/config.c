@@ -223,7 +223,9 @@ static const char *const config_desync_defaults[] = {
 /*
  * guard.greeting_patterns when the key is absent: greeting texts, matched
  * case-insensitively against the text of an untagged OK (after any
- * response code) that arrives later in a session with no command in flight.
+ * response code) that arrives after the greeting, whether or not commands
+ * are in flight (a balancer that reconnects to a restarted server delivers
+ * the new greeting while the client waits for an answer).
  */
 static const char *const config_greeting_defaults[] = {
 	/* WildDuck: "* OK WildDuck IMAP Server ready for requests from 192.0.2.7 <id>". */

@@ -57,6 +57,15 @@ metrics_family(struct evbuffer *b, const char *name, const char *type, const cha
 	evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+/* A family with one unlabelled sample. */
+static void
+metrics_scalar(struct evbuffer *b, const char *name, const char *type, const char *help,
+    uint64_t v)
+{
+	metrics_family(b, name, type, help);
+	evbuffer_add_printf(b, "%s %llu\n", name, (unsigned long long)v);
+}
+
 /* One sample with one label. */
 static void
 metrics_sample1(struct evbuffer *b, const char *name, const char *label, const char *value,
@@ -108,33 +117,22 @@ metrics_render(struct metrics *m, struct evbuffer *b)
 			evbuffer_add_printf(b, "\",state=\"%s\"} %llu\n", metrics_states[st],
 			    (unsigned long long)stats_get(&stats.open[i][st]));
 		}
-	metrics_family(b, "imapgate_sessions_started_total", "counter", "Sessions accepted.");
-	evbuffer_add_printf(b, "imapgate_sessions_started_total %llu\n",
-	    (unsigned long long)stats_get(&stats.sessions_total));
+	metrics_scalar(b, "imapgate_sessions_started_total", "counter",
+	    "Sessions accepted.", stats_get(&stats.sessions_total));
 	metrics_names(b, "imapgate_sessions_ended_total", "reason",
 	    "Sessions ended, by end reason.", &stats.ended);
 
-	metrics_family(b, "imapgate_client_received_bytes_total", "counter",
-	    "Bytes received from clients and relayed.");
-	evbuffer_add_printf(b, "imapgate_client_received_bytes_total %llu\n",
-	    (unsigned long long)stats_get(&stats.client_in));
-	metrics_family(b, "imapgate_client_sent_bytes_total", "counter",
-	    "Bytes relayed to clients.");
-	evbuffer_add_printf(b, "imapgate_client_sent_bytes_total %llu\n",
-	    (unsigned long long)stats_get(&stats.client_out));
-	metrics_family(b, "imapgate_backend_received_bytes_total", "counter",
-	    "Bytes received from backends and relayed.");
-	evbuffer_add_printf(b, "imapgate_backend_received_bytes_total %llu\n",
-	    (unsigned long long)stats_get(&stats.backend_in));
-	metrics_family(b, "imapgate_backend_sent_bytes_total", "counter",
-	    "Bytes relayed to backends.");
-	evbuffer_add_printf(b, "imapgate_backend_sent_bytes_total %llu\n",
-	    (unsigned long long)stats_get(&stats.backend_out));
+	metrics_scalar(b, "imapgate_client_received_bytes_total", "counter",
+	    "Bytes received from clients and relayed.", stats_get(&stats.client_in));
+	metrics_scalar(b, "imapgate_client_sent_bytes_total", "counter",
+	    "Bytes relayed to clients.", stats_get(&stats.client_out));
+	metrics_scalar(b, "imapgate_backend_received_bytes_total", "counter",
+	    "Bytes received from backends and relayed.", stats_get(&stats.backend_in));
+	metrics_scalar(b, "imapgate_backend_sent_bytes_total", "counter",
+	    "Bytes relayed to backends.", stats_get(&stats.backend_out));
 
-	metrics_family(b, "imapgate_tls_handshakes_total", "counter",
-	    "Client TLS handshakes completed.");
-	evbuffer_add_printf(b, "imapgate_tls_handshakes_total %llu\n",
-	    (unsigned long long)stats_get(&stats.tls_handshakes));
+	metrics_scalar(b, "imapgate_tls_handshakes_total", "counter",
+	    "Client TLS handshakes completed.", stats_get(&stats.tls_handshakes));
 	metrics_names(b, "imapgate_tls_handshake_failures_total", "reason",
 	    "Client TLS handshakes failed, by reason.", &stats.tls_failures);
 

@@ -35,6 +35,8 @@
 #define SERVER_PROXY_RETRY_MS	5
 /* Pending connections per listening socket. */
 #define SERVER_BACKLOG		1024
+/* Seconds a reload waits for the workers to take the new generation. */
+#define SERVER_RELOAD_WAIT_S	2
 /* Connections per worker that may wait for their PROXY header at once. */
 #define SERVER_MAX_PENDING	1024
 
@@ -517,6 +519,10 @@ server_reload_cb(evutil_socket_t fd, short what, void *arg)
 	srv->nlisteners = n;
 	generation_unref(srv->gen);
 	srv->gen = gen;
+	pthread_mutex_lock(&srv->gate->reload_lock);
+	srv->gate->reload_acks++;
+	pthread_cond_signal(&srv->gate->reload_cond);
+	pthread_mutex_unlock(&srv->gate->reload_lock);
 }
 
 /* A worker thread: its own loop until told to stop. */
@@ -559,6 +565,7 @@ server_signal_cb(evutil_socket_t sig, short what, void *arg)
 }
 
 static uint64_t server_monotonic_us(void);
+static void server_reload_wait(struct gate *);
 
 /* Can every listen address in cf that is not bound now be bound? */
 static int
@@ -623,6 +630,9 @@ server_reload(struct gate *g)
 	connlimit_set_max(g->limits, cf->max_connections, cf->max_connections_per_ip);
 	log_set_level(cf->log_level);
 	log_set_output(cf->log_format, cf->log_output);
+	pthread_mutex_lock(&g->reload_lock);
+	g->reload_acks = 0;
+	pthread_mutex_unlock(&g->reload_lock);
 	for (unsigned i = 0; i < g->nworkers; i++) {
 		struct server *srv = &g->workers[i];
 
@@ -633,6 +643,7 @@ server_reload(struct gate *g)
 		pthread_mutex_unlock(&srv->lock);
 		event_active(srv->ev_reload, EV_TIMEOUT, 0);
 	}
+	server_reload_wait(g);
 	if ((cf->metrics_address == NULL) != (old->cf->metrics_address == NULL) ||
 	    (cf->metrics_address != NULL &&
 	    strcmp(cf->metrics_address, old->cf->metrics_address) != 0)) {
@@ -643,6 +654,27 @@ server_reload(struct gate *g)
 	log_info("msg=reloaded generation=%u", gen->id);
 done:
 	sd_notify(0, "READY=1");
+}
+
+/*
+ * Wait (bounded) until every worker has taken the new generation, so that
+ * "reloaded" and READY=1 mean new listeners accept.
+ */
+static void
+server_reload_wait(struct gate *g)
+{
+	struct timespec until;
+
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += SERVER_RELOAD_WAIT_S;
+	pthread_mutex_lock(&g->reload_lock);
+	while (g->reload_acks < g->nworkers &&
+	    pthread_cond_timedwait(&g->reload_cond, &g->reload_lock, &until) == 0)
+		;
+	if (g->reload_acks < g->nworkers)
+		log_warn("msg=reload-slow workers_done=%u workers=%u", g->reload_acks,
+		    g->nworkers);
+	pthread_mutex_unlock(&g->reload_lock);
 }
 
 /* SIGHUP handler on the main loop. */
@@ -744,6 +776,8 @@ server_gate_open(struct gate *g, struct config *cf)
 
 	evthread_use_pthreads();
 	signal(SIGPIPE, SIG_IGN);
+	pthread_mutex_init(&g->reload_lock, NULL);
+	pthread_cond_init(&g->reload_cond, NULL);
 	if ((g->gen = generation_new(cf, ++g->next_gen, err, sizeof(err))) == NULL) {
 		log_error("msg=\"setup failed\" error=\"%s\"", err);
 		config_free(cf);
@@ -855,6 +889,8 @@ server_gate_close(struct gate *g)
 		pool_health_stop(g->gen->pool);
 	generation_unref(g->gen);
 	connlimit_free(g->limits);
+	pthread_cond_destroy(&g->reload_cond);
+	pthread_mutex_destroy(&g->reload_lock);
 	if (g->base != NULL)
 		event_base_free(g->base);
 }

@@ -74,6 +74,9 @@ struct gate {
 	int			 stopping;	/* SIGTERM seen once: draining */
 	int			 drain_started;
 	atomic_int		 running;	/* worker threads still in their loops */
+	pthread_mutex_t		 reload_lock;	/* reload_acks */
+	pthread_cond_t		 reload_cond;
+	unsigned		 reload_acks;	/* workers that took the new generation */
 	struct server		*workers;
 	unsigned		 nworkers;
 	unsigned		 next_gen;
