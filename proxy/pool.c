@@ -31,6 +31,7 @@ struct pool_server {
 	/* active health check, main thread only */
 	struct endpoint			*hc_ep;
 	struct event			*hc_timer;
+	struct event			*hc_now;	/* a session saw failures: check at once */
 	int				 hc_running;
 };
 
@@ -41,6 +42,7 @@ struct pool {
 	pthread_mutex_t		 lock;		/* round-robin weights */
 	struct event_base	*base;
 	struct tls_ctx		*btls;
+	int			 checking;	/* active checks run (under lock: hc_now may be activated) */
 };
 
 /* Build the pool. */
@@ -77,6 +79,9 @@ pool_health_stop(struct pool *p)
 {
 	if (p == NULL)
 		return;
+	pthread_mutex_lock(&p->lock);
+	p->checking = 0;
+	pthread_mutex_unlock(&p->lock);
 	for (int i = 0; i < p->n; i++) {
 		endpoint_free(p->servers[i].hc_ep);
 		p->servers[i].hc_ep = NULL;
@@ -84,6 +89,9 @@ pool_health_stop(struct pool *p)
 		if (p->servers[i].hc_timer != NULL)
 			event_free(p->servers[i].hc_timer);
 		p->servers[i].hc_timer = NULL;
+		if (p->servers[i].hc_now != NULL)
+			event_free(p->servers[i].hc_now);
+		p->servers[i].hc_now = NULL;
 	}
 }
 
@@ -111,7 +119,13 @@ pool_usable(const struct pool_server *s, uint64_t tried)
 {
 	if (tried & ((uint64_t)1 << s->index))
 		return 0;
-	if (!atomic_load(&s->up))
+	/*
+	 * A server marked down gets no sessions, unless it is the only one:
+	 * then there is nowhere better to go, and refusing everyone while it
+	 * is merely slow would turn an overload into an outage.  Sessions try
+	 * it and get BYE only when their own connect fails.
+	 */
+	if (!atomic_load(&s->up) && s->pool->n > 1)
 		return 0;
 	if (s->cf->max_connections > 0 && atomic_load(&s->active) >= s->cf->max_connections)
 		return 0;
@@ -231,15 +245,18 @@ pool_set_up(struct pool_server *s, int up, const char *why)
 	}
 }
 
-/* Count a result for server i; rise/fall decide its state. */
-void
-pool_report(struct pool *p, int i, int ok, const char *why)
+/*
+ * Count a result for s; rise/fall decide its state.  A failure seen by a
+ * session (passive) does not take a server down by itself while active
+ * checks run: a burst of sessions timing out together on a busy server
+ * would otherwise mark it down although it answers.  It asks for a check
+ * now instead, and the check's failure decides.
+ */
+static void
+pool_result(struct pool_server *s, int ok, int active, const char *why)
 {
-	struct pool_server *s;
+	struct pool *p = s->pool;
 
-	if (i < 0 || i >= p->n)
-		return;
-	s = &p->servers[i];
 	if (ok) {
 		atomic_store(&s->fails, 0);
 		if (!atomic_load(&s->up) &&
@@ -251,8 +268,26 @@ pool_report(struct pool *p, int i, int ok, const char *why)
 	}
 	atomic_fetch_add(&s->failures, 1);
 	atomic_store(&s->oks, 0);
-	if (atomic_fetch_add(&s->fails, 1) + 1 >= p->cf->health_fall)
-		pool_set_up(s, 0, why);
+	if (atomic_fetch_add(&s->fails, 1) + 1 < p->cf->health_fall)
+		return;
+	if (!active) {
+		pthread_mutex_lock(&p->lock);
+		if (p->checking && s->hc_now != NULL) {
+			event_active(s->hc_now, EV_TIMEOUT, 0);
+			pthread_mutex_unlock(&p->lock);
+			return;
+		}
+		pthread_mutex_unlock(&p->lock);
+	}
+	pool_set_up(s, 0, why);
+}
+
+/* A session's connect or greeting on server i went well or not. */
+void
+pool_report(struct pool *p, int i, int ok, const char *why)
+{
+	if (i >= 0 && i < p->n)
+		pool_result(&p->servers[i], ok, 0, why);
 }
 
 static void pool_hc_arm(struct pool_server *s);
@@ -264,7 +299,7 @@ pool_hc_done(struct pool_server *s, int ok, const char *why)
 	endpoint_free(s->hc_ep);
 	s->hc_ep = NULL;
 	s->hc_running = 0;
-	pool_report(s->pool, s->index, ok, why);
+	pool_result(s, ok, 1, why);
 	pool_hc_arm(s);
 }
 
@@ -340,7 +375,7 @@ pool_hc_timer_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	s->hc_ep = endpoint_connect(p->base, &s->cf->addr, &pool_hc_cbs, s);
 	if (s->hc_ep == NULL) {
-		pool_report(p, s->index, 0, "connect failed");
+		pool_result(s, 0, 1, "connect failed");
 		pool_hc_arm(s);
 		return;
 	}
@@ -348,6 +383,18 @@ pool_hc_timer_cb(evutil_socket_t fd, short what, void *arg)
 	tv.tv_sec = (time_t)(p->cf->health_timeout_ms / 1000);
 	tv.tv_usec = (suseconds_t)((p->cf->health_timeout_ms % 1000) * 1000);
 	evtimer_add(s->hc_timer, &tv);
+}
+
+/* Sessions saw failures: check now unless a check is running. */
+static void
+pool_hc_now_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct pool_server *s = arg;
+
+	if (s->hc_running)
+		return;
+	evtimer_del(s->hc_timer);
+	pool_hc_timer_cb(fd, what, arg);
 }
 
 /* Schedule the next check of s. */
@@ -370,8 +417,12 @@ pool_health_start(struct pool *p, struct event_base *base, struct tls_ctx *btls)
 		return;
 	for (int i = 0; i < p->n; i++) {
 		p->servers[i].hc_timer = evtimer_new(base, pool_hc_timer_cb, &p->servers[i]);
+		p->servers[i].hc_now = event_new(base, -1, 0, pool_hc_now_cb, &p->servers[i]);
 		pool_hc_arm(&p->servers[i]);
 	}
+	pthread_mutex_lock(&p->lock);
+	p->checking = 1;
+	pthread_mutex_unlock(&p->lock);
 }
 
 /* Accessors for logs and metrics. */

@@ -97,6 +97,7 @@ state_free(struct state *st)
 	free(st->inflight);
 	st->inflight = NULL;
 	st->ninflight = 0;
+	st->cap = 0;
 }
 
 /* The one place the protocol state changes. */
@@ -226,12 +227,16 @@ state_client_command(struct state *st, const struct imap_line *l)
 		return 0;
 	if (state_inflight_full(st))
 		return -1;
-	if (st->ninflight % 16 == 0) {
-		struct state_cmd *v = realloc(st->inflight,
-		    (st->ninflight + 16) * sizeof(*v));
-		if (v == NULL)
+	if (st->ninflight == st->cap) {
+		size_t cap = st->cap ? st->cap * 2 : STATE_INFLIGHT_MIN;
+		struct state_cmd *v;
+
+		if (cap > STATE_MAX_INFLIGHT)
+			cap = STATE_MAX_INFLIGHT;
+		if ((v = realloc(st->inflight, cap * sizeof(*v))) == NULL)
 			return -1;
 		st->inflight = v;
+		st->cap = cap;
 	}
 	c = &st->inflight[st->ninflight++];
 	memset(c, 0, sizeof(*c));
@@ -262,6 +267,12 @@ state_inflight_remove(struct state *st, size_t i)
 	memmove(&st->inflight[i], &st->inflight[i + 1],
 	    (st->ninflight - i - 1) * sizeof(st->inflight[0]));
 	st->ninflight--;
+	if (st->ninflight == 0 && st->cap > STATE_INFLIGHT_MIN) {
+		/* A burst of pipelining is over: idle sessions keep a small table. */
+		free(st->inflight);
+		st->inflight = NULL;
+		st->cap = 0;
+	}
 }
 
 /* Find the in-flight command with this tag (normally the oldest). */

@@ -17,6 +17,8 @@
 
 /* Commands in flight per session; past this the session stops reading the client. */
 #define STATE_MAX_INFLIGHT	1024
+/* Entries the in-flight table starts with (and keeps while idle). */
+#define STATE_INFLIGHT_MIN	2
 
 enum state_proto {
 	STATE_NOT_AUTH,
@@ -62,6 +64,7 @@ struct state {
 	int			 bye;		/* the server sent BYE */
 	struct state_cmd	*inflight;	/* oldest first */
 	size_t			 ninflight;
+	size_t			 cap;		/* entries allocated */
 	uint64_t		*gauge;		/* open sessions by state, shared; NULL = none */
 };
 

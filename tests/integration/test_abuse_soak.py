@@ -11,6 +11,7 @@ usage: test_abuse_soak.py PATH-TO-IMAPGATE [SECONDS [SESSIONS]]
 """
 
 import os
+import re
 import random
 import resource
 import ssl
@@ -196,14 +197,22 @@ def main(argv):
     except Fail as e:
         say("FAIL: %s" % e)
         if gate:
-            say(gate.log_text()[-3000:])
+            text = gate.log_text()
+            reasons = {}
+            for m in re.finditer(r"reason=(\S+)", text):
+                reasons[m.group(1)] = reasons.get(m.group(1), 0) + 1
+            say("session end reasons: %s" % reasons)
+            say("\n".join(l for l in text.splitlines()
+                          if "reason=" in l and "reason=backend-eof" not in l
+                          and "reason=client-eof" not in l)[-3000:])
         return 1
     finally:
         if gate:
             gate.stop()
         if dove:
             dove.stop()
-        harness.shutil.rmtree(tmp, ignore_errors=True)
+        if os.environ.get("IMAPGATE_TEST_KEEP") != "1":
+            harness.shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
