@@ -296,10 +296,11 @@ static void pool_hc_arm(struct pool_server *s);
 static void
 pool_hc_done(struct pool_server *s, int ok, const char *why)
 {
+	/* Count first: why may point into the endpoint freed next. */
+	pool_result(s, ok, 1, why);
 	endpoint_free(s->hc_ep);
 	s->hc_ep = NULL;
 	s->hc_running = 0;
-	pool_result(s, ok, 1, why);
 	pool_hc_arm(s);
 }
 
