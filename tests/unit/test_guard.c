@@ -16,21 +16,11 @@
 #include "config.h"
 #include "guard.h"
 #include "imap.h"
+#include "check.h"
 
 /* Bound on one test response (several literals and lines at most). */
 #define RESP_MAX	4096
 
-static int failures, checks;
-
-#define CHECK(cond, ...) do {						\
-	checks++;							\
-	if (!(cond)) {							\
-		failures++;						\
-		printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);	\
-		printf(__VA_ARGS__);					\
-		printf("\n");						\
-	}								\
-} while (0)
 
 /* Compile a regex the way the config loader does; abort on a bad pattern. */
 static void

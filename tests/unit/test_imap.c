@@ -8,6 +8,7 @@
  * The recorded sessions in tests/fixtures are run the same way.
  */
 #include "imap.h"
+#include "check.h"
 
 #include <dirent.h>
 #include <stdarg.h>
@@ -18,17 +19,6 @@
 #define MAX_LINES	256	/* lines kept from one run for field checks */
 #define FIXTURE_MAX	(256 * 1024)
 
-static int failures, checks;
-
-#define CHECK(cond, ...) do {						\
-	checks++;							\
-	if (!(cond)) {							\
-		failures++;						\
-		printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);	\
-		printf(__VA_ARGS__);					\
-		printf("\n");						\
-	}								\
-} while (0)
 
 struct tbuf {
 	char	*s;

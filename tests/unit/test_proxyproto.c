@@ -13,21 +13,11 @@
 #include <string.h>
 
 #include "proxyproto.h"
+#include "check.h"
 
 /* Room for any header the tests build (v2 with TLVs, or trailing data). */
 #define HDR_MAX		(PROXYPROTO_V2_MAX + 64)
 
-static int failures, checks;
-
-#define CHECK(cond, ...) do {						\
-	checks++;							\
-	if (!(cond)) {							\
-		failures++;						\
-		printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);	\
-		printf(__VA_ARGS__);					\
-		printf("\n");						\
-	}								\
-} while (0)
 
 static const unsigned char sig[12] = {
 	0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a,

@@ -17,6 +17,7 @@
 #include "imap.h"
 #include "log.h"
 #include "state.h"
+#include "check.h"
 
 /* The secret used in every login; it must never reach state or log. */
 #define SECRET		"s3cretPw"
@@ -25,17 +26,6 @@
 /* Bound on the log file read back for checks. */
 #define LOG_MAX		(1 << 20)
 
-static int failures, checks;
-
-#define CHECK(cond, ...) do {						\
-	checks++;							\
-	if (!(cond)) {							\
-		failures++;						\
-		printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);	\
-		printf(__VA_ARGS__);					\
-		printf("\n");						\
-	}								\
-} while (0)
 
 /* One session's worth of parsers and state. */
 struct sess {
