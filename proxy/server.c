@@ -560,8 +560,6 @@ server_signal_cb(evutil_socket_t sig, short what, void *arg)
 		pthread_mutex_unlock(&g->workers[i].lock);
 		event_active(g->workers[i].ev_stop, EV_TIMEOUT, 0);
 	}
-	if (!now)
-		g->drain_started = 1;
 }
 
 static uint64_t server_monotonic_us(void);

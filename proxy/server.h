@@ -72,7 +72,6 @@ struct gate {
 	struct event		*ev_sigint, *ev_sigterm, *ev_sighup;
 	struct metrics		*metrics;
 	int			 stopping;	/* SIGTERM seen once: draining */
-	int			 drain_started;
 	atomic_int		 running;	/* worker threads still in their loops */
 	pthread_mutex_t		 reload_lock;	/* reload_acks */
 	pthread_cond_t		 reload_cond;

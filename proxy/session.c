@@ -89,7 +89,6 @@ struct session {
 	struct state		 st;
 	char			*inject;	/* our own replies, waiting for a response boundary */
 	size_t			 ninject;
-	int			 backend_up;
 	enum session_phase	 phase;
 	int			 client_tls;	/* the client speaks TLS (implicit, or after STARTTLS) */
 	int			 client_upgrading;	/* STARTTLS answered, handshake running */
@@ -909,7 +908,6 @@ session_backend_up(struct session *s)
 		struct timeval tv = session_tv(cf->backend_connect_ms);
 
 		evtimer_add(s->ev_timer, &tv);
-		s->backend_up = 1;
 		log_debug("session=%s msg=backend-connected", s->id);
 		if (cf->client_ip == CONFIG_CLIENT_IP_PROXY_V1) {
 			char hdr[PROXYPROTO_V1_MAX + 1];
@@ -1014,7 +1012,7 @@ session_relay(struct session_half *h)
 			imap_parse_skip(p, len);
 			continue;
 		}
-		if (avail <= h->pending && !(left == 0 && imap_parse_literal_wanted(p)))
+		if (avail <= h->pending)
 			return;
 		buf = endpoint_peek(h->ep, h->pending, &len);
 		if (buf == NULL)
@@ -1137,7 +1135,7 @@ session_event(struct endpoint *ep, enum endpoint_event what, void *arg)
 		if (what == ENDPOINT_ERROR && !s->client_tls && endpoint_is_tls(ep))
 			stats_name_add(&stats.tls_failures, strncmp(s->detail, "tls: ", 5) == 0 ?
 			    s->detail + 5 : s->detail);
-		if (what == ENDPOINT_ERROR || !s->backend_up) {
+		if (what == ENDPOINT_ERROR || s->phase != SESSION_RELAY) {
 			session_close(s, "client-error");
 			return;
 		}
@@ -1211,7 +1209,6 @@ session_connect_backend(struct session *s)
 		pool_report(s->gen->pool, s->server, 0, "connect failed");
 	}
 	s->phase = SESSION_CONNECTING;
-	s->backend_up = 0;
 	endpoint_set_limits(s->backend.ep, cf->buffer, cf->buffer + cf->max_line);
 	tv.tv_sec = (time_t)(cf->backend_connect_ms / 1000);
 	tv.tv_usec = (suseconds_t)((cf->backend_connect_ms % 1000) * 1000);
