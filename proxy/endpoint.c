@@ -1,5 +1,6 @@
 /* endpoint: bufferevent-backed byte streams, plaintext or TLS. */
 #include <errno.h>
+#include <stdarg.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -26,6 +27,7 @@
 #define ENDPOINT_READ_CHUNK	(64 * 1024)
 /* The most libevent 2.1 reads from a socket per wakeup (EVBUFFER_MAX_READ). */
 #define ENDPOINT_LIBEVENT_READ	4096
+#define ENDPOINT_ERROR_MAX	128	/* longest error text kept */
 
 struct endpoint {
 	struct bufferevent	*bev;
@@ -39,7 +41,7 @@ struct endpoint {
 	int			 connected;
 	uint64_t		 bytes_in;	/* counted as the session takes bytes */
 	uint64_t		 bytes_out;
-	char			 error[128];
+	char			*error;		/* last error text (NULL: none) */
 };
 
 /*
@@ -119,6 +121,23 @@ endpoint_readcb(struct bufferevent *bev, void *arg)
 
 static int endpoint_do_tls(struct endpoint *);
 
+/*
+ * Record an error text.  Kept on the heap, only once something failed:
+ * a healthy endpoint carries no buffer for it.
+ */
+static void __attribute__((format(printf, 2, 3)))
+endpoint_set_error(struct endpoint *ep, const char *fmt, ...)
+{
+	char buf[ENDPOINT_ERROR_MAX];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	free(ep->error);
+	ep->error = strdup(buf);
+}
+
 /* Output fell to the low mark (or empty): resume the peer, or finish a flush. */
 static void
 endpoint_writecb(struct bufferevent *bev, void *arg)
@@ -128,7 +147,7 @@ endpoint_writecb(struct bufferevent *bev, void *arg)
 	if (ep->tls_pending != NULL) {
 		if (evbuffer_get_length(bufferevent_get_output(bev)) == 0 &&
 		    endpoint_do_tls(ep) != 0) {
-			snprintf(ep->error, sizeof(ep->error), "tls: cannot start");
+			endpoint_set_error(ep, "tls: cannot start");
 			ep->cbs->event(ep, ENDPOINT_ERROR, ep->arg);
 		}
 		return;
@@ -153,18 +172,18 @@ endpoint_note_error(struct endpoint *ep, short what)
 		long v = SSL_get_verify_result(ep->ssl);
 
 		if (v != X509_V_OK && !SSL_is_server(ep->ssl))
-			snprintf(ep->error, sizeof(ep->error), "tls: %s: %s", r ? r : "error",
+			endpoint_set_error(ep, "tls: %s: %s", r ? r : "error",
 			    X509_verify_cert_error_string(v));
 		else
-			snprintf(ep->error, sizeof(ep->error), "tls: %s", r ? r : "error");
+			endpoint_set_error(ep, "tls: %s", r ? r : "error");
 		while (bufferevent_get_openssl_error(ep->bev) != 0)
 			;
 	} else if (what & BEV_EVENT_TIMEOUT)
-		snprintf(ep->error, sizeof(ep->error), "timeout");
+		endpoint_set_error(ep, "timeout");
 	else if (sockerr != 0)
-		snprintf(ep->error, sizeof(ep->error), "%s", strerror(sockerr));
+		endpoint_set_error(ep, "%s", strerror(sockerr));
 	else
-		snprintf(ep->error, sizeof(ep->error), "connection lost (events 0x%x)",
+		endpoint_set_error(ep, "connection lost (events 0x%x)",
 		    (unsigned)what);
 }
 
@@ -347,6 +366,7 @@ endpoint_free(struct endpoint *ep)
 		}
 		bufferevent_free(ep->bev);
 	}
+	free(ep->error);
 	free(ep);
 }
 
@@ -508,5 +528,5 @@ endpoint_tls_cipher(const struct endpoint *ep)
 const char *
 endpoint_error(const struct endpoint *ep)
 {
-	return ep->error;
+	return ep->error != NULL ? ep->error : "";
 }

@@ -12,6 +12,7 @@
 #include "imap.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -82,7 +83,7 @@ imap_tok_copy(struct imap_parser *p, char *dst, size_t dstsz, int upper)
 	size_t i, n = p->tok_len < dstsz - 1 ? p->tok_len : dstsz - 1;
 
 	for (i = 0; i < n; i++)
-		dst[i] = upper ? imap_upper((unsigned char)p->tok[i]) : p->tok[i];
+		dst[i] = upper ? imap_upper((unsigned char)p->w->tok[i]) : p->w->tok[i];
 	dst[n] = '\0';
 }
 
@@ -91,7 +92,7 @@ static void
 imap_tok_put(struct imap_parser *p, unsigned char c, size_t limit)
 {
 	if (p->tok_len < limit)
-		p->tok[p->tok_len++] = (char)c;
+		p->w->tok[p->tok_len++] = (char)c;
 	else
 		p->tok_bad = 1;
 }
@@ -139,8 +140,14 @@ imap_head_reset(struct imap_parser *p)
 static void
 imap_cur_reset(struct imap_parser *p)
 {
-	struct imap_line *c = &p->cur;
+	struct imap_line *c;
 
+	p->part_len = 0;
+	p->lit_left = 0;
+	imap_head_reset(p);
+	if (p->w == NULL)
+		return;
+	c = &p->w->cur;
 	/*
 	 * Field by field rather than memset: this runs once per response
 	 * and the string buffers are most of the struct.  Strings are always
@@ -160,9 +167,6 @@ imap_cur_reset(struct imap_parser *p)
 	c->toolong = 0;
 	c->len = 0;
 	c->bare_lf = 0;
-	p->part_len = 0;
-	p->lit_left = 0;
-	imap_head_reset(p);
 }
 
 void
@@ -175,6 +179,61 @@ imap_parse_init(struct imap_parser *p, enum imap_dir dir, size_t max_line)
 	p->lex = LEX_LINE;
 	p->error = "";
 	imap_cur_reset(p);
+}
+
+void
+imap_parse_restart(struct imap_parser *p)
+{
+	struct imap_work *w = p->w;
+
+	imap_parse_init(p, p->dir, p->max_line);
+	p->w = w;
+	imap_cur_reset(p);
+}
+
+void
+imap_parse_free(struct imap_parser *p)
+{
+	free(p->w);
+	p->w = NULL;
+	p->line_done = 0;
+}
+
+int
+imap_parse_release(struct imap_parser *p)
+{
+	if (p->w == NULL || !imap_parse_at_boundary(p))
+		return 0;
+	imap_parse_free(p);
+	return 1;
+}
+
+const struct imap_line *
+imap_parse_line(const struct imap_parser *p)
+{
+	return &p->w->line;
+}
+
+const struct imap_line *
+imap_parse_current(const struct imap_parser *p)
+{
+	return &p->w->cur;
+}
+
+/* Allocate the working buffers before bytes are read; -1 if out of memory. */
+static int
+imap_work_get(struct imap_parser *p)
+{
+	if (p->w != NULL)
+		return 0;
+	if ((p->w = malloc(sizeof(*p->w))) == NULL) {
+		p->lex = LEX_ERROR;
+		p->error = "out of memory";
+		return -1;
+	}
+	p->line_done = 0;
+	imap_cur_reset(p);
+	return 0;
 }
 
 /* ---- client side head ---- */
@@ -242,7 +301,7 @@ imap_plain_byte(struct imap_parser *p, unsigned char b)
 {
 	if (b == 0) {
 		if (++p->b64_nuls == 2) {
-			p->cur.user[p->b64_bad ? 0 : p->user_len] = '\0';
+			p->w->cur.user[p->b64_bad ? 0 : p->user_len] = '\0';
 			explicit_bzero(&p->b64_acc, sizeof(p->b64_acc));
 			p->b64_bits = 0;
 			p->skip_rest = 1;
@@ -251,7 +310,7 @@ imap_plain_byte(struct imap_parser *p, unsigned char b)
 	}
 	if (p->b64_nuls == 1) {
 		if (p->user_len < IMAP_MAX_ARG)
-			p->cur.user[p->user_len++] = (char)b;
+			p->w->cur.user[p->user_len++] = (char)b;
 		else
 			p->b64_bad = 1;
 	}
@@ -297,13 +356,13 @@ imap_client_token_done(struct imap_parser *p)
 {
 	int argi = imap_argi(p);
 
-	p->tok[p->tok_len] = '\0';
+	p->w->tok[p->tok_len] = '\0';
 	if (p->field == 0) {
 		if (p->tok_bad || p->tok_len == 0 || p->tok_len > IMAP_MAX_TAG) {
 			p->skip_rest = 1;
 			return;
 		}
-		imap_tok_copy(p, p->cur.tag, sizeof(p->cur.tag), 0);
+		imap_tok_copy(p, p->w->cur.tag, sizeof(p->w->cur.tag), 0);
 		return;
 	}
 	if (p->field == 1) {
@@ -311,22 +370,22 @@ imap_client_token_done(struct imap_parser *p)
 			p->skip_rest = 1;
 			return;
 		}
-		imap_tok_copy(p, p->cur.name, sizeof(p->cur.name), 1);
-		p->cur.kind = IMAP_KIND_COMMAND;
-		p->cmd = imap_cmd_class(p->cur.name);
+		imap_tok_copy(p, p->w->cur.name, sizeof(p->w->cur.name), 1);
+		p->w->cur.kind = IMAP_KIND_COMMAND;
+		p->cmd = imap_cmd_class(p->w->cur.name);
 		p->is_uid = p->cmd == CMD_UID;
 		return;
 	}
 	if (p->is_uid && p->field == 2) {
 		if (!p->tok_bad && p->tok_len <= IMAP_MAX_ATOM)
-			imap_tok_copy(p, p->cur.subname, sizeof(p->cur.subname), 1);
+			imap_tok_copy(p, p->w->cur.subname, sizeof(p->w->cur.subname), 1);
 		return;
 	}
 	if (argi == 0) {
 		if (!p->tok_bad) {
-			imap_tok_copy(p, p->cur.arg, sizeof(p->cur.arg), 0);
+			imap_tok_copy(p, p->w->cur.arg, sizeof(p->w->cur.arg), 0);
 			if (p->cmd == CMD_LOGIN)
-				imap_tok_copy(p, p->cur.user, sizeof(p->cur.user), 0);
+				imap_tok_copy(p, p->w->cur.user, sizeof(p->w->cur.user), 0);
 		}
 		if (p->cmd == CMD_AUTHENTICATE) {
 			if (!p->tok_bad && p->tok_len <= IMAP_MAX_ATOM)
@@ -360,19 +419,19 @@ imap_client_char(struct imap_parser *p, unsigned char c, uint64_t pos)
 	switch (p->hstate) {
 	case H_BEGIN:
 		if (p->mode == IMAP_MODE_SASL) {
-			p->cur.kind = IMAP_KIND_SASL;
+			p->w->cur.kind = IMAP_KIND_SASL;
 			p->hstate = H_SASL;
 			imap_sasl_byte(p, c, pos);
 			return;
 		}
 		if (p->mode == IMAP_MODE_IDLE) {
-			p->cur.kind = IMAP_KIND_INVALID;
+			p->w->cur.kind = IMAP_KIND_INVALID;
 			p->hstate = H_IDLE;
 			imap_tok_begin(p, pos);
 			imap_tok_put(p, c, 8);
 			return;
 		}
-		p->cur.kind = IMAP_KIND_INVALID;
+		p->w->cur.kind = IMAP_KIND_INVALID;
 		p->field = 0;
 		p->hstate = H_TOKSTART;
 		/* FALLTHROUGH */
@@ -385,7 +444,7 @@ imap_client_char(struct imap_parser *p, unsigned char c, uint64_t pos)
 			return;
 		}
 		if (argi == 1 && p->cmd == CMD_AUTHENTICATE) {
-			p->cur.sasl_ir = 1;
+			p->w->cur.sasl_ir = 1;
 			p->hstate = H_SASL;
 			p->sasl_first = 0;	/* not a SASL line: no "*" check */
 			imap_sasl_byte(p, c, pos);
@@ -454,7 +513,7 @@ static void
 imap_sasl_end(struct imap_parser *p)
 {
 	if (p->b64_nuls < 2)
-		explicit_bzero(p->cur.user, sizeof(p->cur.user));
+		explicit_bzero(p->w->cur.user, sizeof(p->w->cur.user));
 	imap_wipe_secrets(p);
 }
 
@@ -463,12 +522,12 @@ static void
 imap_client_eol(struct imap_parser *p, uint64_t content_len)
 {
 	if (p->mode == IMAP_MODE_SASL && p->hstate == H_BEGIN)
-		p->cur.kind = IMAP_KIND_SASL;	/* empty response */
+		p->w->cur.kind = IMAP_KIND_SASL;	/* empty response */
 	else if (p->hstate == H_BEGIN)
-		p->cur.kind = IMAP_KIND_INVALID;
-	if (p->cur.kind == IMAP_KIND_SASL) {
+		p->w->cur.kind = IMAP_KIND_INVALID;
+	if (p->w->cur.kind == IMAP_KIND_SASL) {
 		if (content_len == 1 && p->sasl_first == '*')
-			p->cur.kind = IMAP_KIND_SASL_CANCEL;
+			p->w->cur.kind = IMAP_KIND_SASL_CANCEL;
 		imap_sasl_end(p);
 		return;
 	}
@@ -478,8 +537,8 @@ imap_client_eol(struct imap_parser *p, uint64_t content_len)
 	}
 	if (p->hstate == H_IDLE) {
 		if (!p->skip_rest && !p->tok_bad && p->tok_len == 4 &&
-		    strncasecmp(p->tok, "DONE", 4) == 0)
-			p->cur.kind = IMAP_KIND_DONE;
+		    strncasecmp(p->w->tok, "DONE", 4) == 0)
+			p->w->cur.kind = IMAP_KIND_DONE;
 		return;
 	}
 	if (!p->skip_rest && p->hstate == H_ATOM)
@@ -511,9 +570,9 @@ imap_status_of(const char *w)
 static void
 imap_server_status(struct imap_parser *p, enum imap_status st, int by_sp)
 {
-	p->cur.status = st;
-	imap_tok_copy(p, p->cur.status_word, sizeof(p->cur.status_word), 1);
-	p->cur.status_off = p->tok_start;
+	p->w->cur.status = st;
+	imap_tok_copy(p, p->w->cur.status_word, sizeof(p->w->cur.status_word), 1);
+	p->w->cur.status_off = p->tok_start;
 	p->no_lit = 1;		/* resp-text holds no literals */
 	if (by_sp)
 		p->hstate = H_CODESTART;
@@ -528,32 +587,32 @@ imap_server_token_done(struct imap_parser *p, int by_sp)
 	enum imap_status st;
 	size_t i;
 
-	p->tok[p->tok_len] = '\0';
+	p->w->tok[p->tok_len] = '\0';
 	if (p->field == 0) {
-		if (p->tok_len == 1 && p->tok[0] == '*') {
-			p->cur.kind = IMAP_KIND_UNTAGGED;
+		if (p->tok_len == 1 && p->w->tok[0] == '*') {
+			p->w->cur.kind = IMAP_KIND_UNTAGGED;
 		} else if (!p->tok_bad && p->tok_len > 0 && p->tok_len <= IMAP_MAX_TAG) {
-			imap_tok_copy(p, p->cur.tag, sizeof(p->cur.tag), 0);
-			p->cur.kind = IMAP_KIND_TAGGED;
+			imap_tok_copy(p, p->w->cur.tag, sizeof(p->w->cur.tag), 0);
+			p->w->cur.kind = IMAP_KIND_TAGGED;
 			p->no_lit = 1;
 		} else {
 			p->skip_rest = 1;
 			return;
 		}
 		if (!by_sp) {
-			if (p->cur.kind == IMAP_KIND_TAGGED)
-				p->cur.kind = IMAP_KIND_INVALID;
+			if (p->w->cur.kind == IMAP_KIND_TAGGED)
+				p->w->cur.kind = IMAP_KIND_INVALID;
 			p->skip_rest = 1;
 		}
 		return;
 	}
-	if (p->cur.kind == IMAP_KIND_TAGGED) {
+	if (p->w->cur.kind == IMAP_KIND_TAGGED) {
 		if (p->tok_len == 0) {
 			p->skip_rest = 1;
 			return;
 		}
-		imap_tok_copy(p, p->cur.status_word, sizeof(p->cur.status_word), 1);
-		st = imap_status_of(p->cur.status_word);
+		imap_tok_copy(p, p->w->cur.status_word, sizeof(p->w->cur.status_word), 1);
+		st = imap_status_of(p->w->cur.status_word);
 		imap_server_status(p, st == IMAP_STATUS_NONE ? IMAP_STATUS_OTHER : st, by_sp);
 		return;
 	}
@@ -562,15 +621,15 @@ imap_server_token_done(struct imap_parser *p, int by_sp)
 		uint64_t n = 0;
 
 		for (i = 0; i < p->tok_len; i++) {
-			if (p->tok[i] < '0' || p->tok[i] > '9')
+			if (p->w->tok[i] < '0' || p->w->tok[i] > '9')
 				break;
 			if (n <= UINT32_MAX)
-				n = n * 10 + (uint64_t)(p->tok[i] - '0');
+				n = n * 10 + (uint64_t)(p->w->tok[i] - '0');
 		}
 		if (i == p->tok_len) {
 			if (n <= UINT32_MAX) {
-				p->cur.number = (uint32_t)n;
-				p->cur.has_number = 1;
+				p->w->cur.number = (uint32_t)n;
+				p->w->cur.has_number = 1;
 			}
 			return;		/* the name comes next */
 		}
@@ -579,8 +638,8 @@ imap_server_token_done(struct imap_parser *p, int by_sp)
 		p->skip_rest = 1;
 		return;
 	}
-	imap_tok_copy(p, p->cur.name, sizeof(p->cur.name), 1);
-	st = imap_status_of(p->cur.name);
+	imap_tok_copy(p, p->w->cur.name, sizeof(p->w->cur.name), 1);
+	st = imap_status_of(p->w->cur.name);
 	if (p->field == 1 && st != IMAP_STATUS_NONE)
 		imap_server_status(p, st, by_sp);
 	else
@@ -593,9 +652,9 @@ imap_server_char(struct imap_parser *p, unsigned char c, uint64_t pos)
 {
 	switch (p->hstate) {
 	case H_BEGIN:
-		p->cur.kind = IMAP_KIND_INVALID;
+		p->w->cur.kind = IMAP_KIND_INVALID;
 		if (c == '+') {
-			p->cur.kind = IMAP_KIND_CONTINUATION;
+			p->w->cur.kind = IMAP_KIND_CONTINUATION;
 			p->no_lit = 1;
 			p->skip_rest = 1;
 			return;
@@ -622,20 +681,20 @@ imap_server_char(struct imap_parser *p, unsigned char c, uint64_t pos)
 		return;
 	case H_CODESTART:
 		if (c == '[') {
-			p->cur.code_off = pos;
+			p->w->cur.code_off = pos;
 			imap_tok_begin(p, pos + 1);
 			p->hstate = H_CODEATOM;
 		} else {
-			p->cur.text_off = pos;
+			p->w->cur.text_off = pos;
 			p->skip_rest = 1;
 		}
 		return;
 	case H_CODEATOM:
 		if (c == ' ' || c == ']') {
 			if (!p->tok_bad)
-				imap_tok_copy(p, p->cur.code, sizeof(p->cur.code), 1);
+				imap_tok_copy(p, p->w->cur.code, sizeof(p->w->cur.code), 1);
 			if (c == ']') {
-				p->cur.code_end = pos + 1;
+				p->w->cur.code_end = pos + 1;
 				p->hstate = H_CODEAFTER;
 			} else
 				p->hstate = H_CODEREST;
@@ -645,12 +704,12 @@ imap_server_char(struct imap_parser *p, unsigned char c, uint64_t pos)
 		return;
 	case H_CODEREST:
 		if (c == ']') {
-			p->cur.code_end = pos + 1;
+			p->w->cur.code_end = pos + 1;
 			p->hstate = H_CODEAFTER;
 		}
 		return;
 	case H_CODEAFTER:
-		p->cur.text_off = c == ' ' ? pos + 1 : pos;
+		p->w->cur.text_off = c == ' ' ? pos + 1 : pos;
 		p->skip_rest = 1;
 		return;
 	default:
@@ -668,19 +727,19 @@ imap_server_eol(struct imap_parser *p, uint64_t end)
 	switch (p->hstate) {
 	case H_ATOM:
 		imap_server_token_done(p, 0);
-		if (p->cur.status != IMAP_STATUS_NONE)
-			p->cur.text_off = end;
+		if (p->w->cur.status != IMAP_STATUS_NONE)
+			p->w->cur.text_off = end;
 		break;
 	case H_CODESTART:
 	case H_CODEAFTER:
-		p->cur.text_off = end;
+		p->w->cur.text_off = end;
 		break;
 	case H_CODEATOM:
 	case H_CODEREST:
 		/* "[" never closed: it was all text */
-		p->cur.text_off = p->cur.code_off;
-		p->cur.code[0] = '\0';
-		p->cur.code_off = p->cur.code_end = 0;
+		p->w->cur.text_off = p->w->cur.code_off;
+		p->w->cur.code[0] = '\0';
+		p->w->cur.code_off = p->w->cur.code_end = 0;
 		break;
 	default:
 		break;
@@ -736,14 +795,14 @@ imap_tail_add(struct imap_parser *p, const unsigned char *s, size_t n)
 static void
 imap_scan(struct imap_parser *p, const unsigned char *s, size_t n)
 {
-	uint64_t base = p->cur.len;
+	uint64_t base = p->w->cur.len;
 	size_t i;
 
 	for (i = 0; i < n && !p->skip_rest; i++)
 		imap_head_byte(p, s[i], base + i);
 	imap_tail_add(p, s, n);
 	p->part_len += n;
-	p->cur.len += n;
+	p->w->cur.len += n;
 }
 
 /*
@@ -809,7 +868,7 @@ imap_literal_begin(struct imap_parser *p, uint64_t n)
 {
 	p->lex = LEX_LITERAL;
 	p->lit_left = n;
-	p->cur.nliterals++;
+	p->w->cur.nliterals++;
 	p->capture = 0;
 	if (p->skip_rest)
 		return;
@@ -818,7 +877,7 @@ imap_literal_begin(struct imap_parser *p, uint64_t n)
 		return;
 	}
 	p->hstate = H_INLIT;
-	imap_tok_begin(p, p->cur.len);
+	imap_tok_begin(p, p->w->cur.len);
 	p->tok_bad = 1;
 	if (p->dir == IMAP_DIR_CLIENT && imap_argi(p) == 0 &&
 	    (p->cmd == CMD_LOGIN || p->cmd == CMD_MAILBOX) && n <= IMAP_MAX_ARG) {
@@ -839,11 +898,11 @@ imap_literal_end(struct imap_parser *p)
 	}
 }
 
-/* The command or response is complete: publish it in p->line. */
+/* The command or response is complete: publish it in p->w->line. */
 static void
 imap_line_end(struct imap_parser *p, int bare)
 {
-	struct imap_line *c = &p->cur;
+	struct imap_line *c = &p->w->cur;
 
 	c->bare_lf = bare;
 	if (p->dir == IMAP_DIR_CLIENT) {
@@ -864,7 +923,7 @@ imap_line_end(struct imap_parser *p, int bare)
 		}
 		p->seen_greeting = 1;
 	}
-	p->line_done = 1;	/* p->line is *c; reset when bytes are fed again */
+	p->line_done = 1;	/* the line is *c; reset when bytes are fed again */
 }
 
 /* Start a new command or response if the last one was handed out. */
@@ -888,7 +947,7 @@ imap_part_end(struct imap_parser *p, struct imap_event *ev)
 	bare = e == 0 || p->tail[e - 1] != '\r';
 	if (!bare)
 		e--;
-	end = p->cur.len - 1 - (bare ? 0 : 1);	/* offset of the content end */
+	end = p->w->cur.len - 1 - (bare ? 0 : 1);	/* offset of the content end */
 	p->pending_cr = 0;
 	if (p->dir == IMAP_DIR_CLIENT ? p->mode == IMAP_MODE_COMMAND : !p->no_lit)
 		r = imap_tail_literal(p, e, &n, &sync, &lit8);
@@ -930,16 +989,21 @@ imap_parse_feed(struct imap_parser *p, const void *buf, size_t len,
 		ev->type = IMAP_EV_ERROR;
 		return 0;
 	}
-	if (len > 0)
+	if (len > 0) {
+		if (imap_work_get(p) != 0) {
+			ev->type = IMAP_EV_ERROR;
+			return 0;
+		}
 		imap_next_line(p);
+	}
 	if (p->lex == LEX_LITERAL) {
 		n = p->lit_left < len ? (size_t)p->lit_left : len;
 		if (p->capture && n > 0) {
-			memcpy(p->tok + p->tok_len, s, n);	/* lit_len <= IMAP_MAX_ARG */
+			memcpy(p->w->tok + p->tok_len, s, n);	/* lit_len <= IMAP_MAX_ARG */
 			p->tok_len += n;
 		}
 		p->lit_left -= n;
-		p->cur.len += n;
+		p->w->cur.len += n;
 		if (p->lit_left == 0) {
 			imap_literal_end(p);
 			ev->type = IMAP_EV_LITERAL_DONE;
@@ -950,17 +1014,17 @@ imap_parse_feed(struct imap_parser *p, const void *buf, size_t len,
 		return 0;
 	lf = memchr(s, '\n', len);
 	seg = lf ? (size_t)(lf - s) : len;
-	if (!p->cur.toolong && p->part_len + seg > p->max_line) {
+	if (!p->w->cur.toolong && p->part_len + seg > p->max_line) {
 		cut = p->max_line + 1 - p->part_len;
 		imap_scan(p, s, cut);
-		p->cur.toolong = 1;
+		p->w->cur.toolong = 1;
 		ev->type = IMAP_EV_TOOLONG;
 		return cut;
 	}
 	imap_scan(p, s, seg);
 	if (lf == NULL)
 		return len;
-	p->cur.len++;
+	p->w->cur.len++;
 	imap_part_end(p, ev);
 	return seg + 1;
 }
@@ -991,7 +1055,7 @@ imap_parse_skip(struct imap_parser *p, uint64_t n)
 		p->tok_bad = 1;
 	}
 	p->lit_left -= n;
-	p->cur.len += n;
+	p->w->cur.len += n;
 	if (p->lit_left > 0)
 		return 0;
 	imap_literal_end(p);
@@ -1017,7 +1081,8 @@ imap_parse_set_mode(struct imap_parser *p, enum imap_mode mode)
 int
 imap_parse_at_boundary(const struct imap_parser *p)
 {
-	return p->lex == LEX_LINE && (p->line_done || p->cur.len == 0);
+	return p->lex == LEX_LINE &&
+	    (p->w == NULL || p->line_done || p->w->cur.len == 0);
 }
 
 int

@@ -12,7 +12,8 @@
  *              imap_parse_literal_wanted).
  *
  * A command or response is one or more line parts with literals between
- * them; when its last line part ends (IMAP_EV_LINE) p->line describes it.
+ * them; when its last line part ends (IMAP_EV_LINE) imap_parse_line(p)
+ * describes it.
  * The bytes themselves stay with the caller, who moves them as it likes.
  */
 #ifndef IMAPGATE_IMAP_H
@@ -42,7 +43,7 @@ enum imap_mode {
 
 enum imap_event_type {
 	IMAP_EV_NONE,		/* all bytes consumed, segment not finished */
-	IMAP_EV_LINE,		/* a command/response ended with this line part; see p->line */
+	IMAP_EV_LINE,		/* a command/response ended with this line part; see imap_parse_line */
 	IMAP_EV_LITERAL_HEAD,	/* a line part ended with a literal header; literal follows */
 	IMAP_EV_LITERAL_DONE,	/* the literal's last byte was consumed; the line goes on */
 	IMAP_EV_TOOLONG,	/* the current line part passed max_line (once per line) */
@@ -104,6 +105,20 @@ struct imap_line {
 	int			bare_lf;	/* ended by LF without CR */
 };
 
+/*
+ * The parser's working buffers.  cur is the command or response being read;
+ * once IMAP_EV_LINE has been returned the same storage is line, the complete
+ * one, until the next call that feeds bytes resets it.  One struct rather
+ * than a copy per response: no 800-byte copy per line.
+ */
+struct imap_work {
+	char			 tok[IMAP_MAX_ARG + 1];	/* the token being read (never a password) */
+	union {
+		struct imap_line cur;
+		struct imap_line line;
+	};
+};
+
 struct imap_parser {
 	enum imap_dir		 dir;
 	size_t			 max_line;
@@ -125,7 +140,6 @@ struct imap_parser {
 	int			 capture;		/* literal bytes go into tok */
 	size_t			 tok_len;
 	uint64_t		 tok_start;		/* offset of the token's first byte */
-	char			 tok[IMAP_MAX_ARG + 1];	/* the token being read (never a password) */
 	size_t			 tail_len;
 	unsigned char		 tail[IMAP_LIT_TAIL];	/* last bytes of the part, for "{n}" */
 	uint32_t		 b64_acc;		/* SASL PLAIN decoder (wiped at line end) */
@@ -133,15 +147,12 @@ struct imap_parser {
 	size_t			 user_len;
 	char			 sasl_mech[IMAP_MAX_ATOM + 1];	/* mechanism of the running AUTHENTICATE */
 	/*
-	 * cur is the command or response being read; once IMAP_EV_LINE has
-	 * been returned the same storage is line, the complete one, until the
-	 * next call that feeds bytes resets it.  One struct rather than a copy
-	 * per response: less memory per session and no 800-byte copy per line.
+	 * The token and line buffers (about 1 KB) live in w, allocated when
+	 * bytes are fed and given back by imap_parse_release at a boundary:
+	 * an idle session (thousands of them in IDLE) holds only the few
+	 * words of lexer state above.
 	 */
-	union {
-		struct imap_line cur;
-		struct imap_line line;
-	};
+	struct imap_work	*w;
 	int			 line_done;		/* line is complete; reset cur before reading on */
 	const char		*error;			/* set with IMAP_EV_ERROR ("" before) */
 };
@@ -156,6 +167,20 @@ struct imap_event {
 
 /* Initialise p for one direction; max_line 0 means IMAP_DEFAULT_MAX_LINE. */
 void	imap_parse_init(struct imap_parser *p, enum imap_dir dir, size_t max_line);
+/* Start p over as imap_parse_init would, keeping its direction, limit and buffers. */
+void	imap_parse_restart(struct imap_parser *p);
+/* Free p's working buffers (p may be initialised again afterwards). */
+void	imap_parse_free(struct imap_parser *p);
+/*
+ * Give the working buffers back if p is at a boundary (no partial line or
+ * literal); the next feed allocates them again.  imap_parse_line is invalid
+ * afterwards.  Returns 1 if they were released.
+ */
+int	imap_parse_release(struct imap_parser *p);
+/* The last complete command or response (after IMAP_EV_LINE). */
+const struct imap_line *imap_parse_line(const struct imap_parser *p);
+/* The command or response being read (after IMAP_EV_LITERAL_HEAD). */
+const struct imap_line *imap_parse_current(const struct imap_parser *p);
 /*
  * Consume bytes from buf up to and including the next segment boundary.
  * Returns how many bytes were consumed and fills ev.  Literal bytes fed

@@ -428,6 +428,15 @@ server_stop_cb(evutil_socket_t fd, short what, void *arg)
 	server_session_gone(srv);
 }
 
+/* Free the sessions closed since the last run (deferred from session_close). */
+static void
+server_reap_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	session_reap(arg);
+}
+
 /* Called when a session leaves the list. */
 void
 server_session_gone(struct server *srv)
@@ -744,6 +753,7 @@ server_worker_open(struct gate *g, struct server *srv, unsigned index)
 	srv->gate = g;
 	srv->index = index;
 	TAILQ_INIT(&srv->sessions);
+	TAILQ_INIT(&srv->closed);
 	TAILQ_INIT(&srv->pending);
 	srv->gen = generation_ref(g->gen);
 	srv->id_prefix = (((uint32_t)getpid() ^ (uint32_t)time(NULL)) + index * 0x10000u) & 0xffffff;
@@ -752,6 +762,10 @@ server_worker_open(struct gate *g, struct server *srv, unsigned index)
 	srv->ev_stop = event_new(srv->base, -1, 0, server_stop_cb, srv);
 	srv->ev_reload = event_new(srv->base, -1, 0, server_reload_cb, srv);
 	srv->ev_drain = evtimer_new(srv->base, server_drain_timeout_cb, srv);
+	srv->ev_reap = event_new(srv->base, -1, 0, server_reap_cb, srv);
+	if (srv->ev_stop == NULL || srv->ev_reload == NULL || srv->ev_drain == NULL ||
+	    srv->ev_reap == NULL)
+		return -1;
 	pthread_mutex_init(&srv->lock, NULL);
 	if ((srv->listeners = calloc(cf->nlisten, sizeof(*srv->listeners))) == NULL)
 		return -1;
@@ -860,6 +874,10 @@ server_worker_close(struct server *srv)
 		event_free(srv->ev_reload);
 	if (srv->ev_drain != NULL)
 		event_free(srv->ev_drain);
+	if (srv->ev_reap != NULL) {
+		session_reap(srv);
+		event_free(srv->ev_reap);
+	}
 	if (srv->next_gen != NULL)
 		generation_unref(srv->next_gen);
 	if (srv->base != NULL)

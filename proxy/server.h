@@ -57,6 +57,8 @@ struct server {
 	int			 stop_now;
 	int			 draining;
 	TAILQ_HEAD(, session)	 sessions;
+	TAILQ_HEAD(, session)	 closed;	/* closed, freed by ev_reap (session_reap) */
+	struct event		*ev_reap;
 	TAILQ_HEAD(, server_pending) pending;	/* connections waiting for a PROXY header */
 	unsigned		 npending;
 	uint64_t		 nsessions;	/* open now */

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <netinet/in.h>
 #include <sys/queue.h>
 #include <sys/time.h>
 #include <time.h>
@@ -40,6 +41,7 @@ struct session_half {
 	int			 dropping;	/* the current command is answered by us, not forwarded */
 	int			 streaming;	/* over-long line: move bytes as they are parsed */
 	int			 sync_wait;	/* client: sent "{n}", no literal byte moved yet */
+	int			 relaying;	/* session_relay calls of this half on the stack */
 };
 
 /*
@@ -58,8 +60,16 @@ enum session_phase {
 };
 
 /* Tags of the commands imapgate itself sends to the backend. */
+#define SESSION_DETAIL_MAX	192	/* longest error text in the summary line */
 #define SESSION_TAG_STARTTLS	"imapgate-tls"
 #define SESSION_TAG_ID		"imapgate-id"
+
+/* An IPv4 or IPv6 address: listeners and PROXY headers carry nothing else. */
+union session_addr {
+	struct sockaddr		 sa;
+	struct sockaddr_in	 sin;
+	struct sockaddr_in6	 sin6;
+};
 
 struct session {
 	TAILQ_ENTRY(session)	 entry;
@@ -78,7 +88,6 @@ struct session {
 	struct session_half	 client, backend;
 	struct timeval		 start;
 	struct event		*ev_timer;	/* connect timeout, then flush timeout */
-	struct event		*ev_free;
 	struct event		*ev_response;	/* timeouts.backend_response */
 	unsigned		 nrewrites;	/* responses rewritten */
 	unsigned		 nguard;	/* guard events */
@@ -96,15 +105,15 @@ struct session {
 	char			*greeting;	/* held while imapgate sets the backend up */
 	size_t			 greeting_len;
 	struct imap_line	*greeting_line;	/* what the parser said of it (held with it) */
-	struct sockaddr_storage	 client_ss;	/* the real client (after any PROXY header) */
-	struct sockaddr_storage	 local_ss;	/* the address the client connected to */
+	union session_addr	 client_ss;	/* the real client (after any PROXY header) */
+	union session_addr	 local_ss;	/* the address the client connected to */
 	int			 backend_gone;
 	int			 client_gone;	/* client half-closed: answer what is in flight, then close */
 	int			 draining;	/* shutting down: BYE at the next quiet point */	/* EOF or error: drain its input, whatever the client's pace */
 	int			 finishing;	/* flushing the client before close */
 	int			 closed;
 	const char		*reason;
-	char			 detail[192];
+	char			*detail;	/* what went wrong, for the summary (NULL: nothing) */
 };
 
 static void session_relay(struct session_half *);
@@ -148,24 +157,39 @@ session_age_ms(const struct session *s)
 	return (long long)d.tv_sec * 1000 + d.tv_usec / 1000;
 }
 
-/* Free everything; runs from the deferred event, outside any endpoint callback. */
-static void
-session_free_cb(evutil_socket_t fd, short what, void *arg)
+/* Note what went wrong, for the summary line (the last note wins). */
+static void __attribute__((format(printf, 2, 3)))
+session_detail(struct session *s, const char *fmt, ...)
 {
-	struct session *s = arg;
+	char buf[SESSION_DETAIL_MAX];
+	va_list ap;
 
-	(void)fd;
-	(void)what;
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	free(s->detail);
+	s->detail = strdup(buf);
+}
+
+/* Free everything; runs from the reap event, outside any endpoint callback. */
+static void
+session_free(struct session *s)
+{
 	endpoint_free(s->client.ep);
 	endpoint_free(s->backend.ep);
 	state_free(&s->st);
+	imap_parse_free(&s->client.parser);
+	imap_parse_free(&s->backend.parser);
 	free(s->inject);
 	free(s->greeting);
 	free(s->greeting_line);
-	event_free(s->ev_timer);
-	event_free(s->ev_response);
-	event_free(s->ev_guard);
-	event_free(s->ev_free);
+	free(s->detail);
+	if (s->ev_timer != NULL)
+		event_free(s->ev_timer);
+	if (s->ev_response != NULL)
+		event_free(s->ev_response);
+	if (s->ev_guard != NULL)
+		event_free(s->ev_guard);
 	if (s->server >= 0)
 		pool_release(s->gen->pool, s->server);
 	if (s->limited)
@@ -192,6 +216,7 @@ session_close(struct session *s, const char *reason)
 		s->reason = reason;
 	stats_name_add(&stats.ended, s->reason);
 	TAILQ_REMOVE(&s->srv->sessions, s, entry);
+	TAILQ_INSERT_TAIL(&s->srv->closed, s, entry);
 	s->srv->nsessions--;
 	server_session_gone(s->srv);
 	evtimer_del(s->ev_timer);
@@ -216,11 +241,22 @@ session_close(struct session *s, const char *reason)
 	    (unsigned long long)(s->client.ep ? endpoint_bytes_out(s->client.ep) : 0),
 	    (unsigned long long)(s->backend.ep ? endpoint_bytes_in(s->backend.ep) : 0),
 	    (unsigned long long)(s->backend.ep ? endpoint_bytes_out(s->backend.ep) : 0),
-	    session_age_ms(s), s->st.user, state_name(s->st.proto), s->nrewrites,
+	    session_age_ms(s), state_user(&s->st), state_name(s->st.proto), s->nrewrites,
 	    s->nguard, s->last_guard ? s->last_guard : "-", guards[0] ? guards : "-",
 	    s->bye ? s->bye : "-", s->rewritten[0] ? s->rewritten : "-", s->reason,
-	    s->detail[0] ? " error=\"" : "", s->detail, s->detail[0] ? "\"" : "");
-	event_active(s->ev_free, EV_TIMEOUT, 0);
+	    s->detail ? " error=\"" : "", s->detail ? s->detail : "", s->detail ? "\"" : "");
+	event_active(s->srv->ev_reap, EV_TIMEOUT, 0);
+}
+
+void
+session_reap(struct server *srv)
+{
+	struct session *s;
+
+	while ((s = TAILQ_FIRST(&srv->closed)) != NULL) {
+		TAILQ_REMOVE(&srv->closed, s, entry);
+		session_free(s);
+	}
 }
 
 /* Count a BYE of ours for this session (summary line) and the process. */
@@ -475,7 +511,7 @@ session_client_decide(struct session *s, const struct imap_line *l)
 static void
 session_trace(struct session_half *h)
 {
-	const struct imap_line *l = &h->parser.line;
+	const struct imap_line *l = imap_parse_line(&h->parser);
 	const struct session *s = h->s;
 	const char *dir = h == &s->client ? "c2s" : "s2c";
 	const unsigned char *b;
@@ -534,7 +570,7 @@ static void
 session_client_line(struct session *s)
 {
 	struct session_half *h = &s->client;
-	const struct imap_line *l = &h->parser.line;
+	const struct imap_line *l = imap_parse_line(&h->parser);
 
 	if (l->toolong) {
 		h->dropping = 1;
@@ -579,7 +615,7 @@ session_client_line(struct session *s)
 			event_base_gettimeofday_cached(s->srv->base, &s->tls_started);
 			evtimer_add(s->ev_guard, &tv);
 		}
-		imap_parse_init(&h->parser, IMAP_DIR_CLIENT, s->gen->cf->max_line);
+		imap_parse_restart(&h->parser);
 		if (endpoint_start_tls(h->ep, s->gen->tls) != 0)
 			session_close(s, "client-tls-failed");
 		return;
@@ -651,7 +687,7 @@ session_response_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	snprintf(s->detail, sizeof(s->detail), "no answer for %llu ms",
+	session_detail(s, "no answer for %llu ms",
 	    (unsigned long long)s->gen->cf->backend_response_ms);
 	session_backend_lost(s, "backend-timeout");
 }
@@ -699,7 +735,7 @@ session_backend_line(struct session *s)
 {
 	struct session_half *h = &s->backend;
 	struct imap_parser *cp = &s->client.parser;
-	const struct imap_line *l = &h->parser.line;
+	const struct imap_line *l = imap_parse_line(&h->parser);
 	const char *line = NULL;
 	struct state_result res;
 	struct guard_out out;
@@ -719,7 +755,7 @@ session_backend_line(struct session *s)
 	if (res.completed && (res.kind == STATE_CMD_LOGIN || res.kind == STATE_CMD_IDLE))
 		imap_parse_set_mode(cp, IMAP_MODE_COMMAND);
 	if (l->kind == IMAP_KIND_TAGGED && s->client.sync_wait &&
-	    strcmp(l->tag, cp->cur.tag) == 0) {
+	    strcmp(l->tag, imap_parse_current(cp)->tag) == 0) {
 		/* The server refused a synchronizing literal: it will not come. */
 		imap_parse_literal_cancel(cp);
 		s->client.sync_wait = 0;
@@ -821,7 +857,7 @@ static void
 session_backend_setup_line(struct session *s)
 {
 	struct session_half *h = &s->backend;
-	const struct imap_line *l = &h->parser.line;
+	const struct imap_line *l = imap_parse_line(&h->parser);
 	const struct config *cf = s->gen->cf;
 	const char *bytes;
 
@@ -869,12 +905,12 @@ session_backend_setup_line(struct session *s)
 		if (l->kind != IMAP_KIND_TAGGED || strcmp(l->tag, SESSION_TAG_STARTTLS) != 0)
 			return;
 		if (l->status != IMAP_STATUS_OK) {
-			snprintf(s->detail, sizeof(s->detail), "backend refused STARTTLS");
+			session_detail(s, "backend refused STARTTLS");
 			session_bye_unavailable(s, "backend-starttls-refused");
 			return;
 		}
 		s->phase = SESSION_BACKEND_UPGRADE;
-		imap_parse_init(&h->parser, IMAP_DIR_SERVER, cf->max_line);
+		imap_parse_restart(&h->parser);
 		h->parser.seen_greeting = 1;
 		if (endpoint_start_tls(h->ep, s->gen->btls) != 0)
 			session_bye_unavailable(s, "backend-tls-failed");
@@ -951,7 +987,7 @@ session_parse_error(struct session_half *h)
 {
 	struct session *s = h->s;
 
-	snprintf(s->detail, sizeof(s->detail), "%s: %s", h->name, h->parser.error);
+	session_detail(s, "%s: %s", h->name, h->parser.error);
 	if (h == &s->client) {
 		session_bye_count(s, STATS_BYE_PROTOCOL);
 		session_inject(s, "* BYE Unreadable command stream");
@@ -985,7 +1021,7 @@ session_must_pause(struct session_half *h)
  * without being looked at.
  */
 static void
-session_relay(struct session_half *h)
+session_relay_run(struct session_half *h)
 {
 	struct session *s = h->s;
 	struct imap_parser *p = &h->parser;
@@ -1034,8 +1070,8 @@ session_relay(struct session_half *h)
 			break;
 		case IMAP_EV_LITERAL_HEAD:
 			if (h == &s->client) {
-				if (p->cur.nliterals <= 1 && !h->streaming)
-					session_client_decide(s, &p->cur);
+				if (imap_parse_current(p)->nliterals <= 1 && !h->streaming)
+					session_client_decide(s, imap_parse_current(p));
 				h->sync_wait = ev.lit_sync;
 				if (h->dropping && ev.lit_sync) {
 					/* We answered it: the client will not send the literal. */
@@ -1065,6 +1101,22 @@ session_relay(struct session_half *h)
 			return;
 		}
 	}
+}
+
+/*
+ * Relay what one side has buffered.  Relaying one side can relay the other
+ * (a reply makes room, a command is answered), so calls nest; the parser's
+ * working buffers go back only when the outermost call for this side
+ * returns at a line boundary, never under a line handler still using them.
+ * Idle sessions then hold no parser buffers at all.
+ */
+static void
+session_relay(struct session_half *h)
+{
+	h->relaying++;
+	session_relay_run(h);
+	if (--h->relaying == 0)
+		imap_parse_release(&h->parser);
 }
 
 /* New input on one side. */
@@ -1130,11 +1182,12 @@ session_event(struct endpoint *ep, enum endpoint_event what, void *arg)
 		return;
 	}
 	if (what == ENDPOINT_ERROR)
-		snprintf(s->detail, sizeof(s->detail), "%s", endpoint_error(ep));
+		session_detail(s, "%s", endpoint_error(ep));
 	if (h == &s->client) {
 		if (what == ENDPOINT_ERROR && !s->client_tls && endpoint_is_tls(ep))
-			stats_name_add(&stats.tls_failures, strncmp(s->detail, "tls: ", 5) == 0 ?
-			    s->detail + 5 : s->detail);
+			stats_name_add(&stats.tls_failures,
+			    strncmp(endpoint_error(ep), "tls: ", 5) == 0 ?
+			    endpoint_error(ep) + 5 : endpoint_error(ep));
 		if (what == ENDPOINT_ERROR || s->phase != SESSION_RELAY) {
 			session_close(s, "client-error");
 			return;
@@ -1193,8 +1246,8 @@ session_connect_backend(struct session *s)
 		if (s->tries >= cf->connect_tries ||
 		    (s->server = pool_pick(s->gen->pool, (const struct sockaddr *)&s->client_ss,
 		    s->tried)) < 0) {
-			if (s->detail[0] == '\0')
-				snprintf(s->detail, sizeof(s->detail), "no backend server available");
+			if (s->detail == NULL)
+				session_detail(s, "no backend server available");
 			session_bye_unavailable(s, s->tries == 0 ? "no-backend" :
 			    "backend-connect-failed");
 			return;
@@ -1205,7 +1258,7 @@ session_connect_backend(struct session *s)
 		s->backend.ep = endpoint_connect(s->srv->base, &sv->addr, &session_cbs, s);
 		if (s->backend.ep != NULL)
 			break;
-		snprintf(s->detail, sizeof(s->detail), "connect to %s failed", sv->address);
+		session_detail(s, "connect to %s failed", sv->address);
 		pool_report(s->gen->pool, s->server, 0, "connect failed");
 	}
 	s->phase = SESSION_CONNECTING;
@@ -1225,7 +1278,7 @@ session_backend_failover(struct session *s, const char *why)
 {
 	log_info("session=%s msg=backend-failed server=%s error=\"%s\"", s->id,
 	    pool_name(s->gen->pool, s->server), why);
-	snprintf(s->detail, sizeof(s->detail), "%s: %s", pool_name(s->gen->pool, s->server), why);
+	session_detail(s, "%s: %s", pool_name(s->gen->pool, s->server), why);
 	pool_report(s->gen->pool, s->server, 0, why);
 	evtimer_del(s->ev_timer);
 	endpoint_free(s->backend.ep);
@@ -1233,7 +1286,7 @@ session_backend_failover(struct session *s, const char *why)
 	s->backend.pending = 0;
 	s->backend.paused = 0;
 	s->backend.streaming = 0;
-	imap_parse_init(&s->backend.parser, IMAP_DIR_SERVER, s->gen->cf->max_line);
+	imap_parse_restart(&s->backend.parser);
 	free(s->greeting);
 	s->greeting = NULL;
 	free(s->greeting_line);
@@ -1300,7 +1353,7 @@ session_guard_cb(evutil_socket_t fd, short what, void *arg)
 		timersub(&now, &s->tls_started, &hs);
 		hs_ms = (uint64_t)hs.tv_sec * 1000 + (uint64_t)hs.tv_usec / 1000;
 		if (hs_ms >= cf->tls_handshake_ms) {
-			snprintf(s->detail, sizeof(s->detail), "no TLS handshake in %llu ms",
+			session_detail(s, "no TLS handshake in %llu ms",
 			    (unsigned long long)cf->tls_handshake_ms);
 			stats_name_add(&stats.tls_failures, "timeout");
 			session_close(s, "tls-handshake-timeout");
@@ -1378,9 +1431,15 @@ session_start(struct server *srv, const struct config_listen *lc, int fd,
 	if ((size_t)(lc - cf->listen) < STATS_MAX_LISTENERS)
 		state_set_gauge(&s->st, stats.open[lc - cf->listen]);
 	s->ev_timer = evtimer_new(srv->base, session_timer_cb, s);
-	s->ev_free = event_new(srv->base, -1, 0, session_free_cb, s);
 	s->ev_response = evtimer_new(srv->base, session_response_cb, s);
 	s->ev_guard = evtimer_new(srv->base, session_guard_cb, s);
+	if (s->ev_timer == NULL || s->ev_response == NULL || s->ev_guard == NULL) {
+		/* Not in the list yet: nothing else refers to s. */
+		log_error("session=%s msg=\"out of memory\" client=%s", s->id, s->client_addr);
+		close(fd);
+		session_free(s);
+		return;
+	}
 	TAILQ_INSERT_TAIL(&srv->sessions, s, entry);
 	srv->nsessions++;
 	stats_add(&stats.sessions_total, 1);
@@ -1389,7 +1448,7 @@ session_start(struct server *srv, const struct config_listen *lc, int fd,
 	    lc->tls == CONFIG_TLS_IMPLICIT ? gen->tls : NULL, &session_cbs, s);
 	if (s->client.ep == NULL) {
 		close(fd);
-		snprintf(s->detail, sizeof(s->detail), "out of memory");
+		session_detail(s, "out of memory");
 		session_close(s, "client-setup-failed");
 		return;
 	}

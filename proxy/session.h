@@ -2,8 +2,8 @@
  * session: one client connection and its backend connection.
  *
  * The session owns both halves; each half points at its peer.  A session
- * ends in exactly one place, session_close(), and is freed from a deferred
- * event, never inside the callback that decided to close it.
+ * ends in exactly one place, session_close(), and is freed from its worker's
+ * deferred reap event, never inside the callback that decided to close it.
  */
 #ifndef IMAPGATE_SESSION_H
 #define IMAPGATE_SESSION_H
@@ -23,6 +23,9 @@ void	session_start(struct server *srv, const struct config_listen *lc, int fd,
 	    socklen_t locallen);
 /* End s now: log the summary line once and schedule the free. */
 void	session_close(struct session *s, const char *reason);
+
+/* Free the sessions srv has closed (its reap event, and at worker exit). */
+void	session_reap(struct server *srv);
 
 /* The next session in its worker's list (iteration that survives closes). */
 struct session *session_next(struct session *s);

@@ -84,10 +84,25 @@ state_stamp_last(struct state *st, uint64_t us)
 		st->inflight[st->ninflight - 1].started_us = us;
 }
 
-/* Release the in-flight table (and leave the gauge). */
+const char *
+state_user(const struct state *st)
+{
+	return st->user != NULL ? st->user : "";
+}
+
+const char *
+state_mailbox(const struct state *st)
+{
+	return st->mailbox != NULL ? st->mailbox : "";
+}
+
+/* Release the in-flight table and the strings (and leave the gauge). */
 void
 state_free(struct state *st)
 {
+	free(st->user);
+	free(st->mailbox);
+	st->user = st->mailbox = NULL;
 	if (st->gauge != NULL) {
 		__atomic_fetch_sub(&st->gauge[st->proto], 1, __ATOMIC_RELAXED);
 		st->gauge = NULL;
@@ -107,7 +122,8 @@ state_set(struct state *st, enum state_proto proto, const char *why)
 	enum state_proto old = st->proto;
 
 	if (proto != STATE_SELECTED) {
-		st->mailbox[0] = '\0';
+		free(st->mailbox);
+		st->mailbox = NULL;
 		st->readonly = 0;
 	}
 	st->proto = proto;
@@ -119,7 +135,7 @@ state_set(struct state *st, enum state_proto proto, const char *why)
 		return;
 	if (proto == STATE_SELECTED)
 		log_debug("session=%s msg=state state=%s->%s mailbox=\"%s\" readonly=%d why=%s",
-		    st->sid, state_names[old], state_names[proto], st->mailbox,
+		    st->sid, state_names[old], state_names[proto], state_mailbox(st),
 		    st->readonly, why);
 	else
 		log_debug("session=%s msg=state state=%s->%s why=%s", st->sid,
@@ -297,15 +313,20 @@ state_complete(struct state *st, struct state_cmd *c, const struct imap_line *l)
 	case STATE_CMD_LOGIN:
 		st->authenticating = 0;
 		if (ok && st->proto == STATE_NOT_AUTH) {
-			if (c->user != NULL)
-				snprintf(st->user, sizeof(st->user), "%s", c->user);
+			if (c->user != NULL) {
+				/* The entry's copy becomes the session's. */
+				free(st->user);
+				st->user = c->user;
+				c->user = NULL;
+			}
 			state_set(st, STATE_AUTH, c->name);
 		}
 		break;
 	case STATE_CMD_SELECT:
 		if (ok && st->proto != STATE_NOT_AUTH && st->proto != STATE_LOGOUT) {
-			snprintf(st->mailbox, sizeof(st->mailbox), "%s",
-			    c->mailbox ? c->mailbox : "");
+			free(st->mailbox);
+			st->mailbox = c->mailbox;
+			c->mailbox = NULL;
 			st->readonly = c->examine || strcmp(l->code, "READ-ONLY") == 0;
 			state_set(st, STATE_SELECTED, c->name);
 		} else if (l->status == IMAP_STATUS_NO && st->proto == STATE_SELECTED) {

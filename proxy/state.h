@@ -18,7 +18,7 @@
 /* Commands in flight per session; past this the session stops reading the client. */
 #define STATE_MAX_INFLIGHT	1024
 /* Entries the in-flight table starts with (and keeps while idle). */
-#define STATE_INFLIGHT_MIN	2
+#define STATE_INFLIGHT_MIN	1
 
 enum state_proto {
 	STATE_NOT_AUTH,
@@ -55,9 +55,9 @@ struct state_cmd {
 struct state {
 	const char		*sid;		/* session id, for log lines */
 	enum state_proto	 proto;
-	char			 mailbox[IMAP_MAX_ARG + 1];
+	char			*mailbox;	/* selected mailbox (NULL: none); see state_mailbox */
 	int			 readonly;
-	char			 user[IMAP_MAX_ARG + 1];
+	char			*user;		/* logged-in user (NULL: none); see state_user */
 	int			 greeted;
 	int			 idling;	/* the server accepted IDLE ("+") */
 	int			 authenticating;/* an AUTHENTICATE is in flight */
@@ -85,6 +85,10 @@ void		 state_set_gauge(struct state *st, uint64_t *gauge);
 void		 state_stamp_last(struct state *st, uint64_t us);
 /* Free what st holds. */
 void		 state_free(struct state *st);
+/* The logged-in user, "" before login. */
+const char	*state_user(const struct state *st);
+/* The selected mailbox, "" if none. */
+const char	*state_mailbox(const struct state *st);
 /* Change the protocol state, logging old->new at debug level. */
 void		 state_set(struct state *st, enum state_proto proto, const char *why);
 /* Classify a command name (and UID subcommand). */

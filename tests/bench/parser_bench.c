@@ -89,6 +89,7 @@ bench_run(const char *label, const char *buf, size_t len, uint64_t total, double
 		done += len;
 	}
 	dt = bench_now() - t0;
+	imap_parse_free(&p);
 	printf("%-22s %8.1f MB  %8.3f s  %9.1f MB/s", label, (double)done / 1e6, dt,
 	    (double)done / 1e6 / dt);
 	if (mhz > 0)

@@ -128,7 +128,7 @@ parse(struct resp *r, const char *bytes, size_t len, int greeting, size_t max_li
 			break;
 		if (ev.type == IMAP_EV_LINE) {
 			lines++;
-			r->l = p.line;
+			r->l = *imap_parse_line(&p);
 		}
 	}
 	if (len > sizeof(r->buf))
@@ -136,6 +136,7 @@ parse(struct resp *r, const char *bytes, size_t len, int greeting, size_t max_li
 	memcpy(r->buf, bytes, len);
 	r->len = len;
 	r->ok = lines == 1 && off == len;
+	imap_parse_free(&p);
 }
 
 /* Print bytes with CR, LF and non-printables escaped, for failure messages. */

@@ -113,9 +113,9 @@ record(struct run *r, struct imap_parser *p, const struct imap_event *ev, size_t
 	if (r->nev < sizeof(r->ev) - 1)
 		r->ev[r->nev++] = letters[ev->type];
 	if (ev->type == IMAP_EV_LINE && r->nlines < MAX_LINES)
-		r->lines[r->nlines++] = p->line;
+		r->lines[r->nlines++] = *imap_parse_line(p);
 	if (!text_mode) {
-		const struct imap_line *l = &p->line;
+		const struct imap_line *l = imap_parse_line(p);
 		uint64_t v[24];
 		size_t k = 0;
 
@@ -157,7 +157,7 @@ record(struct run *r, struct imap_parser *p, const struct imap_event *ev, size_t
 		tbuf_printf(&r->tr, " n=%llu s=%d 8=%d w=%d", (unsigned long long)ev->lit_len,
 		    ev->lit_sync, ev->lit8, imap_parse_literal_wanted(p));
 	if (ev->type == IMAP_EV_LINE) {
-		dump_line(&r->tr, &p->line);
+		dump_line(&r->tr, imap_parse_line(p));
 		tbuf_printf(&r->tr, " mode=%d", p->mode);
 	}
 	if (ev->type == IMAP_EV_ERROR)
@@ -172,7 +172,7 @@ record(struct run *r, struct imap_parser *p, const struct imap_event *ev, size_t
 static void
 fake_server_reply(struct imap_parser *p)
 {
-	const struct imap_line *l = &p->line;
+	const struct imap_line *l = imap_parse_line(p);
 
 	if (l->kind == IMAP_KIND_SASL || l->kind == IMAP_KIND_SASL_CANCEL ||
 	    (l->kind == IMAP_KIND_COMMAND && l->sasl_ir))
@@ -236,6 +236,13 @@ run_input(struct run *r, enum imap_dir dir, size_t max_line, const char *buf,
 				stop = 1;
 				break;
 			}
+			/*
+			 * Split runs give the working buffers back after every
+			 * feed, as the relay does when it runs dry: the events
+			 * must not change (whole runs keep them, for reference).
+			 */
+			if (sc->kind != SPLIT_WHOLE)
+				imap_parse_release(&p);
 			if (c == 0 && ev.type == IMAP_EV_NONE)
 				break;
 		}
@@ -258,7 +265,9 @@ run_input(struct run *r, enum imap_dir dir, size_t max_line, const char *buf,
 		tbuf_add(&r->tr, v, sizeof(v));
 	}
 	if (secret != NULL)
-		r->leaked = memmem(&p, sizeof(p), secret, strlen(secret)) != NULL;
+		r->leaked = memmem(&p, sizeof(p), secret, strlen(secret)) != NULL ||
+		    (p.w != NULL && memmem(p.w, sizeof(*p.w), secret, strlen(secret)) != NULL);
+	imap_parse_free(&p);
 }
 
 struct sched;
@@ -716,11 +725,25 @@ test_api(void)
 	CHECK(c == strlen(s1) && ev.type == IMAP_EV_LITERAL_HEAD && ev.lit_sync == 1 && ev.lit_len == 10,
 	    "sync head");
 	CHECK(!imap_parse_at_boundary(&p) && imap_parse_literal_left(&p) == 10, "in literal");
+	CHECK(imap_parse_release(&p) == 0 && p.w != NULL, "no release inside a literal");
 	imap_parse_literal_cancel(&p);
 	CHECK(imap_parse_at_boundary(&p), "boundary after cancel");
 	c = imap_parse_feed(&p, s2, strlen(s2), &ev);
-	CHECK(ev.type == IMAP_EV_LINE && strcmp(p.line.tag, "A2") == 0 && p.line.len == 9,
+	CHECK(ev.type == IMAP_EV_LINE && strcmp(imap_parse_line(&p)->tag, "A2") == 0 && imap_parse_line(&p)->len == 9,
 	    "line after cancel");
+
+	/* release at a boundary; the next feed reads on */
+	CHECK(imap_parse_release(&p) == 1 && p.w == NULL && imap_parse_at_boundary(&p),
+	    "release after a line");
+	CHECK(imap_parse_release(&p) == 0, "release twice");
+	c = imap_parse_feed(&p, "A3 NO", 5, &ev);
+	CHECK(c == 5 && ev.type == IMAP_EV_NONE && imap_parse_release(&p) == 0, "no release mid-line");
+	c = imap_parse_feed(&p, "OP\r\n", 4, &ev);
+	CHECK(c == 4 && ev.type == IMAP_EV_LINE && strcmp(imap_parse_line(&p)->name, "NOOP") == 0,
+	    "line across a refused release");
+	imap_parse_restart(&p);
+	CHECK(p.w != NULL && imap_parse_at_boundary(&p) && p.dir == IMAP_DIR_CLIENT, "restart keeps buffers");
+	imap_parse_free(&p);
 
 	/* {0} with skip(0) */
 	imap_parse_init(&p, IMAP_DIR_CLIENT, 0);
@@ -728,18 +751,20 @@ test_api(void)
 	CHECK(c == 10 && ev.type == IMAP_EV_LITERAL_HEAD && ev.lit_len == 0, "{0} head");
 	CHECK(imap_parse_skip(&p, 0) == 1, "skip(0) ends {0}");
 	c = imap_parse_feed(&p, "\r\n", 2, &ev);
-	CHECK(c == 2 && ev.type == IMAP_EV_LINE && p.line.nliterals == 1, "{0} line");
+	CHECK(c == 2 && ev.type == IMAP_EV_LINE && imap_parse_line(&p)->nliterals == 1, "{0} line");
 	CHECK(imap_parse_skip(&p, 0) == 0, "skip outside literal");
+	imap_parse_free(&p);
 
 	/* set_mode */
 	imap_parse_init(&p, IMAP_DIR_CLIENT, 0);
 	imap_parse_feed(&p, "A1 AUTHENTICATE CRAM-MD5\r\n", 26, &ev);
 	CHECK(p.mode == IMAP_MODE_SASL, "sasl mode");
 	imap_parse_feed(&p, "A2 NOOP\r\n", 9, &ev);
-	CHECK(p.line.kind == IMAP_KIND_SASL, "sasl line");
+	CHECK(imap_parse_line(&p)->kind == IMAP_KIND_SASL, "sasl line");
 	imap_parse_set_mode(&p, IMAP_MODE_COMMAND);
 	imap_parse_feed(&p, "A2 NOOP\r\n", 9, &ev);
-	CHECK(p.line.kind == IMAP_KIND_COMMAND, "command again");
+	CHECK(imap_parse_line(&p)->kind == IMAP_KIND_COMMAND, "command again");
+	imap_parse_free(&p);
 
 	/* after an error nothing more */
 	imap_parse_init(&p, IMAP_DIR_SERVER, 0);
@@ -747,6 +772,7 @@ test_api(void)
 	CHECK(ev.type == IMAP_EV_ERROR && p.error[0] != '\0', "error");
 	c = imap_parse_feed(&p, "* OK\r\n", 6, &ev);
 	CHECK(c == 0 && ev.type == IMAP_EV_ERROR, "sticky error");
+	imap_parse_free(&p);
 
 	CHECK(imap_code_is_standard("APPENDUID") && imap_code_is_standard("capability") &&
 	    imap_code_is_standard("READ-ONLY") && !imap_code_is_standard("RateLimitedError") &&

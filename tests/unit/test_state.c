@@ -46,6 +46,15 @@ sess_init(struct sess *s)
 	state_init(&s->st, "test");
 }
 
+/* Free what sess_init set up. */
+static void
+sess_free(struct sess *s)
+{
+	state_free(&s->st);
+	imap_parse_free(&s->cp);
+	imap_parse_free(&s->sp);
+}
+
 /* Feed client bytes; every complete command goes to the state model. */
 static void
 client(struct sess *s, const char *bytes)
@@ -67,7 +76,7 @@ client(struct sess *s, const char *bytes)
 		 * AUTHENTICATE without SASL-IR carries the user name.
 		 */
 		if (ev.type == IMAP_EV_LINE)
-			s->rc = state_client_command(&s->st, &s->cp.line);
+			s->rc = state_client_command(&s->st, imap_parse_line(&s->cp));
 		if (n == 0 && ev.type == IMAP_EV_NONE)
 			break;
 	}
@@ -89,7 +98,7 @@ server(struct sess *s, const char *bytes)
 			return;
 		}
 		if (ev.type == IMAP_EV_LINE) {
-			state_server_response(&s->st, &s->sp.line, &s->last);
+			state_server_response(&s->st, imap_parse_line(&s->sp), &s->last);
 			s->nresp++;
 			/* As session.c does: the state model ends SASL and IDLE. */
 			if (s->last.completed && (s->last.kind == STATE_CMD_LOGIN ||
@@ -149,26 +158,26 @@ test_greeting(void)
 	CHECK(s.last.greeting == 1, "greeting flag %d", s.last.greeting);
 	CHECK(s.st.greeted == 1, "greeted %d", s.st.greeted);
 	CHECK(s.st.proto == STATE_NOT_AUTH, "OK greeting -> %s", state_name(s.st.proto));
-	state_free(&s.st);
+	sess_free(&s);
 
 	sess_init(&s);
 	server(&s, "* PREAUTH [CAPABILITY IMAP4rev1] Logged in as demo\r\n");
 	CHECK(s.last.greeting == 1, "PREAUTH greeting flag");
 	CHECK(s.st.proto == STATE_AUTH, "PREAUTH -> %s", state_name(s.st.proto));
-	state_free(&s.st);
+	sess_free(&s);
 
 	sess_init(&s);
 	server(&s, "* BYE Too many connections\r\n");
 	CHECK(s.last.greeting == 1, "BYE greeting flag");
 	CHECK(s.st.proto == STATE_LOGOUT, "BYE greeting -> %s", state_name(s.st.proto));
 	CHECK(s.st.bye == 1, "bye flag %d", s.st.bye);
-	state_free(&s.st);
+	sess_free(&s);
 
 	/* A second "* OK" is not a greeting for the state model. */
 	sess_init(&s);
 	server(&s, "* OK ready\r\n* OK still here\r\n");
 	CHECK(s.nresp == 2 && s.last.greeting == 0, "second OK seen as greeting");
-	state_free(&s.st);
+	sess_free(&s);
 }
 
 /* LOGIN OK and NO, with atoms, quoted strings and literals. */
@@ -180,10 +189,10 @@ test_login(void)
 	sess_login(&s);
 	CHECK(s.last.completed && s.last.kind == STATE_CMD_LOGIN, "LOGIN not completed");
 	CHECK(s.st.proto == STATE_AUTH, "LOGIN OK -> %s", state_name(s.st.proto));
-	CHECK(strcmp(s.st.user, "demo") == 0, "user [%s]", s.st.user);
+	CHECK(strcmp(state_user(&s.st), "demo") == 0, "user [%s]", state_user(&s.st));
 	CHECK(s.st.ninflight == 0, "ninflight %zu", s.st.ninflight);
 	CHECK(!state_holds_secret(&s.st), "password kept in state");
-	state_free(&s.st);
+	sess_free(&s);
 
 	sess_init(&s);
 	server(&s, "* OK ready\r\n");
@@ -192,15 +201,15 @@ test_login(void)
 	server(&s, "a1 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n");
 	CHECK(s.last.completed && s.last.status == IMAP_STATUS_NO, "LOGIN NO result");
 	CHECK(s.st.proto == STATE_NOT_AUTH, "LOGIN NO -> %s", state_name(s.st.proto));
-	CHECK(s.st.user[0] == '\0', "user after NO [%s]", s.st.user);
+	CHECK(state_user(&s.st)[0] == '\0', "user after NO [%s]", state_user(&s.st));
 	/* ... and a second, right attempt works. */
 	client(&s, "a2 LOGIN {4}\r\ndemo {8}\r\n" SECRET "\r\n");
 	CHECK(!state_holds_secret(&s.st), "literal password kept in state");
 	server(&s, "a2 OK Logged in\r\n");
 	CHECK(s.st.proto == STATE_AUTH, "LOGIN with literals -> %s", state_name(s.st.proto));
-	CHECK(strcmp(s.st.user, "demo") == 0, "literal user [%s]", s.st.user);
+	CHECK(strcmp(state_user(&s.st), "demo") == 0, "literal user [%s]", state_user(&s.st));
 	CHECK(!state_holds_secret(&s.st), "password kept in state");
-	state_free(&s.st);
+	sess_free(&s);
 
 	/* LOGIN BAD stays too. */
 	sess_init(&s);
@@ -208,7 +217,7 @@ test_login(void)
 	client(&s, "a1 LOGIN demo\r\n");
 	server(&s, "a1 BAD Missing arguments\r\n");
 	CHECK(s.st.proto == STATE_NOT_AUTH, "LOGIN BAD -> %s", state_name(s.st.proto));
-	state_free(&s.st);
+	sess_free(&s);
 }
 
 /* AUTHENTICATE PLAIN with SASL-IR and without. */
@@ -226,13 +235,13 @@ test_authenticate(void)
 	server(&s, "a1 OK Logged in\r\n");
 	CHECK(s.st.authenticating == 0, "authenticating after OK %d", s.st.authenticating);
 	CHECK(s.st.proto == STATE_AUTH, "AUTHENTICATE OK -> %s", state_name(s.st.proto));
-	CHECK(strcmp(s.st.user, "demo") == 0, "SASL-IR user [%s]", s.st.user);
+	CHECK(strcmp(state_user(&s.st), "demo") == 0, "SASL-IR user [%s]", state_user(&s.st));
 	CHECK(!state_holds_secret(&s.st), "password kept in state");
 	/* The client parser is back in command mode. */
 	client(&s, "a2 SELECT INBOX\r\n");
 	CHECK(s.st.ninflight == 1, "SELECT after AUTHENTICATE not recorded (%zu)",
 	    s.st.ninflight);
-	state_free(&s.st);
+	sess_free(&s);
 
 	/* Without SASL-IR: "+" then the base64 line, which is not a command. */
 	sess_init(&s);
@@ -244,10 +253,10 @@ test_authenticate(void)
 	CHECK(s.st.ninflight == 1, "SASL line recorded as a command (%zu)", s.st.ninflight);
 	server(&s, "a1 OK Logged in\r\n");
 	CHECK(s.st.proto == STATE_AUTH, "AUTHENTICATE (no IR) -> %s", state_name(s.st.proto));
-	CHECK(strcmp(s.st.user, "demo") == 0,
-	    "user from the SASL line (no SASL-IR) [%s]", s.st.user);
+	CHECK(strcmp(state_user(&s.st), "demo") == 0,
+	    "user from the SASL line (no SASL-IR) [%s]", state_user(&s.st));
 	CHECK(!state_holds_secret(&s.st), "password kept in state");
-	state_free(&s.st);
+	sess_free(&s);
 
 	/* Cancelled with "*": stays Not Authenticated. */
 	sess_init(&s);
@@ -259,7 +268,7 @@ test_authenticate(void)
 	CHECK(s.st.proto == STATE_NOT_AUTH, "cancelled AUTHENTICATE -> %s",
 	    state_name(s.st.proto));
 	CHECK(s.st.authenticating == 0, "authenticating after cancel");
-	state_free(&s.st);
+	sess_free(&s);
 }
 
 /* SELECT, EXAMINE, READ-ONLY and the failures. */
@@ -270,13 +279,13 @@ test_select(void)
 
 	sess_selected(&s);
 	CHECK(s.st.proto == STATE_SELECTED, "SELECT OK -> %s", state_name(s.st.proto));
-	CHECK(strcmp(s.st.mailbox, "INBOX") == 0, "mailbox [%s]", s.st.mailbox);
+	CHECK(strcmp(state_mailbox(&s.st), "INBOX") == 0, "mailbox [%s]", state_mailbox(&s.st));
 	CHECK(s.st.readonly == 0, "readonly %d", s.st.readonly);
 
 	client(&s, "a3 EXAMINE \"Sent Items\"\r\n");
 	server(&s, "a3 OK [READ-ONLY] Examine completed\r\n");
 	CHECK(s.st.proto == STATE_SELECTED, "EXAMINE -> %s", state_name(s.st.proto));
-	CHECK(strcmp(s.st.mailbox, "Sent Items") == 0, "mailbox [%s]", s.st.mailbox);
+	CHECK(strcmp(state_mailbox(&s.st), "Sent Items") == 0, "mailbox [%s]", state_mailbox(&s.st));
 	CHECK(s.st.readonly == 1, "EXAMINE readonly %d", s.st.readonly);
 
 	/* A SELECT the server opens read-only. */
@@ -284,7 +293,7 @@ test_select(void)
 	server(&s, "a4 OK [READ-ONLY] Select completed\r\n");
 	CHECK(s.st.proto == STATE_SELECTED && s.st.readonly == 1,
 	    "SELECT [READ-ONLY] -> %s readonly %d", state_name(s.st.proto), s.st.readonly);
-	CHECK(strcmp(s.st.mailbox, "Shared") == 0, "mailbox [%s]", s.st.mailbox);
+	CHECK(strcmp(state_mailbox(&s.st), "Shared") == 0, "mailbox [%s]", state_mailbox(&s.st));
 
 	/* A plain SELECT OK after that is read-write again. */
 	client(&s, "a5 SELECT INBOX\r\n");
@@ -301,19 +310,19 @@ test_select(void)
 	server(&s, "a6 BAD Missing mailbox\r\n");
 	CHECK(s.st.proto == STATE_SELECTED, "SELECT BAD while Selected -> %s",
 	    state_name(s.st.proto));
-	CHECK(strcmp(s.st.mailbox, "INBOX") == 0, "mailbox after BAD [%s]", s.st.mailbox);
+	CHECK(strcmp(state_mailbox(&s.st), "INBOX") == 0, "mailbox after BAD [%s]", state_mailbox(&s.st));
 
 	client(&s, "a7 SELECT Nonexistent\r\n");
 	server(&s, "a7 NO [NONEXISTENT] Mailbox doesn't exist: Nonexistent\r\n");
 	CHECK(s.st.proto == STATE_AUTH, "SELECT NO while Selected -> %s",
 	    state_name(s.st.proto));
-	CHECK(s.st.mailbox[0] == '\0', "mailbox after NO [%s]", s.st.mailbox);
+	CHECK(state_mailbox(&s.st)[0] == '\0', "mailbox after NO [%s]", state_mailbox(&s.st));
 
 	/* SELECT NO while Authenticated stays Authenticated. */
 	client(&s, "a8 SELECT Nonexistent\r\n");
 	server(&s, "a8 NO [NONEXISTENT] Mailbox doesn't exist\r\n");
 	CHECK(s.st.proto == STATE_AUTH, "SELECT NO while Auth -> %s", state_name(s.st.proto));
-	state_free(&s.st);
+	sess_free(&s);
 
 	/* A SELECT answered OK before login is not a selection. */
 	sess_init(&s);
@@ -322,7 +331,7 @@ test_select(void)
 	server(&s, "a1 OK weird server\r\n");
 	CHECK(s.st.proto == STATE_NOT_AUTH, "SELECT OK while Not Auth -> %s",
 	    state_name(s.st.proto));
-	state_free(&s.st);
+	sess_free(&s);
 }
 
 /* CLOSE, UNSELECT and the [CLOSED] code. */
@@ -335,21 +344,21 @@ test_close(void)
 	client(&s, "a3 CLOSE\r\n");
 	server(&s, "a3 OK Close completed\r\n");
 	CHECK(s.st.proto == STATE_AUTH, "CLOSE -> %s", state_name(s.st.proto));
-	CHECK(s.st.mailbox[0] == '\0', "mailbox after CLOSE [%s]", s.st.mailbox);
-	state_free(&s.st);
+	CHECK(state_mailbox(&s.st)[0] == '\0', "mailbox after CLOSE [%s]", state_mailbox(&s.st));
+	sess_free(&s);
 
 	sess_selected(&s);
 	client(&s, "a3 UNSELECT\r\n");
 	server(&s, "a3 OK Unselect completed\r\n");
 	CHECK(s.st.proto == STATE_AUTH, "UNSELECT -> %s", state_name(s.st.proto));
-	state_free(&s.st);
+	sess_free(&s);
 
 	/* CLOSE NO leaves the mailbox selected. */
 	sess_selected(&s);
 	client(&s, "a3 CLOSE\r\n");
 	server(&s, "a3 NO Cannot close\r\n");
 	CHECK(s.st.proto == STATE_SELECTED, "CLOSE NO -> %s", state_name(s.st.proto));
-	state_free(&s.st);
+	sess_free(&s);
 
 	/* QRESYNC: SELECT while Selected sends [CLOSED] then the new mailbox. */
 	sess_selected(&s);
@@ -357,9 +366,9 @@ test_close(void)
 	server(&s, "* OK [CLOSED] Previous mailbox closed\r\n");
 	CHECK(s.st.proto == STATE_AUTH, "[CLOSED] -> %s", state_name(s.st.proto));
 	server(&s, "* 2 EXISTS\r\na3 OK [READ-WRITE] Select completed\r\n");
-	CHECK(s.st.proto == STATE_SELECTED && strcmp(s.st.mailbox, "Archive") == 0,
-	    "after [CLOSED] + OK -> %s [%s]", state_name(s.st.proto), s.st.mailbox);
-	state_free(&s.st);
+	CHECK(s.st.proto == STATE_SELECTED && strcmp(state_mailbox(&s.st), "Archive") == 0,
+	    "after [CLOSED] + OK -> %s [%s]", state_name(s.st.proto), state_mailbox(&s.st));
+	sess_free(&s);
 
 	/* [CLOSED] in a tagged response or a NO does nothing special. */
 	sess_selected(&s);
@@ -367,7 +376,7 @@ test_close(void)
 	CHECK(s.st.proto == STATE_SELECTED, "* NO [CLOSED] -> %s", state_name(s.st.proto));
 	server(&s, "* OK [CLOSEDX] odd\r\n");
 	CHECK(s.st.proto == STATE_SELECTED, "* OK [CLOSEDX] -> %s", state_name(s.st.proto));
-	state_free(&s.st);
+	sess_free(&s);
 }
 
 /* LOGOUT and untagged BYE. */
@@ -387,15 +396,15 @@ test_logout(void)
 	CHECK(s.st.proto == STATE_LOGOUT, "LOGOUT -> %s", state_name(s.st.proto));
 	CHECK(s.st.ninflight == 0, "ninflight %zu", s.st.ninflight);
 	/* The user stays for the summary line. */
-	CHECK(strcmp(s.st.user, "demo") == 0, "user after LOGOUT [%s]", s.st.user);
-	state_free(&s.st);
+	CHECK(strcmp(state_user(&s.st), "demo") == 0, "user after LOGOUT [%s]", state_user(&s.st));
+	sess_free(&s);
 
 	/* An unsolicited BYE (server shutdown) while Authenticated. */
 	sess_login(&s);
 	server(&s, "* BYE Server shutting down.\r\n");
 	CHECK(s.st.proto == STATE_LOGOUT && s.st.bye == 1, "untagged BYE -> %s",
 	    state_name(s.st.proto));
-	state_free(&s.st);
+	sess_free(&s);
 }
 
 /* Pipelining: state_expected, out-of-order completion, unknown tags. */
@@ -417,7 +426,7 @@ test_pipeline(void)
 	server(&s, "a1 OK Logged in\r\n* 0 EXISTS\r\na2 OK [READ-WRITE] Selected\r\n");
 	CHECK(s.st.proto == STATE_SELECTED, "pipelined -> %s", state_name(s.st.proto));
 	CHECK(s.st.ninflight == 0, "ninflight %zu", s.st.ninflight);
-	state_free(&s.st);
+	sess_free(&s);
 
 	/* LOGIN that fails: the pipelined SELECT is not a selection. */
 	sess_init(&s);
@@ -426,7 +435,7 @@ test_pipeline(void)
 	server(&s, "a1 NO [AUTHENTICATIONFAILED] failed\r\n"
 	    "a2 BAD Command not allowed now\r\n");
 	CHECK(s.st.proto == STATE_NOT_AUTH, "failed pipeline -> %s", state_name(s.st.proto));
-	state_free(&s.st);
+	sess_free(&s);
 
 	/* state_expected walks SELECT, CLOSE and LOGOUT too. */
 	sess_selected(&s);
@@ -440,7 +449,7 @@ test_pipeline(void)
 	CHECK(state_expected(&s.st) == STATE_LOGOUT, "expected after LOGOUT %s",
 	    state_name(state_expected(&s.st)));
 	CHECK(s.st.proto == STATE_SELECTED, "proto moved before answers");
-	state_free(&s.st);
+	sess_free(&s);
 
 	/* Tags completed out of order. */
 	sess_login(&s);
@@ -468,7 +477,7 @@ test_pipeline(void)
 	    "unknown tag completed t4");
 	server(&s, "t4 OK closed\r\n");
 	CHECK(s.st.proto == STATE_AUTH, "t4 -> %s", state_name(s.st.proto));
-	state_free(&s.st);
+	sess_free(&s);
 }
 
 /* IDLE: "+" sets idling, the tagged OK clears it. */
@@ -502,7 +511,7 @@ test_idle(void)
 	client(&s, "abc\r\n");
 	server(&s, "i3 OK [APPENDUID 1 5] Append completed\r\n");
 	CHECK(s.st.ninflight == 0, "ninflight %zu", s.st.ninflight);
-	state_free(&s.st);
+	sess_free(&s);
 }
 
 /* STATE_MAX_INFLIGHT commands, then -1. */
@@ -531,7 +540,7 @@ test_inflight_limit(void)
 	CHECK(!state_inflight_full(&s.st), "full after one answer");
 	client(&s, "again NOOP\r\n");
 	CHECK(s.rc == 0, "command after room returned %d", s.rc);
-	state_free(&s.st);
+	sess_free(&s);
 }
 
 /* Classification and the state a command needs. */
@@ -572,11 +581,12 @@ test_classify(void)
 		imap_parse_init(&p, IMAP_DIR_CLIENT, 0);
 		CHECK(imap_parse_feed(&p, cases[i].line, len, &ev) == len &&
 		    ev.type == IMAP_EV_LINE, "%s not one line", cases[i].line);
-		k = state_classify(&p.line);
+		k = state_classify(imap_parse_line(&p));
 		CHECK(state_needs_login(k) == cases[i].login, "needs_login(%s) = %d",
 		    cases[i].line, state_needs_login(k));
 		CHECK(state_needs_selected(k) == cases[i].selected,
 		    "needs_selected(%s) = %d", cases[i].line, state_needs_selected(k));
+		imap_parse_free(&p);
 	}
 }
 
