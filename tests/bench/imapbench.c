@@ -12,6 +12,18 @@
  *            TLS session / ticket)
  *   idle     K sessions LOGIN, SELECT, IDLE; once all idle, the resident
  *            memory growth of the watched processes per session
+ *   soak     K session slots, started evenly over the first 15% of T; each
+ *            connects, LOGINs, runs 3..25 operations picked at random
+ *            (SELECT/EXAMINE, NOOP, FETCH n (FLAGS UID), [UID] FETCH
+ *            BODY.PEEK[], IDLE held 0.2-2 s then DONE) with a random think
+ *            time between them, LOGOUTs and reconnects, until T.  Every
+ *            tagged reply must be OK; NO, BAD, BYE, a close or a 30 s
+ *            silence is an error (the first ten are printed as "error:"
+ *            lines when they happen).  The watched
+ *            processes are sampled every second ("sample ..." lines every
+ *            --interval seconds); the result line has the mean RSS of the
+ *            middle and last thirds of the run.  --seed makes each slot's
+ *            choices reproducible.
  *
  * Watched processes (--pid PID, repeatable; --pid-cmd NAME = every process
  * whose /proc/PID/comm is NAME, rescanned at each sample) give proxy CPU
@@ -32,6 +44,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -63,12 +76,28 @@
 #define BENCH_SETTLE_MS		1000	/* idle: wait before sampling RSS */
 #define BENCH_FD_SPARE		64	/* descriptors beyond the sessions */
 #define BENCH_CMD_MAX		256	/* longest command we send */
+#define BENCH_SAMPLE_MS		1000	/* soak: sampling period */
+#define BENCH_SOAK_RAMP		0.15	/* soak: share of T over which slots start */
+#define BENCH_SOAK_TICK_MS	10	/* soak: ramp timer period */
+#define BENCH_SOAK_OPS_MIN	3	/* soak: operations per login, at least */
+#define BENCH_SOAK_OPS_MAX	25	/* soak: operations per login, at most */
+#define BENCH_SOAK_THINK_MIN_MS	100	/* soak: think time, unscaled, shortest */
+#define BENCH_SOAK_THINK_MAX_MS	1000	/* soak: think time, unscaled, longest */
+#define BENCH_SOAK_IDLE_MIN_MS	200	/* soak: IDLE held at least */
+#define BENCH_SOAK_IDLE_MAX_MS	2000	/* soak: IDLE held at most */
+#define BENCH_SOAK_FULL_RATE	1000	/* soak: slots run at the unscaled think time */
+#define BENCH_SOAK_IO_MS	30000	/* soak: limit for a connect or one reply */
+#define BENCH_SOAK_RETRY_MS	500	/* soak: pause before a failed slot reconnects */
+#define BENCH_SOAK_ERRTEXTS	10	/* soak: error texts printed, at most */
+#define BENCH_SOAK_ERRLEN	200	/* soak: longest error text printed */
+#define BENCH_SOAK_QUOTE	100	/* soak: bytes of a server line quoted in errors */
 
 enum bench_scenario {
 	BENCH_BULK,
 	BENCH_OPS,
 	BENCH_CONNECT,
 	BENCH_IDLE,
+	BENCH_SOAK,
 };
 
 enum bench_state {
@@ -79,6 +108,9 @@ enum bench_state {
 	ST_IDLE_WAIT,
 	ST_IDLING,
 	ST_LOGOUT,
+	ST_CLOSED,	/* soak: slot between two connections */
+	ST_CMD,		/* soak: an operation awaits its tagged reply */
+	ST_THINK,	/* soak: pausing between operations */
 };
 
 struct bench;
@@ -94,6 +126,21 @@ struct conn {
 	uint64_t		 sent_ns;	/* when the pending command went out */
 	unsigned		 uid;		/* next UID to fetch */
 	bool			 noop_next;	/* ops: alternate NOOP / FETCH */
+
+	/* soak: a slot outlives its connections (bev is NULL between them) */
+	unsigned		 slot;
+	uint64_t		 rng;		/* xorshift64* state */
+	struct event		*timer;		/* deadline, think time, IDLE hold */
+	unsigned		 ops_left;	/* operations before LOGOUT */
+	bool			 selected;
+	const char		*op;		/* pending operation, for errors */
+};
+
+/* One soak sample of the watched processes. */
+struct bench_sample {
+	double			 t;		/* seconds since the start */
+	long			 rss;		/* KiB */
+	double			 pcpu;		/* CPU seconds since the start */
 };
 
 struct bench {
@@ -120,6 +167,9 @@ struct bench {
 	pid_t			 pids[BENCH_MAX_PIDS];
 	unsigned		 npids;
 	const char		*pid_cmd;
+	uint64_t		 seed;		/* soak */
+	unsigned		 interval;	/* soak: seconds between sample lines */
+	unsigned		 full_rate;	/* soak: think time scales above this */
 
 	/* run state */
 	bool			 measuring;
@@ -143,10 +193,27 @@ struct bench {
 	struct event		*ev_stop;
 	struct event		*ev_setup;
 	struct event		*ev_settle;
+
+	/* soak */
+	struct conn		*slots;
+	unsigned		 think_min_ms, think_max_ms;
+	uint64_t		 connects;
+	unsigned		 nerrtext;	/* error texts printed */
+	struct bench_sample	*samples;
+	unsigned		 nsamples;
+	unsigned		 live_max;	/* most sessions open at a sample */
+	double			 last_cpu;	/* our CPU at the previous sample */
+	struct event		*ev_ramp;
+	struct event		*ev_sample;
 };
 
 static void conn_open(struct bench *);
 static void bench_start_measuring(struct bench *);
+static bool soak_line(struct conn *, const char *, size_t);
+static void soak_event(struct conn *, short);
+static void soak_drop(struct conn *, bool);
+static void soak_error(struct conn *, const char *, ...)
+    __attribute__((format(printf, 2, 3)));
 
 /* Nanoseconds on the monotonic clock. */
 static uint64_t
@@ -280,14 +347,30 @@ bench_percentile(const struct bench *b, double q)
 	return BENCH_HIST_US;
 }
 
+/* soak: mean RSS of the samples taken in [from, to) of the run (KiB). */
+static long
+bench_rss_mean(const struct bench *b, double from, double to)
+{
+	double sum = 0;
+	unsigned i, n = 0;
+
+	for (i = 0; i < b->nsamples; i++)
+		if (b->samples[i].t >= from && b->samples[i].t < to) {
+			sum += (double)b->samples[i].rss;
+			n++;
+		}
+	return n ? (long)(sum / n + 0.5) : 0;
+}
+
 /* Print the result line of the run. */
 static void
 bench_report(struct bench *b)
 {
-	static const char *names[] = { "bulk", "ops", "connect", "idle" };
+	static const char *names[] = { "bulk", "ops", "connect", "idle", "soak" };
 	double wall = (double)(b->t1_ns - b->t0_ns) / 1e9;
 	double ccpu = b->cpu1 - b->cpu0, pcpu = b->pcpu1 - b->pcpu0;
 	bool watch = b->npids > 0 || b->pid_cmd != NULL;
+	unsigned i;
 
 	if (wall <= 0)
 		wall = 1e-9;
@@ -323,6 +406,25 @@ bench_report(struct bench *b)
 		    " kib_per_session=%.2f", b->idling, b->rss0, b->rss1,
 		    b->idling ? (double)(b->rss1 - b->rss0) / b->idling : 0);
 		break;
+	case BENCH_SOAK: {
+		long rmax = 0;
+
+		for (i = 0; i < b->nsamples; i++)
+			if (b->samples[i].rss > rmax)
+				rmax = b->samples[i].rss;
+		printf(" seed=%llu think_ms=%u-%u ops=%llu ops_per_s=%.0f connects=%llu"
+		    " bytes=%llu samples=%u live_max=%u", (unsigned long long)b->seed,
+		    b->think_min_ms, b->think_max_ms, (unsigned long long)b->ops,
+		    (double)b->ops / wall, (unsigned long long)b->connects,
+		    (unsigned long long)b->bytes, b->nsamples, b->live_max);
+		if (watch)
+			printf(" rss_mid_kib=%ld rss_last_kib=%ld rss_max_kib=%ld"
+			    " proxy_cpu=%.1f proxy_cpu_pct=%.1f",
+			    bench_rss_mean(b, wall / 3, 2 * wall / 3),
+			    bench_rss_mean(b, 2 * wall / 3, wall + 1), rmax, pcpu,
+			    100 * pcpu / wall);
+		break;
+	}
 	}
 	printf(" client_cpu=%.2f errors=%llu\n", ccpu / wall,
 	    (unsigned long long)b->errors);
@@ -478,6 +580,8 @@ conn_line(struct conn *c, const char *line, size_t len)
 {
 	size_t tl = strlen(c->tag);
 
+	if (c->b->scenario == BENCH_SOAK)
+		return soak_line(c, line, len);
 	if (c->state == ST_GREETING) {
 		if (len >= 4 && memcmp(line, "* OK", 4) == 0) {
 			char cmd[BENCH_CMD_MAX];
@@ -504,6 +608,17 @@ conn_line(struct conn *c, const char *line, size_t len)
 			bench_start_measuring(c->b);
 	}
 	return true;
+}
+
+/* A protocol failure on c: drop the soak connection, or close the session. */
+static void
+conn_fail(struct conn *c, const char *why)
+{
+	if (c->b->scenario == BENCH_SOAK) {
+		soak_error(c, "%s during %s", why, c->op);
+		soak_drop(c, true);
+	} else
+		conn_close(c, true);
 }
 
 /* Input: drain literal bytes by count, hand complete lines to conn_line. */
@@ -533,11 +648,11 @@ conn_read_cb(struct bufferevent *bev, void *arg)
 		p = evbuffer_search_eol(in, NULL, &eol, EVBUFFER_EOL_CRLF_STRICT);
 		if (p.pos < 0) {
 			if (have > BENCH_MAX_LINE)
-				conn_close(c, true);
+				conn_fail(c, "response line too long");
 			return;
 		}
 		if ((size_t)p.pos > BENCH_MAX_LINE) {
-			conn_close(c, true);
+			conn_fail(c, "response line too long");
 			return;
 		}
 		line = (const char *)evbuffer_pullup(in, p.pos + (ssize_t)eol);
@@ -571,8 +686,48 @@ conn_event_cb(struct bufferevent *bev, short what, void *arg)
 	(void)bev;
 	if (what & BEV_EVENT_CONNECTED)
 		return;
-	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
+	if (c->b->scenario == BENCH_SOAK)
+		soak_event(c, what);
+	else if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
 		conn_close(c, true);
+}
+
+/* A new, unconnected bufferevent for one session (TLS unless --plain). */
+static struct bufferevent *
+bench_bev(struct bench *b)
+{
+	struct bufferevent *bev;
+	SSL *ssl;
+
+	if (b->plain)
+		return bufferevent_socket_new(b->base, -1, BEV_OPT_CLOSE_ON_FREE);
+	if ((ssl = SSL_new(b->ctx)) == NULL)
+		return NULL;
+	SSL_set_tlsext_host_name(ssl, "localhost");
+	if (b->resume && b->session != NULL)
+		SSL_set_session(ssl, b->session);
+	bev = bufferevent_openssl_socket_new(b->base, -1, ssl,
+	    BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);
+	if (bev == NULL)
+		SSL_free(ssl);
+	return bev;
+}
+
+/* Start connecting bev to the target with TCP_NODELAY; -1 on failure. */
+static int
+bench_connect(struct bench *b, struct bufferevent *bev)
+{
+	evutil_socket_t fd;
+	int one = 1;
+
+	if (bufferevent_socket_connect(bev, (struct sockaddr *)&b->addr,
+	    (int)b->addrlen) != 0)
+		return -1;
+	/* Every proxy under test sets TCP_NODELAY; so must the client. */
+	fd = bufferevent_getfd(bev);
+	if (fd >= 0)
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	return 0;
 }
 
 /* Start one more session if the scenario wants one. */
@@ -580,9 +735,6 @@ static void
 conn_open(struct bench *b)
 {
 	struct conn *c;
-	SSL *ssl = NULL;
-	evutil_socket_t fd;
-	int one = 1;
 
 	if (b->done)
 		return;
@@ -601,41 +753,332 @@ conn_open(struct bench *b)
 	b->launched++;
 	if (b->scenario == BENCH_IDLE)
 		b->inflight++;
-	if (b->plain) {
-		c->bev = bufferevent_socket_new(b->base, -1, BEV_OPT_CLOSE_ON_FREE);
-	} else {
-		if ((ssl = SSL_new(b->ctx)) == NULL)
-			goto fail;
-		SSL_set_tlsext_host_name(ssl, "localhost");
-		if (b->resume && b->session != NULL)
-			SSL_set_session(ssl, b->session);
-		c->bev = bufferevent_openssl_socket_new(b->base, -1, ssl,
-		    BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);
-	}
-	if (c->bev == NULL)
+	if ((c->bev = bench_bev(b)) == NULL)
 		goto fail;
-	ssl = NULL;
 	b->live++;
 	LIST_INSERT_HEAD(&b->open, c, link);
 	bufferevent_setcb(c->bev, conn_read_cb, NULL, conn_event_cb, c);
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
-	if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&b->addr,
-	    (int)b->addrlen) != 0) {
+	if (bench_connect(b, c->bev) != 0)
 		conn_close(c, true);
-		return;
-	}
-	/* Every proxy under test sets TCP_NODELAY; so must the client. */
-	fd = bufferevent_getfd(c->bev);
-	if (fd >= 0)
-		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	return;
 fail:
-	if (ssl != NULL)
-		SSL_free(ssl);
 	if (b->scenario == BENCH_IDLE)
 		b->inflight--;
 	free(c);
 	b->errors++;
+}
+
+/* soak: next number of a slot's xorshift64* generator. */
+static uint64_t
+soak_rand(uint64_t *s)
+{
+	uint64_t x = *s;
+
+	x ^= x >> 12;
+	x ^= x << 25;
+	x ^= x >> 27;
+	*s = x;
+	return x * 2685821657736338717ULL;
+}
+
+/* soak: a number drawn uniformly from [lo, hi]. */
+static unsigned
+soak_between(struct conn *c, unsigned lo, unsigned hi)
+{
+	return lo + (unsigned)(soak_rand(&c->rng) % ((uint64_t)hi - lo + 1));
+}
+
+/* soak: count an error of c's slot; print the first few as they happen. */
+static void
+soak_error(struct conn *c, const char *fmt, ...)
+{
+	struct bench *b = c->b;
+	char text[BENCH_SOAK_ERRLEN];
+	va_list ap;
+
+	if (b->done)
+		return;
+	b->errors++;
+	if (b->nerrtext >= BENCH_SOAK_ERRTEXTS)
+		return;
+	b->nerrtext++;
+	va_start(ap, fmt);
+	vsnprintf(text, sizeof(text), fmt, ap);
+	va_end(ap);
+	printf("error: t=%.1f slot=%u %s\n", (double)(bench_ns() - b->t0_ns) / 1e9,
+	    c->slot, text);
+	fflush(stdout);
+}
+
+/* soak: arm c's single timer to fire in ms milliseconds. */
+static void
+soak_arm(struct conn *c, unsigned ms)
+{
+	struct timeval tv;
+
+	tv.tv_sec = ms / 1000;
+	tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
+	evtimer_add(c->timer, &tv);
+}
+
+/* soak: end c's connection (cleanly or not) and reconnect after a pause. */
+static void
+soak_drop(struct conn *c, bool failed)
+{
+	struct bench *b = c->b;
+
+	if (c->bev != NULL) {
+		bufferevent_free(c->bev);
+		c->bev = NULL;
+		b->live--;
+	}
+	c->state = ST_CLOSED;
+	evtimer_del(c->timer);
+	if (!b->done)
+		soak_arm(c, failed ? BENCH_SOAK_RETRY_MS : 0);
+}
+
+/* soak: open slot c's next connection; the greeting is due within the limit. */
+static void
+soak_connect(struct conn *c)
+{
+	struct bench *b = c->b;
+
+	if (b->done)
+		return;
+	c->state = ST_GREETING;
+	c->op = "connect";
+	c->tagn = 0;
+	c->tag[0] = '\0';
+	c->skip = 0;
+	c->selected = false;
+	if ((c->bev = bench_bev(b)) == NULL) {
+		soak_error(c, "cannot create a connection");
+		soak_drop(c, true);
+		return;
+	}
+	b->live++;
+	bufferevent_setcb(c->bev, conn_read_cb, NULL, conn_event_cb, c);
+	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+	if (bench_connect(b, c->bev) != 0) {
+		soak_error(c, "connect: %s", strerror(errno));
+		soak_drop(c, true);
+		return;
+	}
+	soak_arm(c, BENCH_SOAK_IO_MS);
+}
+
+/* soak: send c's next operation, picked at random, or LOGOUT when done. */
+static void
+soak_next(struct conn *c)
+{
+	struct bench *b = c->b;
+	char cmd[BENCH_CMD_MAX];
+	unsigned r = soak_between(c, 0, 99);
+	unsigned n = soak_between(c, b->uid_min, b->uid_max);
+
+	c->state = ST_CMD;
+	if (c->ops_left == 0) {
+		c->state = ST_LOGOUT;
+		c->op = "LOGOUT";
+		conn_send(c, "LOGOUT");
+	} else if (r < 30 || !c->selected) {
+		if (!c->selected || soak_between(c, 0, 1) == 0) {
+			c->op = soak_between(c, 0, 1) ? "SELECT" : "EXAMINE";
+			snprintf(cmd, sizeof(cmd), "%s \"%s\"", c->op, b->mailbox);
+			conn_send(c, cmd);
+			c->selected = true;
+		} else {
+			c->op = "NOOP";
+			conn_send(c, "NOOP");
+		}
+	} else if (r < 60) {
+		c->op = "FETCH FLAGS";
+		snprintf(cmd, sizeof(cmd), "FETCH %u (FLAGS UID)", n);
+		conn_send(c, cmd);
+	} else if (r < 80) {
+		c->op = soak_between(c, 0, 1) ? "UID FETCH BODY" : "FETCH BODY";
+		snprintf(cmd, sizeof(cmd), "%s %u BODY.PEEK[]",
+		    c->op[0] == 'U' ? "UID FETCH" : "FETCH", n);
+		conn_send(c, cmd);
+	} else {
+		c->state = ST_IDLE_WAIT;
+		c->op = "IDLE";
+		conn_send(c, "IDLE");
+	}
+	soak_arm(c, BENCH_SOAK_IO_MS);
+}
+
+/* soak: c's timer fired: reconnect, end a think time or an IDLE, or time out. */
+static void
+soak_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+
+	(void)fd;
+	(void)what;
+	switch (c->state) {
+	case ST_CLOSED:
+		soak_connect(c);
+		break;
+	case ST_THINK:
+		soak_next(c);
+		break;
+	case ST_IDLING:
+		/* DONE ends the IDLE; its tagged reply carries the IDLE tag. */
+		evbuffer_add(bufferevent_get_output(c->bev), "DONE\r\n", 6);
+		c->state = ST_CMD;
+		c->op = "IDLE DONE";
+		soak_arm(c, BENCH_SOAK_IO_MS);
+		break;
+	default:
+		soak_error(c, "no reply to %s within %u ms", c->op, BENCH_SOAK_IO_MS);
+		soak_drop(c, true);
+		break;
+	}
+}
+
+/* soak: one response line of c; false if the connection was dropped. */
+static bool
+soak_line(struct conn *c, const char *line, size_t len)
+{
+	struct bench *b = c->b;
+	size_t tl = strlen(c->tag);
+	int q = len < BENCH_SOAK_QUOTE ? (int)len : BENCH_SOAK_QUOTE;
+	char cmd[BENCH_CMD_MAX];
+
+	if (c->state == ST_GREETING) {
+		if (len < 4 || memcmp(line, "* OK", 4) != 0) {
+			soak_error(c, "greeting: %.*s", q, line);
+			soak_drop(c, true);
+			return false;
+		}
+		b->connects++;
+		c->state = ST_LOGIN;
+		c->op = "LOGIN";
+		/* Not echoed anywhere; never printed. */
+		snprintf(cmd, sizeof(cmd), "LOGIN \"%s\" \"%s\"", b->user, b->pass);
+		conn_send(c, cmd);
+		soak_arm(c, BENCH_SOAK_IO_MS);
+		return true;
+	}
+	if (tl > 0 && len > tl && memcmp(line, c->tag, tl) == 0 && line[tl] == ' ') {
+		if (len < tl + 3 || strncasecmp(line + tl + 1, "OK", 2) != 0) {
+			soak_error(c, "%s: %.*s", c->op, q, line);
+			soak_drop(c, true);
+			return false;
+		}
+		switch (c->state) {
+		case ST_LOGIN:
+			c->ops_left = soak_between(c, BENCH_SOAK_OPS_MIN, BENCH_SOAK_OPS_MAX);
+			soak_next(c);
+			return true;
+		case ST_CMD:
+			b->ops++;
+			c->ops_left--;
+			c->state = ST_THINK;
+			soak_arm(c, soak_between(c, b->think_min_ms, b->think_max_ms));
+			return true;
+		case ST_LOGOUT:
+			soak_drop(c, false);
+			return false;
+		default:
+			soak_error(c, "tagged reply while waiting for %s: %.*s", c->op, q, line);
+			soak_drop(c, true);
+			return false;
+		}
+	}
+	if (len >= 5 && strncasecmp(line, "* BYE", 5) == 0 && c->state != ST_LOGOUT) {
+		soak_error(c, "%s: %.*s", c->op, q, line);
+		soak_drop(c, true);
+		return false;
+	}
+	if (line[0] == '+') {
+		if (c->state != ST_IDLE_WAIT) {
+			soak_error(c, "%s: unexpected continuation: %.*s", c->op, q, line);
+			soak_drop(c, true);
+			return false;
+		}
+		c->state = ST_IDLING;
+		soak_arm(c, soak_between(c, BENCH_SOAK_IDLE_MIN_MS, BENCH_SOAK_IDLE_MAX_MS));
+	}
+	return true;
+}
+
+/* soak: the connection of c closed or failed. */
+static void
+soak_event(struct conn *c, short what)
+{
+	int err = EVUTIL_SOCKET_ERROR();
+	unsigned long e;
+	const char *tls = NULL;
+
+	if (what & BEV_EVENT_EOF) {
+		soak_error(c, "connection closed during %s", c->op);
+	} else if (what & BEV_EVENT_ERROR) {
+		/* Socket errors are queued as "SSL errors" without a reason. */
+		if (!c->b->plain && (e = bufferevent_get_openssl_error(c->bev)) != 0)
+			tls = ERR_reason_error_string(e);
+		if (tls != NULL)
+			soak_error(c, "TLS error during %s: %s", c->op, tls);
+		else if (err != 0)
+			soak_error(c, "error during %s: %s", c->op,
+			    evutil_socket_error_to_string(err));
+		else
+			soak_error(c, "connection failed during %s", c->op);
+	} else
+		return;
+	soak_drop(c, true);
+}
+
+/* soak: start the slots due by now, spreading them over the ramp period. */
+static void
+soak_ramp_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct bench *b = arg;
+	double ramp = b->seconds * BENCH_SOAK_RAMP;
+	double el = (double)(bench_ns() - b->t0_ns) / 1e9;
+	unsigned due = ramp <= 0 || el >= ramp ? b->conns :
+	    (unsigned)((double)b->conns * el / ramp) + 1;
+
+	(void)fd;
+	(void)what;
+	if (due > b->conns)
+		due = b->conns;
+	while (b->launched < due && !b->done)
+		soak_connect(&b->slots[b->launched++]);
+	if (b->launched >= b->conns)
+		evtimer_del(b->ev_ramp);
+}
+
+/* soak: sample the watched processes; print a line every --interval s. */
+static void
+soak_sample_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct bench *b = arg;
+	struct bench_sample *s;
+	double cpu = bench_self_cpu();
+
+	(void)fd;
+	(void)what;
+	if (b->done || b->nsamples >= (unsigned)b->seconds + 2)
+		return;
+	s = &b->samples[b->nsamples++];
+	s->t = (double)(bench_ns() - b->t0_ns) / 1e9;
+	s->rss = bench_proc_rss(b);
+	s->pcpu = bench_proc_cpu(b) - b->pcpu0;
+	if (b->live > b->live_max)
+		b->live_max = b->live;
+	if (b->nsamples % b->interval == 0) {
+		printf("sample t=%.0f rss_kib=%ld cpu_s=%.1f ops=%llu connects=%llu"
+		    " errors=%llu live=%u client_cpu=%.2f\n", s->t, s->rss, s->pcpu,
+		    (unsigned long long)b->ops, (unsigned long long)b->connects,
+		    (unsigned long long)b->errors, b->live,
+		    (cpu - b->last_cpu) / (b->interval * BENCH_SAMPLE_MS / 1000.0));
+		fflush(stdout);
+		b->last_cpu = cpu;
+	}
 }
 
 /* The measured window of T seconds ended. */
@@ -690,6 +1133,15 @@ bench_start_measuring(struct bench *b)
 	b->t0_ns = bench_ns();
 	b->cpu0 = bench_self_cpu();
 	b->pcpu0 = bench_proc_cpu(b);
+	if (b->scenario == BENCH_SOAK) {
+		b->last_cpu = b->cpu0;
+		tv.tv_sec = BENCH_SAMPLE_MS / 1000;
+		tv.tv_usec = (BENCH_SAMPLE_MS % 1000) * 1000;
+		evtimer_add(b->ev_sample, &tv);
+		tv.tv_sec = BENCH_SOAK_TICK_MS / 1000;
+		tv.tv_usec = (BENCH_SOAK_TICK_MS % 1000) * 1000;
+		evtimer_add(b->ev_ramp, &tv);
+	}
 	if (b->scenario == BENCH_IDLE) {
 		tv.tv_sec = BENCH_SETTLE_MS / 1000;
 		tv.tv_usec = (BENCH_SETTLE_MS % 1000) * 1000;
@@ -741,10 +1193,16 @@ static void
 bench_usage(FILE *f)
 {
 	fprintf(f,
-	    "usage: imapbench --scenario bulk|ops|connect|idle [options] HOST:PORT\n"
+	    "usage: imapbench --scenario bulk|ops|connect|idle|soak [options] HOST:PORT\n"
 	    "  --conns N         sessions (bulk, ops), concurrent slots (connect),\n"
-	    "                    idle sessions (idle); default 8/64/16/5000\n"
-	    "  --seconds T       measured window (default 10)\n"
+	    "                    idle sessions (idle), session slots (soak);\n"
+	    "                    default 8/64/16/5000/200\n"
+	    "  --seconds T       measured window, whole run for soak (default 10)\n"
+	    "  --seed S          soak: seed of the random choices (default 1)\n"
+	    "  --interval I      soak: seconds between sample lines (default 10)\n"
+	    "  --full-rate F     soak: above F slots the think time grows by\n"
+	    "                    N/F, so the command rate stays that of F slots\n"
+	    "                    (default 1000)\n"
 	    "  --concurrency C   idle: sessions being set up at once (default 200)\n"
 	    "  --setup-timeout S seconds allowed for setup (default 60)\n"
 	    "  --plain           plaintext IMAP instead of TLS\n"
@@ -818,6 +1276,9 @@ bench_options(struct bench *b, int argc, char **argv)
 		{ "target", required_argument, NULL, 'T' },
 		{ "pid", required_argument, NULL, 'i' },
 		{ "pid-cmd", required_argument, NULL, 'I' },
+		{ "seed", required_argument, NULL, 'e' },
+		{ "interval", required_argument, NULL, 'v' },
+		{ "full-rate", required_argument, NULL, 'f' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -838,6 +1299,8 @@ bench_options(struct bench *b, int argc, char **argv)
 				b->scenario = BENCH_CONNECT;
 			else if (strcmp(optarg, "idle") == 0)
 				b->scenario = BENCH_IDLE;
+			else if (strcmp(optarg, "soak") == 0)
+				b->scenario = BENCH_SOAK;
 			else
 				return -1;
 			break;
@@ -892,6 +1355,20 @@ bench_options(struct bench *b, int argc, char **argv)
 		case 'I':
 			b->pid_cmd = optarg;
 			break;
+		case 'e':
+			errno = 0;
+			b->seed = strtoull(optarg, &end, 10);
+			if (errno != 0 || end == optarg || *end != '\0')
+				return -1;
+			break;
+		case 'v':
+			if (bench_number(optarg, 1, BENCH_MAX_SECONDS, &b->interval) != 0)
+				return -1;
+			break;
+		case 'f':
+			if (bench_number(optarg, 1, BENCH_MAX_CONNS, &b->full_rate) != 0)
+				return -1;
+			break;
 		case 'h':
 			bench_usage(stdout);
 			exit(0);
@@ -902,7 +1379,7 @@ bench_options(struct bench *b, int argc, char **argv)
 	if (!have_scenario || optind != argc - 1 || bench_resolve(b, argv[optind]) != 0)
 		return -1;
 	if (!have_conns) {
-		static const unsigned def[] = { 8, 64, 16, 5000 };
+		static const unsigned def[] = { 8, 64, 16, 5000, 200 };
 
 		b->conns = def[b->scenario];
 	}
@@ -913,6 +1390,67 @@ bench_options(struct bench *b, int argc, char **argv)
 	    strlen(b->mailbox) > BENCH_CMD_MAX / 2)
 		return -1;
 	return 0;
+}
+
+/* soak: allocate the slots and samples, scale and announce the think time. */
+static int
+soak_setup(struct bench *b)
+{
+	double scale = b->conns > b->full_rate ? (double)b->conns / b->full_rate : 1;
+	unsigned i;
+
+	b->slots = calloc(b->conns, sizeof(*b->slots));
+	b->samples = calloc((size_t)b->seconds + 2, sizeof(*b->samples));
+	b->ev_ramp = event_new(b->base, -1, EV_PERSIST, soak_ramp_cb, b);
+	b->ev_sample = event_new(b->base, -1, EV_PERSIST, soak_sample_cb, b);
+	if (b->slots == NULL || b->samples == NULL || b->ev_ramp == NULL ||
+	    b->ev_sample == NULL)
+		return -1;
+	b->think_min_ms = (unsigned)(BENCH_SOAK_THINK_MIN_MS * scale);
+	b->think_max_ms = (unsigned)(BENCH_SOAK_THINK_MAX_MS * scale);
+	for (i = 0; i < b->conns; i++) {
+		struct conn *c = &b->slots[i];
+		/* splitmix64 of (seed, slot): distinct, never-zero states. */
+		uint64_t z = b->seed * 0x9E3779B97F4A7C15ULL + i + 1;
+
+		z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+		z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+		c->rng = (z ^ (z >> 31)) | 1;
+		c->b = b;
+		c->slot = i;
+		c->state = ST_CLOSED;
+		c->op = "start";
+		if ((c->timer = evtimer_new(b->base, soak_timer_cb, c)) == NULL)
+			return -1;
+	}
+	printf("soak conns=%u seconds=%.0f ramp_s=%.1f ops_per_login=%u-%u"
+	    " think_ms=%u-%u think_scale=%.2f full_rate=%u idle_ms=%u-%u seed=%llu\n",
+	    b->conns, b->seconds, b->seconds * BENCH_SOAK_RAMP, BENCH_SOAK_OPS_MIN,
+	    BENCH_SOAK_OPS_MAX, b->think_min_ms, b->think_max_ms, scale,
+	    b->full_rate, BENCH_SOAK_IDLE_MIN_MS, BENCH_SOAK_IDLE_MAX_MS,
+	    (unsigned long long)b->seed);
+	fflush(stdout);
+	return 0;
+}
+
+/* soak: free the slots and what goes with them. */
+static void
+soak_cleanup(struct bench *b)
+{
+	unsigned i;
+
+	for (i = 0; b->slots != NULL && i < b->conns; i++) {
+		if (b->slots[i].bev != NULL)
+			bufferevent_free(b->slots[i].bev);
+		if (b->slots[i].timer != NULL)
+			event_free(b->slots[i].timer);
+	}
+	free(b->slots);
+	free(b->samples);
+	if (b->ev_ramp != NULL)
+		event_free(b->ev_ramp);
+	if (b->ev_sample != NULL)
+		event_free(b->ev_sample);
 }
 
 /* Set up, run one scenario, print its line. */
@@ -934,6 +1472,9 @@ main(int argc, char **argv)
 	b.setup_timeout = 60;
 	b.concurrency = 200;
 	b.uid_min = b.uid_max = 1;
+	b.seed = 1;
+	b.interval = 10;
+	b.full_rate = BENCH_SOAK_FULL_RATE;
 	if (bench_options(&b, argc, argv) != 0) {
 		bench_usage(stderr);
 		return 2;
@@ -965,10 +1506,18 @@ main(int argc, char **argv)
 	b.ev_settle = evtimer_new(b.base, bench_settle_cb, &b);
 	if (b.scenario == BENCH_IDLE)
 		b.rss0 = bench_proc_rss(&b);
+	if (b.scenario == BENCH_SOAK && soak_setup(&b) != 0) {
+		fprintf(stderr, "imapbench: out of memory\n");
+		return 1;
+	}
 	tv.tv_sec = (time_t)b.setup_timeout;
 	tv.tv_usec = 0;
-	evtimer_add(b.ev_setup, &tv);
-	if (b.scenario == BENCH_CONNECT) {
+	if (b.scenario != BENCH_SOAK)
+		evtimer_add(b.ev_setup, &tv);
+	if (b.scenario == BENCH_SOAK) {
+		/* The ramp timer opens the slots; the stop timer ends the run. */
+		bench_start_measuring(&b);
+	} else if (b.scenario == BENCH_CONNECT) {
 		unsigned i;
 
 		bench_start_measuring(&b);
@@ -992,6 +1541,7 @@ main(int argc, char **argv)
 
 	/* Close every session still open, then free the rest. */
 	b.done = true;
+	soak_cleanup(&b);
 	while (!LIST_EMPTY(&b.open))
 		conn_close(LIST_FIRST(&b.open), false);
 	event_free(b.ev_stop);
