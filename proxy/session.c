@@ -71,6 +71,14 @@ union session_addr {
 	struct sockaddr_in6	 sin6;
 };
 
+/* The session's deadlines (see struct session's due[]). */
+enum session_due {
+	SESSION_DUE_PHASE,	/* backend connect/greeting, then the final flush */
+	SESSION_DUE_RESPONSE,	/* timeouts.backend_response */
+	SESSION_DUE_GUARD,	/* tls_handshake, preauth and idle checks */
+	SESSION_NDUE
+};
+
 struct session {
 	TAILQ_ENTRY(session)	 entry;
 	struct server		*srv;
@@ -84,11 +92,17 @@ struct session {
 	int			 limited;	/* holds a slot in the connection limits */
 	struct timeval		 last_activity;	/* last byte either way (timeouts.idle) */
 	struct timeval		 tls_started;	/* accept (implicit TLS) or STARTTLS answered */
-	struct event		*ev_guard;	/* tls_handshake, preauth and idle timeouts */
 	struct session_half	 client, backend;
 	struct timeval		 start;
-	struct event		*ev_timer;	/* connect timeout, then flush timeout */
-	struct event		*ev_response;	/* timeouts.backend_response */
+	/*
+	 * One timer serves every deadline of the session: it is set for the
+	 * earliest of due[] (a later one may fire it early; it then re-arms).
+	 * Pushing a deadline back, as every backend read does for
+	 * backend_response, costs no timer operation at all.
+	 */
+	struct event		*ev_timer;
+	uint64_t		 due[SESSION_NDUE];	/* session_now_us() deadlines, 0 = off */
+	uint64_t		 armed;		/* when ev_timer fires, 0 = not set */
 	unsigned		 nrewrites;	/* responses rewritten */
 	unsigned		 nguard;	/* guard events */
 	const char		*last_guard;	/* kind of the last guard event */
@@ -117,7 +131,9 @@ struct session {
 };
 
 static void session_relay(struct session_half *);
-static struct timeval session_tv(uint64_t);
+static void session_due(struct session *, enum session_due, uint64_t);
+static void session_due_off(struct session *, enum session_due);
+static void session_guard_check(struct session *);
 static void session_backend_setup_line(struct session *);
 static void session_backend_failover(struct session *, const char *);
 static void session_response_timer(struct session *, int);
@@ -186,10 +202,6 @@ session_free(struct session *s)
 	free(s->detail);
 	if (s->ev_timer != NULL)
 		event_free(s->ev_timer);
-	if (s->ev_response != NULL)
-		event_free(s->ev_response);
-	if (s->ev_guard != NULL)
-		event_free(s->ev_guard);
 	if (s->server >= 0)
 		pool_release(s->gen->pool, s->server);
 	if (s->limited)
@@ -220,8 +232,7 @@ session_close(struct session *s, const char *reason)
 	s->srv->nsessions--;
 	server_session_gone(s->srv);
 	evtimer_del(s->ev_timer);
-	evtimer_del(s->ev_response);
-	evtimer_del(s->ev_guard);
+	s->armed = 0;
 	if (s->client.ep != NULL)
 		endpoint_read_enable(s->client.ep, 0);
 	if (s->backend.ep != NULL)
@@ -287,17 +298,13 @@ session_guard_event(struct session *s, enum stats_guard g)
 static void
 session_finish(struct session *s, const char *reason)
 {
-	struct timeval tv = { SESSION_FLUSH_TIMEOUT_MS / 1000,
-	    (SESSION_FLUSH_TIMEOUT_MS % 1000) * 1000 };
-
 	if (s->finishing || s->closed)
 		return;
 	s->finishing = 1;
 	s->reason = reason;
 	if (s->backend.ep != NULL)
 		endpoint_read_enable(s->backend.ep, 0);
-	evtimer_del(s->ev_timer);
-	evtimer_add(s->ev_timer, &tv);
+	session_due(s, SESSION_DUE_PHASE, SESSION_FLUSH_TIMEOUT_MS);
 	endpoint_flush(s->client.ep);
 }
 
@@ -609,12 +616,8 @@ session_client_line(struct session *s)
 	if (s->starttls_now) {
 		s->starttls_now = 0;
 		s->client_upgrading = 1;
-		{
-			struct timeval tv = session_tv(s->gen->cf->tls_handshake_ms);
-
-			event_base_gettimeofday_cached(s->srv->base, &s->tls_started);
-			evtimer_add(s->ev_guard, &tv);
-		}
+		event_base_gettimeofday_cached(s->srv->base, &s->tls_started);
+		session_due(s, SESSION_DUE_GUARD, s->gen->cf->tls_handshake_ms);
 		imap_parse_restart(&h->parser);
 		if (endpoint_start_tls(h->ep, s->gen->tls) != 0)
 			session_close(s, "client-tls-failed");
@@ -632,16 +635,15 @@ static void
 session_response_timer(struct session *s, int activity)
 {
 	uint64_t ms = s->gen->cf->backend_response_ms;
-	struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
 
 	if (s->closed || s->finishing || ms == 0)
 		return;
 	if (s->st.ninflight == 0 || s->st.idling) {
-		evtimer_del(s->ev_response);
+		session_due_off(s, SESSION_DUE_RESPONSE);
 		return;
 	}
-	if (activity || !evtimer_pending(s->ev_response, NULL))
-		evtimer_add(s->ev_response, &tv);
+	if (activity || s->due[SESSION_DUE_RESPONSE] == 0)
+		session_due(s, SESSION_DUE_RESPONSE, ms);
 }
 
 /*
@@ -681,12 +683,8 @@ session_backend_lost(struct session *s, const char *reason)
 
 /* No answer from the backend for timeouts.backend_response. */
 static void
-session_response_cb(evutil_socket_t fd, short what, void *arg)
+session_response_timeout(struct session *s)
 {
-	struct session *s = arg;
-
-	(void)fd;
-	(void)what;
 	session_detail(s, "no answer for %llu ms",
 	    (unsigned long long)s->gen->cf->backend_response_ms);
 	session_backend_lost(s, "backend-timeout");
@@ -823,7 +821,7 @@ session_release_greeting(struct session *s)
 	int r;
 
 	s->phase = SESSION_RELAY;
-	evtimer_del(s->ev_timer);
+	session_due_off(s, SESSION_DUE_PHASE);
 	log_debug("session=%s msg=backend-ready tls=%s", s->id,
 	    endpoint_tls_version(s->backend.ep));
 	if (s->greeting != NULL) {
@@ -876,7 +874,7 @@ session_backend_setup_line(struct session *s)
 		if (cf->backend_tls != CONFIG_TLS_STARTTLS && cf->client_ip != CONFIG_CLIENT_IP_ID) {
 			/* Nothing to do first: relay from here. */
 			s->phase = SESSION_RELAY;
-			evtimer_del(s->ev_timer);
+			session_due_off(s, SESSION_DUE_PHASE);
 			session_backend_line(s);
 			return;
 		}
@@ -941,9 +939,7 @@ session_backend_up(struct session *s)
 		 * handshake and the greeting.  A server that accepts and then
 		 * says nothing is failed over like one that refuses.
 		 */
-		struct timeval tv = session_tv(cf->backend_connect_ms);
-
-		evtimer_add(s->ev_timer, &tv);
+		session_due(s, SESSION_DUE_PHASE, cf->backend_connect_ms);
 		log_debug("session=%s msg=backend-connected", s->id);
 		if (cf->client_ip == CONFIG_CLIENT_IP_PROXY_V1) {
 			char hdr[PROXYPROTO_V1_MAX + 1];
@@ -1127,7 +1123,7 @@ session_readable(struct endpoint *ep, void *arg)
 	struct session_half *h = session_half_of(s, ep);
 
 	event_base_gettimeofday_cached(s->srv->base, &s->last_activity);
-	if (h == &s->backend && evtimer_pending(s->ev_response, NULL))
+	if (h == &s->backend && s->due[SESSION_DUE_RESPONSE] != 0)
 		session_response_timer(s, 1);
 	session_relay(h);
 }
@@ -1209,11 +1205,7 @@ session_event(struct endpoint *ep, enum endpoint_event what, void *arg)
 			session_close(s, "client-eof");
 			return;
 		}
-		{
-			struct timeval tv = session_tv(SESSION_FLUSH_TIMEOUT_MS);
-
-			evtimer_add(s->ev_timer, &tv);
-		}
+		session_due(s, SESSION_DUE_PHASE, SESSION_FLUSH_TIMEOUT_MS);
 		return;
 	}
 	if (s->finishing)
@@ -1236,7 +1228,6 @@ session_connect_backend(struct session *s)
 {
 	const struct config *cf = s->gen->cf;
 	const struct config_server *sv;
-	struct timeval tv;
 
 	for (;;) {
 		if (s->server >= 0) {
@@ -1263,9 +1254,7 @@ session_connect_backend(struct session *s)
 	}
 	s->phase = SESSION_CONNECTING;
 	endpoint_set_limits(s->backend.ep, cf->buffer, cf->buffer + cf->max_line);
-	tv.tv_sec = (time_t)(cf->backend_connect_ms / 1000);
-	tv.tv_usec = (suseconds_t)((cf->backend_connect_ms % 1000) * 1000);
-	evtimer_add(s->ev_timer, &tv);
+	session_due(s, SESSION_DUE_PHASE, cf->backend_connect_ms);
 }
 
 /*
@@ -1280,7 +1269,7 @@ session_backend_failover(struct session *s, const char *why)
 	    pool_name(s->gen->pool, s->server), why);
 	session_detail(s, "%s: %s", pool_name(s->gen->pool, s->server), why);
 	pool_report(s->gen->pool, s->server, 0, why);
-	evtimer_del(s->ev_timer);
+	session_due_off(s, SESSION_DUE_PHASE);
 	endpoint_free(s->backend.ep);
 	s->backend.ep = NULL;
 	s->backend.pending = 0;
@@ -1296,12 +1285,8 @@ session_backend_failover(struct session *s, const char *why)
 
 /* Connect timeout (before the backend is up) or flush timeout (while finishing). */
 static void
-session_timer_cb(evutil_socket_t fd, short what, void *arg)
+session_phase_timeout(struct session *s)
 {
-	struct session *s = arg;
-
-	(void)fd;
-	(void)what;
 	if (s->finishing) {
 		session_close(s, s->reason);
 		return;
@@ -1314,13 +1299,67 @@ session_timer_cb(evutil_socket_t fd, short what, void *arg)
 		session_backend_failover(s, "connect timeout");
 }
 
-/* Milliseconds as a timeval. */
-static struct timeval
-session_tv(uint64_t ms)
+/* Set ev_timer for the earliest deadline, unless it already fires before that. */
+static void
+session_timer_arm(struct session *s)
 {
-	struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
+	uint64_t min = 0, now;
+	struct timeval tv;
 
-	return tv;
+	for (int d = 0; d < SESSION_NDUE; d++)
+		if (s->due[d] != 0 && (min == 0 || s->due[d] < min))
+			min = s->due[d];
+	if (s->closed || min == 0 || (s->armed != 0 && s->armed <= min))
+		return;
+	now = session_now_us(s);
+	tv.tv_sec = min > now ? (time_t)((min - now) / 1000000) : 0;
+	tv.tv_usec = min > now ? (suseconds_t)((min - now) % 1000000) : 0;
+	evtimer_add(s->ev_timer, &tv);
+	s->armed = min;
+}
+
+/* Set deadline d to ms from now. */
+static void
+session_due(struct session *s, enum session_due d, uint64_t ms)
+{
+	s->due[d] = session_now_us(s) + ms * 1000;
+	session_timer_arm(s);
+}
+
+/*
+ * Clear deadline d.  The timer stays set: it fires once for nothing and
+ * re-arms for what is left, cheaper than a timer operation per command.
+ */
+static void
+session_due_off(struct session *s, enum session_due d)
+{
+	s->due[d] = 0;
+}
+
+/* The session timer: run whichever deadlines have passed, then re-arm. */
+static void
+session_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct session *s = arg;
+	uint64_t now = session_now_us(s);
+
+	(void)fd;
+	(void)what;
+	s->armed = 0;
+	if (s->due[SESSION_DUE_PHASE] != 0 && s->due[SESSION_DUE_PHASE] <= now) {
+		s->due[SESSION_DUE_PHASE] = 0;
+		session_phase_timeout(s);
+	}
+	if (!s->closed && s->due[SESSION_DUE_RESPONSE] != 0 &&
+	    s->due[SESSION_DUE_RESPONSE] <= now) {
+		s->due[SESSION_DUE_RESPONSE] = 0;
+		session_response_timeout(s);
+	}
+	if (!s->closed && s->due[SESSION_DUE_GUARD] != 0 && s->due[SESSION_DUE_GUARD] <= now) {
+		s->due[SESSION_DUE_GUARD] = 0;
+		session_guard_check(s);
+	}
+	session_timer_arm(s);
 }
 
 /*
@@ -1329,15 +1368,12 @@ session_tv(uint64_t ms)
  * left when it fires early, so the relay path never touches the timer heap.
  */
 static void
-session_guard_cb(evutil_socket_t fd, short what, void *arg)
+session_guard_check(struct session *s)
 {
-	struct session *s = arg;
 	const struct config *cf = s->gen->cf;
-	struct timeval now, age, idle, tv;
+	struct timeval now, age, idle;
 	uint64_t age_ms, idle_ms, next = UINT64_MAX;
 
-	(void)fd;
-	(void)what;
 	if (s->finishing || s->closed)
 		return;
 	event_base_gettimeofday_cached(s->srv->base, &now);
@@ -1379,8 +1415,7 @@ session_guard_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	if (cf->idle_ms - idle_ms < next)
 		next = cf->idle_ms - idle_ms;
-	tv = session_tv(next + 1);
-	evtimer_add(s->ev_guard, &tv);
+	session_due(s, SESSION_DUE_GUARD, next + 1);
 }
 
 /* Start a session that only says BYE (a limit said no) and closes. */
@@ -1401,7 +1436,6 @@ session_start(struct server *srv, const struct config_listen *lc, int fd,
 	struct generation *gen = srv->gen;
 	const struct config *cf = gen->cf;
 	struct session *s;
-	struct timeval tv;
 
 	if ((s = calloc(1, sizeof(*s))) == NULL) {
 		close(fd);
@@ -1431,9 +1465,7 @@ session_start(struct server *srv, const struct config_listen *lc, int fd,
 	if ((size_t)(lc - cf->listen) < STATS_MAX_LISTENERS)
 		state_set_gauge(&s->st, stats.open[lc - cf->listen]);
 	s->ev_timer = evtimer_new(srv->base, session_timer_cb, s);
-	s->ev_response = evtimer_new(srv->base, session_response_cb, s);
-	s->ev_guard = evtimer_new(srv->base, session_guard_cb, s);
-	if (s->ev_timer == NULL || s->ev_response == NULL || s->ev_guard == NULL) {
+	if (s->ev_timer == NULL) {
 		/* Not in the list yet: nothing else refers to s. */
 		log_error("session=%s msg=\"out of memory\" client=%s", s->id, s->client_addr);
 		close(fd);
@@ -1455,9 +1487,9 @@ session_start(struct server *srv, const struct config_listen *lc, int fd,
 	endpoint_set_limits(s->client.ep, cf->buffer, cf->buffer + cf->max_line);
 	log_debug("session=%s msg=accepted client=%s listen=%s", s->id,
 	    s->client_addr, lc->address);
-	tv = session_tv(lc->tls == CONFIG_TLS_IMPLICIT && cf->tls_handshake_ms < cf->preauth_ms ?
+	session_due(s, SESSION_DUE_GUARD,
+	    lc->tls == CONFIG_TLS_IMPLICIT && cf->tls_handshake_ms < cf->preauth_ms ?
 	    cf->tls_handshake_ms : cf->preauth_ms);
-	evtimer_add(s->ev_guard, &tv);
 
 	switch (connlimit_acquire(srv->gate->limits, sa)) {
 	case CONNLIMIT_TOTAL:
