@@ -28,6 +28,8 @@
 /* The most libevent 2.1 reads from a socket per wakeup (EVBUFFER_MAX_READ). */
 #define ENDPOINT_LIBEVENT_READ	4096
 #define ENDPOINT_ERROR_MAX	128	/* longest error text kept */
+/* Most bytes written to a TLS endpoint with one direct SSL_write (one record). */
+#define ENDPOINT_STAGE_MAX	16384
 
 struct endpoint {
 	struct bufferevent	*bev;
@@ -43,6 +45,127 @@ struct endpoint {
 	uint64_t		 bytes_out;
 	char			*error;		/* last error text (NULL: none) */
 };
+
+/*
+ * Direct TLS writes.  A reply relayed to an idle TLS client would be
+ * queued: libevent registers for writability, comes back one loop
+ * iteration later, writes one record per buffer chain (a reply moved line
+ * by line is several chains) and unregisters: two epoll_ctl calls and often
+ * two records per reply.  Instead, bytes moved to a TLS endpoint with
+ * nothing queued are staged in one buffer per thread, and a deferred event
+ * (it runs after the current callbacks, before the loop waits again) writes
+ * them with one SSL_write: one record, one write(2).  Any other output to
+ * that endpoint first appends the stage to its queue, so order is kept.
+ */
+struct endpoint_stage {
+	struct evbuffer		*buf;
+	struct endpoint		*owner;		/* whose bytes buf holds; NULL: none */
+	struct event		*ev;		/* endpoint_stage_cb on this thread's loop */
+};
+
+static _Thread_local struct endpoint_stage endpoint_stage;
+
+/* Queue what ep has staged behind its output (the usual libevent path). */
+static void
+endpoint_unstage(struct endpoint *ep)
+{
+	if (endpoint_stage.owner != ep)
+		return;
+	endpoint_stage.owner = NULL;
+	evbuffer_add_buffer(bufferevent_get_output(ep->bev), endpoint_stage.buf);
+}
+
+/* Can bytes for ep skip the queue: TLS up and nothing queued? */
+static int
+endpoint_direct_ok(const struct endpoint *ep)
+{
+	return ep->ssl != NULL && ep->tls_pending == NULL && !ep->flushing &&
+	    SSL_is_init_finished(ep->ssl) &&
+	    evbuffer_get_length(bufferevent_get_output(ep->bev)) == 0;
+}
+
+/* Write the stage to its owner with one SSL_write, or queue it. */
+static void
+endpoint_stage_write(void)
+{
+	struct endpoint *ep = endpoint_stage.owner;
+	struct evbuffer *buf = endpoint_stage.buf;
+	size_t len;
+	unsigned char *p;
+	int r;
+
+	if (ep == NULL)
+		return;
+	len = evbuffer_get_length(buf);
+	if (len == 0 || len > ENDPOINT_STAGE_MAX || !endpoint_direct_ok(ep) ||
+	    (p = evbuffer_pullup(buf, (ev_ssize_t)len)) == NULL) {
+		endpoint_unstage(ep);
+		return;
+	}
+	endpoint_stage.owner = NULL;
+	ERR_clear_error();
+	r = SSL_write(ep->ssl, p, (int)len);
+	if (r <= 0) {
+		/*
+		 * Not written (the socket is full) or failed.  OpenSSL may hold
+		 * the record: libevent's retry must start with the same bytes, in
+		 * one piece (SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER lets them move).
+		 * A failure shows up again on libevent's write and is reported.
+		 */
+		evbuffer_add(bufferevent_get_output(ep->bev), p, len);
+	}
+	evbuffer_drain(buf, len);
+}
+
+/* The deferred event: write what the callbacks just run have staged. */
+static void
+endpoint_stage_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	endpoint_stage_write();
+}
+
+/* Take n bytes from in into ep's stage; -1 if ep cannot take the direct path. */
+static int
+endpoint_stage_take(struct endpoint *ep, struct evbuffer *in, size_t n)
+{
+	struct endpoint_stage *st = &endpoint_stage;
+
+	if (st->owner == ep) {
+		if (evbuffer_get_length(st->buf) + n > ENDPOINT_STAGE_MAX) {
+			endpoint_unstage(ep);
+			return -1;
+		}
+	} else {
+		if (n > ENDPOINT_STAGE_MAX || !endpoint_direct_ok(ep))
+			return -1;
+		if (st->buf == NULL && (st->buf = evbuffer_new()) == NULL)
+			return -1;
+		if (st->ev == NULL &&
+		    (st->ev = event_new(ep->base, -1, 0, endpoint_stage_cb, NULL)) == NULL)
+			return -1;
+		endpoint_stage_write();		/* another endpoint's bytes go first */
+		st->owner = ep;
+		event_active(st->ev, EV_TIMEOUT, 0);
+	}
+	evbuffer_remove_buffer(in, st->buf, n);
+	return 0;
+}
+
+/* Free this thread's stage (the worker's loop is about to go). */
+void
+endpoint_thread_done(void)
+{
+	endpoint_stage.owner = NULL;
+	if (endpoint_stage.ev != NULL)
+		event_free(endpoint_stage.ev);
+	if (endpoint_stage.buf != NULL)
+		evbuffer_free(endpoint_stage.buf);
+	endpoint_stage.ev = NULL;
+	endpoint_stage.buf = NULL;
+}
 
 /*
  * On a plaintext socket, read on after libevent's first read.  libevent
@@ -327,6 +450,7 @@ endpoint_start_tls(struct endpoint *ep, struct tls_ctx *tls)
 
 	if (ep->ssl != NULL || ep->tls_pending != NULL)
 		return -1;
+	endpoint_unstage(ep);
 	/* Plaintext pipelined behind STARTTLS is dropped (RFC 9051 6.2.1). */
 	evbuffer_drain(in, evbuffer_get_length(in));
 	bufferevent_disable(ep->bev, EV_READ);
@@ -358,6 +482,11 @@ endpoint_free(struct endpoint *ep)
 {
 	if (ep == NULL)
 		return;
+	if (endpoint_stage.owner == ep) {
+		/* Like queued output, staged bytes die with the connection. */
+		endpoint_stage.owner = NULL;
+		evbuffer_drain(endpoint_stage.buf, evbuffer_get_length(endpoint_stage.buf));
+	}
 	if (ep->bev != NULL) {
 		if (ep->ssl != NULL) {
 			/* A close_notify for well-behaved peers; we never wait for theirs. */
@@ -390,7 +519,8 @@ endpoint_input_len(const struct endpoint *ep)
 size_t
 endpoint_output_len(const struct endpoint *ep)
 {
-	return evbuffer_get_length(bufferevent_get_output(ep->bev));
+	return evbuffer_get_length(bufferevent_get_output(ep->bev)) +
+	    (endpoint_stage.owner == ep ? evbuffer_get_length(endpoint_stage.buf) : 0);
 }
 
 /* Is the output above the high mark? */
@@ -447,9 +577,12 @@ endpoint_move(struct endpoint *src, struct endpoint *dst, size_t n)
 
 		if (w > 0)
 			left -= (size_t)w < left ? (size_t)w : left;
-	}
-	if (left > 0)
+	} else if (dst->ssl != NULL && endpoint_stage_take(dst, in, left) == 0)
+		left = 0;	/* staged: endpoint_stage_cb writes it */
+	if (left > 0) {
+		endpoint_unstage(dst);
 		evbuffer_remove_buffer(in, out, left);
+	}
 }
 
 /* Throw away n input bytes. */
@@ -464,6 +597,7 @@ endpoint_drop(struct endpoint *ep, size_t n)
 void
 endpoint_write(struct endpoint *ep, const void *buf, size_t len)
 {
+	endpoint_unstage(ep);
 	bufferevent_write(ep->bev, buf, len);
 	ep->bytes_out += len;
 }
@@ -485,6 +619,7 @@ endpoint_read_enable(struct endpoint *ep, int on)
 void
 endpoint_flush(struct endpoint *ep)
 {
+	endpoint_unstage(ep);
 	if (endpoint_output_len(ep) == 0) {
 		ep->cbs->event(ep, ENDPOINT_FLUSHED, ep->arg);
 		return;

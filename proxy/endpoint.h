@@ -79,6 +79,8 @@ uint64_t	 endpoint_bytes_out(const struct endpoint *ep);
 /* TLS protocol version and cipher, or "-" for plaintext. */
 const char	*endpoint_tls_version(const struct endpoint *ep);
 const char	*endpoint_tls_cipher(const struct endpoint *ep);
+/* Free this thread's direct-write buffer and event (at thread exit, before its loop). */
+void		 endpoint_thread_done(void);
 /* Last socket or TLS error as text ("" if none). */
 const char	*endpoint_error(const struct endpoint *ep);
 

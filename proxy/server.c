@@ -1,6 +1,9 @@
 /* server: the gate, its worker threads, listeners and accept. */
 #include <errno.h>
 #include <grp.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <pthread.h>
 #include <pwd.h>
 #include <signal.h>
@@ -18,6 +21,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "config.h"
+#include "endpoint.h"
 #include "connlimit.h"
 #include "log.h"
 #include "metrics.h"
@@ -26,10 +30,20 @@
 #include "proxyproto.h"
 #include "server.h"
 #include "session.h"
+#include "stats.h"
 #include "tls.h"
 
 /* How long accepting pauses when the process is out of file descriptors. */
 #define SERVER_ACCEPT_PAUSE_MS	100
+/*
+ * Memory trimming: the gate looks every TICK; once no session has started
+ * or ended for QUIET after some did (a burst of logins or disconnects is
+ * over), or at the latest MAX into steady churn, it gives the allocator's
+ * free pages back to the kernel.
+ */
+#define SERVER_TRIM_TICK_MS	250
+#define SERVER_TRIM_QUIET_MS	500
+#define SERVER_TRIM_MAX_MS	60000
 /* How long a PROXY header may take to arrive, and how often an incomplete one is re-read. */
 #define SERVER_PROXY_TIMEOUT_MS	10000
 #define SERVER_PROXY_RETRY_MS	5
@@ -543,6 +557,7 @@ server_worker_main(void *arg)
 	event_base_dispatch(srv->base);
 	/* Run the frees the last closes scheduled. */
 	event_base_loop(srv->base, EVLOOP_NONBLOCK);
+	endpoint_thread_done();
 	/* The last worker out ends the main loop (metrics serve until then). */
 	if (atomic_fetch_sub(&srv->gate->running, 1) == 1)
 		event_base_loopbreak(srv->gate->base);
@@ -779,6 +794,39 @@ server_worker_open(struct gate *g, struct server *srv, unsigned index)
 	return 0;
 }
 
+/*
+ * Give free heap pages back after a burst of sessions.  A TLS handshake
+ * uses far more memory for a moment than the session keeps; after many at
+ * once, glibc keeps the freed pages (in the middle of its heaps, where it
+ * never trims by itself), and the resident size stays at the peak.
+ * malloc_trim releases every whole free page of every arena.
+ */
+static void
+server_trim_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct gate *g = arg;
+	struct timeval tv;
+	uint64_t now, seen = stats_get(&stats.sessions_total) + stats_get(&stats.sessions_ended);
+
+	(void)fd;
+	(void)what;
+	event_base_gettimeofday_cached(g->base, &tv);
+	now = (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
+	if (seen != g->trim_seen) {
+		g->trim_seen = seen;
+		g->trim_changed_ms = now;
+		if (g->trim_dirty_ms == 0)
+			g->trim_dirty_ms = now;
+		if (now - g->trim_dirty_ms < SERVER_TRIM_MAX_MS)
+			return;
+	} else if (g->trim_dirty_ms == 0 || now - g->trim_changed_ms < SERVER_TRIM_QUIET_MS)
+		return;
+	g->trim_dirty_ms = 0;
+#ifdef __GLIBC__
+	malloc_trim(0);
+#endif
+}
+
 /* Build the first generation, the limits and the workers. */
 int
 server_gate_open(struct gate *g, struct config *cf)
@@ -822,6 +870,12 @@ server_gate_open(struct gate *g, struct config *cf)
 	evsignal_add(g->ev_sigint, NULL);
 	evsignal_add(g->ev_sigterm, NULL);
 	evsignal_add(g->ev_sighup, NULL);
+	g->ev_trim = event_new(g->base, -1, EV_PERSIST, server_trim_cb, g);
+	if (g->ev_trim != NULL) {
+		struct timeval tv = { 0, SERVER_TRIM_TICK_MS * 1000 };
+
+		evtimer_add(g->ev_trim, &tv);
+	}
 	if (cf->metrics_address != NULL && (g->metrics = metrics_start(g)) == NULL)
 		return -1;
 	pool_health_start(g->gen->pool, g->base, g->gen->btls);
@@ -900,6 +954,8 @@ server_gate_close(struct gate *g)
 		event_free(g->ev_sigterm);
 	if (g->ev_sighup != NULL)
 		event_free(g->ev_sighup);
+	if (g->ev_trim != NULL)
+		event_free(g->ev_trim);
 	metrics_stop(g->metrics);
 	if (g->gen != NULL)
 		pool_health_stop(g->gen->pool);
@@ -907,6 +963,7 @@ server_gate_close(struct gate *g)
 	connlimit_free(g->limits);
 	pthread_cond_destroy(&g->reload_cond);
 	pthread_mutex_destroy(&g->reload_lock);
+	endpoint_thread_done();		/* health checks' endpoints ran here */
 	if (g->base != NULL)
 		event_base_free(g->base);
 }

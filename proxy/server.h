@@ -72,6 +72,10 @@ struct gate {
 	struct connlimit		*limits;
 	struct event_base	*base;		/* main thread */
 	struct event		*ev_sigint, *ev_sigterm, *ev_sighup;
+	struct event		*ev_trim;	/* gives memory back after bursts (server_trim_cb) */
+	uint64_t		 trim_seen;	/* sessions started + ended at the last look */
+	uint64_t		 trim_changed_ms;	/* when that count last moved */
+	uint64_t		 trim_dirty_ms;	/* first move since the last trim, 0 = none */
 	struct metrics		*metrics;
 	int			 stopping;	/* SIGTERM seen once: draining */
 	atomic_int		 running;	/* worker threads still in their loops */

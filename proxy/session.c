@@ -227,6 +227,7 @@ session_close(struct session *s, const char *reason)
 	if (s->reason == NULL)
 		s->reason = reason;
 	stats_name_add(&stats.ended, s->reason);
+	stats_add(&stats.sessions_ended, 1);
 	TAILQ_REMOVE(&s->srv->sessions, s, entry);
 	TAILQ_INSERT_TAIL(&s->srv->closed, s, entry);
 	s->srv->nsessions--;

@@ -62,6 +62,7 @@ struct stats_names {
  */
 struct stats {
 	uint64_t		sessions_total;
+	uint64_t		sessions_ended;
 	uint64_t		open[STATS_MAX_LISTENERS][STATS_STATES];	/* gauge */
 	uint64_t		guard[STATS_GUARD_MAX];
 	uint64_t		bye[STATS_BYE_MAX];

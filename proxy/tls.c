@@ -201,9 +201,10 @@ tls_server_ctx(const struct config *cf, const struct config_cert *cc, char *err,
 	/*
 	 * Release the read and write buffers of idle connections: an IMAP
 	 * session idles for most of its life, and 2 x 17 KiB per session
-	 * would dominate memory.
+	 * would dominate memory.  A write retried after a direct SSL_write
+	 * (endpoint.c) comes from libevent's queue, at another address.
 	 */
-	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
 	/*
 	 * Many IMAP clients close TCP after LOGOUT without a close_notify;
 	 * that is an ordinary end of session, not a TLS error.
@@ -279,7 +280,7 @@ tls_ctx_new_backend(const struct config *cf, char *err, size_t errlen)
 		return NULL;
 	}
 	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
 	SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
 	if (cf->backend_verify) {
 		SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);

@@ -415,10 +415,17 @@ class Imapgate:
 class Client:
     """A byte-exact IMAP client: keeps every literal exactly as received."""
 
-    def __init__(self, port, tls_ctx=None, timeout=IO_TIMEOUT):
+    def __init__(self, port, tls_ctx=None, timeout=IO_TIMEOUT, rcvbuf=0):
         self.tagn = 0
         self.buf = bytearray()
-        raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        if rcvbuf:
+            # Set before connect: a small window makes the server's writes block.
+            raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            raw.settimeout(timeout)
+            raw.connect(("127.0.0.1", port))
+        else:
+            raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         if tls_ctx is not None:
             self.sock = tls_ctx.wrap_socket(raw, server_hostname="localhost")
         else:
@@ -588,11 +595,11 @@ class Env:
             ", imapgate on 127.0.0.1:%d (pid %d)" % (self.proxy.port, self.proxy.proc.pid)
             if self.proxy else ", DIRECT mode (no proxy)", self.tmp))
 
-    def client(self, timeout=IO_TIMEOUT):
+    def client(self, timeout=IO_TIMEOUT, rcvbuf=0):
         """A connection through imapgate (TLS), or to Dovecot in direct mode."""
         if self.direct:
-            return Client(self.dovecot.port, timeout=timeout)
-        return Client(self.proxy.port, self.tls, timeout=timeout)
+            return Client(self.dovecot.port, timeout=timeout, rcvbuf=rcvbuf)
+        return Client(self.proxy.port, self.tls, timeout=timeout, rcvbuf=rcvbuf)
 
     def direct_client(self, timeout=IO_TIMEOUT):
         """A plain connection straight to Dovecot."""

@@ -13,6 +13,8 @@ import harness
 from harness import Fail, check, say
 
 BIG = 5 * 1024 * 1024
+BACKLOG = 1000          # pipelined FETCHes in t_backlogged_replies (< STATE_MAX_INFLIGHT)
+BACKLOG_GAP = 0.002     # seconds between them
 
 
 def t_login_list_select_logout(env):
@@ -116,6 +118,45 @@ def t_idle_exists(env):
     say("   DONE -> tagged OK")
 
 
+def t_backlogged_replies(env):
+    """A thousand small FETCH replies to a client that does not read at
+    first: imapgate writes each reply with one direct SSL_write while
+    nothing is queued, and must fall back to libevent's queue, bytes in
+    order, once the socket is full (the write OpenSSL wants retried)."""
+    d = env.direct_client()
+    d.login("demo", "demo")
+    d.select("INBOX")
+    small = d.uid_search('HEADER Subject "hello"') + d.uid_search('HEADER Subject "second"')
+    check(len(small) == 2, "expected the 'hello' and 'second' messages, got %r" % small)
+    ref = {u: d.fetch_body(u) for u in small}
+    d.logout()
+    c = env.client(rcvbuf=8192)
+    c.login("demo", "demo")
+    c.select("INBOX")
+    tags = [c.next_tag() for _ in range(BACKLOG)]
+    # One command at a time, each reply alone: every reply finds imapgate's
+    # queue empty and goes out with a direct write, until the socket (about
+    # 4 MB of send buffer on loopback) is full; the replies total 6 MB.
+    for t in tags:
+        c.send(("%s UID FETCH %d,%d BODY.PEEK[]\r\n" % (t, small[0], small[1])).encode())
+        time.sleep(BACKLOG_GAP)
+    bodies = 0
+    for t in tags:
+        # Dovecot runs pipelined FETCHes together: untagged replies need not
+        # come before their own tag, only in the stream's order.
+        tagged, items = c.response(t)
+        check(tagged.startswith(("%s OK" % t).encode()), "%s -> %r" % (t, tagged))
+        for text, lits in items:
+            m = re.search(rb"UID (\d+)", text)
+            if b"FETCH" in text and lits and m:
+                check(lits[-1] == ref.get(int(m.group(1))),
+                      "%s: FETCH body of UID %s differs" % (t, m.group(1).decode()))
+                bodies += 1
+    check(bodies == 2 * BACKLOG, "%d FETCH bodies for %d commands" % (bodies, BACKLOG))
+    c.logout()
+    say("   %d replies of 2 messages each, in order and byte-identical" % BACKLOG)
+
+
 def t_session_log(env):
     """A finished session leaves one summary log line with a reason."""
     if env.direct:
@@ -205,6 +246,7 @@ def main():
         ("FETCH 5 MB byte-identical to direct", t_fetch_5mb_identical),
         ("APPEND 5 MB literal", t_append_5mb),
         ("IDLE receives EXISTS", t_idle_exists),
+        ("backlogged small replies", t_backlogged_replies),
         ("session summary log line", t_session_log),
         ("backend down at connect", t_backend_down),
         ("clean shutdown on SIGTERM", t_clean_shutdown),
