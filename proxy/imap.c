@@ -110,7 +110,8 @@ imap_tok_begin(struct imap_parser *p, uint64_t pos)
 static void
 imap_wipe_secrets(struct imap_parser *p)
 {
-	explicit_bzero(p->tail, sizeof(p->tail));
+	if (p->w != NULL)
+		explicit_bzero(p->w->tail, sizeof(p->w->tail));
 	p->tail_len = 0;
 	explicit_bzero(&p->b64_acc, sizeof(p->b64_acc));
 	p->b64_bits = 0;
@@ -778,15 +779,15 @@ imap_tail_add(struct imap_parser *p, const unsigned char *s, size_t n)
 	size_t keep;
 
 	if (n >= IMAP_LIT_TAIL) {
-		memcpy(p->tail, s + n - IMAP_LIT_TAIL, IMAP_LIT_TAIL);
+		memcpy(p->w->tail, s + n - IMAP_LIT_TAIL, IMAP_LIT_TAIL);
 		p->tail_len = IMAP_LIT_TAIL;
 	} else if (p->tail_len + n <= IMAP_LIT_TAIL) {
-		memcpy(p->tail + p->tail_len, s, n);
+		memcpy(p->w->tail + p->tail_len, s, n);
 		p->tail_len += n;
 	} else {
 		keep = IMAP_LIT_TAIL - n;
-		memmove(p->tail, p->tail + p->tail_len - keep, keep);
-		memcpy(p->tail + keep, s, n);
+		memmove(p->w->tail, p->w->tail + p->tail_len - keep, keep);
+		memcpy(p->w->tail + keep, s, n);
 		p->tail_len = IMAP_LIT_TAIL;
 	}
 }
@@ -813,7 +814,7 @@ imap_scan(struct imap_parser *p, const unsigned char *s, size_t n)
 static int
 imap_tail_literal(struct imap_parser *p, size_t e, uint64_t *n, int *sync, int *lit8)
 {
-	const unsigned char *t = p->tail;
+	const unsigned char *t = p->w->tail;
 	size_t k, dend, i;
 	int plus = 0;
 	uint64_t v = 0;
@@ -944,14 +945,14 @@ imap_part_end(struct imap_parser *p, struct imap_event *ev)
 	size_t e = p->tail_len;
 	uint64_t n = 0, end;
 
-	bare = e == 0 || p->tail[e - 1] != '\r';
+	bare = e == 0 || p->w->tail[e - 1] != '\r';
 	if (!bare)
 		e--;
 	end = p->w->cur.len - 1 - (bare ? 0 : 1);	/* offset of the content end */
 	p->pending_cr = 0;
 	if (p->dir == IMAP_DIR_CLIENT ? p->mode == IMAP_MODE_COMMAND : !p->no_lit)
 		r = imap_tail_literal(p, e, &n, &sync, &lit8);
-	explicit_bzero(p->tail, sizeof(p->tail));
+	explicit_bzero(p->w->tail, sizeof(p->w->tail));
 	p->tail_len = 0;
 	p->part_len = 0;
 	if (r < 0) {

@@ -113,6 +113,7 @@ struct imap_line {
  */
 struct imap_work {
 	char			 tok[IMAP_MAX_ARG + 1];	/* the token being read (never a password) */
+	unsigned char		 tail[IMAP_LIT_TAIL];	/* last bytes of the line part, for "{n}" */
 	union {
 		struct imap_line cur;
 		struct imap_line line;
@@ -140,8 +141,7 @@ struct imap_parser {
 	int			 capture;		/* literal bytes go into tok */
 	size_t			 tok_len;
 	uint64_t		 tok_start;		/* offset of the token's first byte */
-	size_t			 tail_len;
-	unsigned char		 tail[IMAP_LIT_TAIL];	/* last bytes of the part, for "{n}" */
+	size_t			 tail_len;		/* bytes in w->tail */
 	uint32_t		 b64_acc;		/* SASL PLAIN decoder (wiped at line end) */
 	int			 b64_bits, b64_nuls, b64_bad, sasl_first;
 	size_t			 user_len;
