@@ -71,6 +71,10 @@ union session_addr {
 	struct sockaddr_in6	 sin6;
 };
 
+/* The stats tables are indexed by these enums. */
+_Static_assert(STATE_CMD_UNKNOWN + 1 == STATS_CMD_CLASSES, "STATS_CMD_CLASSES");
+_Static_assert(STATE_LOGOUT + 1 == STATS_STATES, "STATS_STATES");
+
 /* The session's deadlines (see struct session's due[]). */
 enum session_due {
 	SESSION_DUE_PHASE,	/* backend connect/greeting, then the final flush */
@@ -88,7 +92,6 @@ struct session {
 	struct generation	*gen;		/* the configuration this session started with */
 	int			 server;	/* pool index of the backend, -1 before one is chosen */
 	uint64_t		 tried;		/* servers tried for this session (bit per pool index) */
-	unsigned		 tries;
 	int			 limited;	/* holds a slot in the connection limits */
 	struct timeval		 last_activity;	/* last byte either way (timeouts.idle) */
 	struct timeval		 tls_started;	/* accept (implicit TLS) or STARTTLS answered */
@@ -121,9 +124,9 @@ struct session {
 	struct imap_line	*greeting_line;	/* what the parser said of it (held with it) */
 	union session_addr	 client_ss;	/* the real client (after any PROXY header) */
 	union session_addr	 local_ss;	/* the address the client connected to */
-	int			 backend_gone;
+	int			 backend_gone;	/* EOF or error: drain its input, whatever the client's pace */
 	int			 client_gone;	/* client half-closed: answer what is in flight, then close */
-	int			 draining;	/* shutting down: BYE at the next quiet point */	/* EOF or error: drain its input, whatever the client's pace */
+	int			 draining;	/* shutting down: BYE at the next quiet point */
 	int			 finishing;	/* flushing the client before close */
 	int			 closed;
 	const char		*reason;
@@ -1229,23 +1232,24 @@ session_connect_backend(struct session *s)
 {
 	const struct config *cf = s->gen->cf;
 	const struct config_server *sv;
+	unsigned tries;
 
 	for (;;) {
 		if (s->server >= 0) {
 			pool_release(s->gen->pool, s->server);
 			s->server = -1;
 		}
-		if (s->tries >= cf->connect_tries ||
+		tries = (unsigned)__builtin_popcountll(s->tried);
+		if (tries >= cf->connect_tries ||
 		    (s->server = pool_pick(s->gen->pool, (const struct sockaddr *)&s->client_ss,
 		    s->tried)) < 0) {
 			if (s->detail == NULL)
 				session_detail(s, "no backend server available");
-			session_bye_unavailable(s, s->tries == 0 ? "no-backend" :
+			session_bye_unavailable(s, tries == 0 ? "no-backend" :
 			    "backend-connect-failed");
 			return;
 		}
 		s->tried |= (uint64_t)1 << s->server;
-		s->tries++;
 		sv = pool_server(s->gen->pool, s->server);
 		s->backend.ep = endpoint_connect(s->srv->base, &sv->addr, &session_cbs, s);
 		if (s->backend.ep != NULL)
