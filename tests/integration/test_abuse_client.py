@@ -16,7 +16,6 @@ import select
 import socket
 import ssl
 import sys
-import threading
 import time
 
 import harness
@@ -27,6 +26,7 @@ from harness import Fail, check, say
 SHORT = "timeouts:\n  tls_handshake: 1s\n  preauth: 1s\n"
 DRIP_LIMIT = 4.0            # seconds a drip may last before imapgate must close it
 LONG_LINE = 10 << 20        # bytes in the over-long command line
+LONG_LINE_TIME = 10.0       # seconds for its BAD and the NOOP after it
 PIPELINED = 100000          # NOOPs sent in one burst
 PIPELINE_TIME = 40.0        # seconds for all their answers
 RANDOM_CONNS = 20           # connections sending random bytes
@@ -116,21 +116,11 @@ def t_long_line(env):
     """A 10 MB command line: tagged BAD (or a clean end), RSS bounded, no OK."""
     fb, g, base, w = setup(env)
     c = ac.tls_client(env, g)
-    line = b"L1 NOOP " + b"x" * LONG_LINE + b"\r\nL2 NOOP\r\n"
-    err = {}
-
-    def sender():
-        try:
-            c.sock.sendall(line)
-        except (OSError, ssl.SSLError) as e:
-            err["send"] = e
-    t = threading.Thread(target=sender, daemon=True)
-    t.start()
-    data, how, took = ac.drain(c.sock, 8.0)
-    t.join(10)
+    line = memoryview(b"L1 NOOP " + b"x" * LONG_LINE + b"\r\nL2 NOOP\r\n")
+    data, how, sent = ac.exchange(c.sock, line, lambda d: b"L2 " in d, LONG_LINE_TIME)
     c.close()
-    say("   got %r ... (%d bytes, %s after %.1fs; send error %s)"
-        % (data[:120], len(data), how, took, err.get("send")))
+    say("   got %r ... (%d bytes, %s; %d of %d bytes sent)"
+        % (data[:120], len(data), how, sent, len(line)))
     check(data.startswith(b"L1 BAD") or data.startswith(b"* BYE") or how in ("eof", "reset"),
           "10 MB line: %r (%s)" % (data[:200], how))
     check(how in ("eof", "reset") or b"L2 OK" in data,

@@ -16,6 +16,7 @@ Every case checks four things (issue 9):
 
 import os
 import re
+import select
 import socket
 import ssl
 import struct
@@ -182,6 +183,44 @@ def client_hello():
     except ssl.SSLWantReadError:
         pass
     return out.read()
+
+
+def exchange(sock, payload, done, timeout):
+    """Send payload while reading, in one thread (an SSL object must not be
+    used from two threads at once), until done(received) is true, EOF,
+    reset or timeout; returns (bytes, how, bytes sent)."""
+    sock.setblocking(False)
+    data, sent, how = bytearray(), 0, "timeout"
+    end = time.monotonic() + timeout
+    try:
+        while time.monotonic() < end and not done(data):
+            want_w = [sock] if sent < len(payload) else []
+            r, w, _ = select.select([sock], want_w, [], 0.2)
+            if w:
+                try:
+                    sent += sock.send(payload[sent:sent + 65536])
+                except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                    pass
+                except OSError:
+                    sent = len(payload)     # the peer is gone: read what is left
+            while True:
+                try:
+                    chunk = sock.recv(65536)
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                    break
+                except OSError:
+                    return bytes(data), "reset", sent
+                if not chunk:
+                    return bytes(data), "eof", sent
+                data += chunk
+        if done(data):
+            how = "done"
+    finally:
+        try:
+            sock.setblocking(True)
+        except OSError:
+            pass
+    return bytes(data), how, sent
 
 
 def drain(sock, timeout):
