@@ -613,20 +613,24 @@ endpoint_read_enable(struct endpoint *ep, int on)
 }
 
 /*
- * Ask for ENDPOINT_FLUSHED once everything queued has been written.  Reading
- * stays on: a TLS handshake still in progress needs it to finish.
+ * Ask for ENDPOINT_FLUSHED once everything queued has been written, always
+ * from the event loop.  Reading stays on: a TLS handshake still in
+ * progress needs it to finish.
  */
 void
 endpoint_flush(struct endpoint *ep)
 {
 	endpoint_unstage(ep);
-	if (endpoint_output_len(ep) == 0) {
-		ep->cbs->event(ep, ENDPOINT_FLUSHED, ep->arg);
-		return;
-	}
 	ep->flushing = 1;
 	/* The write callback must fire at empty, not at the low mark. */
 	bufferevent_setwatermark(ep->bev, EV_WRITE, 0, 0);
+	/*
+	 * Nothing queued: the write callback is asked for from the loop,
+	 * never called from here, so the caller is not re-entered.
+	 */
+	if (endpoint_output_len(ep) == 0)
+		bufferevent_trigger(ep->bev, EV_WRITE, BEV_TRIG_IGNORE_WATERMARKS |
+		    BEV_TRIG_DEFER_CALLBACKS);
 }
 
 /* Bytes taken from this endpoint's input. */

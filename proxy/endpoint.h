@@ -71,7 +71,7 @@ void		 endpoint_drop(struct endpoint *ep, size_t n);
 void		 endpoint_write(struct endpoint *ep, const void *buf, size_t len);
 /* Stop or resume reading. */
 void		 endpoint_read_enable(struct endpoint *ep, int on);
-/* Report ENDPOINT_FLUSHED once the output is fully written (at once if empty). */
+/* Report ENDPOINT_FLUSHED once the output is fully written (from the loop, even if empty). */
 void		 endpoint_flush(struct endpoint *ep);
 /* Total bytes read from / written to the socket (after TLS). */
 uint64_t	 endpoint_bytes_in(const struct endpoint *ep);

@@ -10,6 +10,7 @@
  * feed() calls so that any split point gives the same answer.
  */
 #include "imap.h"
+#include "imapcmd.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,6 +38,25 @@ enum {
 	H_CODEATOM,
 	H_CODEREST,
 	H_CODEAFTER,
+};
+
+/*
+ * The client framing lexer.  It reads every byte of a command line outside
+ * literals, independently of the head scanner, to know exactly where
+ * quoted strings and literal headers are (see imap_frame_byte).
+ */
+enum {
+	FR_START,	/* at a token start: after the line start, a SP or "(" */
+	FR_SPACE,	/* right after a SP (a token start; a second SP is not canonical) */
+	FR_ATOM,
+	FR_QUOTED,
+	FR_QESC,
+	FR_TILDE,	/* "~" at a token start: literal8 if "{" follows */
+	FR_LBRACE,	/* "{" at a token start */
+	FR_DIGITS,
+	FR_PLUS,
+	FR_LITEND,	/* "{n}" or "{n+}": only the line end may follow */
+	FR_AFTER,	/* after a quoted string, ")" or a literal */
 };
 
 enum {
@@ -168,6 +188,10 @@ imap_cur_reset(struct imap_parser *p)
 	c->toolong = 0;
 	c->len = 0;
 	c->bare_lf = 0;
+	c->bad = c->strict = NULL;
+	p->fr = FR_START;
+	p->fr_cr = 0;
+	p->fr_depth = 0;
 }
 
 void
@@ -248,29 +272,26 @@ imap_argi(const struct imap_parser *p)
 	return p->field < first ? -1 : (int)(p->field - first);
 }
 
-/* Classify a command name (upper case) for the head scanner. */
+/* Classify a command name (upper case) for the head scanner, from the command table. */
 static int
 imap_cmd_class(const char *name)
 {
-	static const char *const mailbox_cmds[] = {
-		"SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE",
-		"UNSUBSCRIBE", "STATUS", "APPEND", "GETQUOTAROOT", "MYRIGHTS",
-		"GETACL", NULL,
-	};
-	size_t i;
+	const struct imapcmd *c = imapcmd_find(name);
 
-	if (strcmp(name, "UID") == 0)
+	if (c == NULL)
+		return CMD_OTHER;
+	switch (c->args) {
+	case IMAPCMD_ARGS_SUBCMD:
 		return CMD_UID;
-	if (strcmp(name, "LOGIN") == 0)
+	case IMAPCMD_ARGS_USER:
 		return CMD_LOGIN;
-	if (strcmp(name, "AUTHENTICATE") == 0)
+	case IMAPCMD_ARGS_SASL:
 		return CMD_AUTHENTICATE;
-	if (strcmp(name, "IDLE") == 0)
-		return CMD_IDLE;
-	for (i = 0; mailbox_cmds[i] != NULL; i++)
-		if (strcmp(name, mailbox_cmds[i]) == 0)
-			return CMD_MAILBOX;
-	return CMD_OTHER;
+	case IMAPCMD_ARGS_MAILBOX:
+		return CMD_MAILBOX;
+	default:
+		return c->starts == IMAPCMD_STARTS_IDLE ? CMD_IDLE : CMD_OTHER;
+	}
 }
 
 /* Value of a base64 character, -1 for '=', -2 for anything else. */
@@ -792,6 +813,154 @@ imap_tail_add(struct imap_parser *p, const unsigned char *s, size_t n)
 	}
 }
 
+/* Mark the command as not in canonical form (the first reason is kept). */
+static void
+imap_frame_strict(struct imap_parser *p, const char *why)
+{
+	if (p->w->cur.strict == NULL)
+		p->w->cur.strict = why;
+}
+
+/* Mark the command as one no server can be trusted to frame as we do. */
+static void
+imap_frame_bad(struct imap_parser *p, const char *why)
+{
+	if (p->w->cur.bad == NULL)
+		p->w->cur.bad = why;
+}
+
+/* Can c stand in an atom-like token of a canonical command line? */
+static int
+imap_frame_atomish(unsigned char c)
+{
+	/* ATOM-CHAR plus what fetch, search and list use: "]", "%", "*", "\". */
+	return c > 0x20 && c < 0x7f && c != '(' && c != ')' && c != '{' && c != '"';
+}
+
+/*
+ * One byte of a client command line, outside literals (CR and LF of the
+ * line end excluded).  Follows RFC 3501/9051 quoted strings exactly and
+ * notes everything that is not canonical; a literal header counts only
+ * at a token start and at the very end of the line part.
+ */
+static void
+imap_frame_byte(struct imap_parser *p, unsigned char c)
+{
+	if (p->fr_cr) {
+		p->fr_cr = 0;
+		imap_frame_strict(p, "bare CR in command line");
+	}
+	if (c == '\r') {
+		p->fr_cr = 1;	/* CRLF ends the part; a CR before anything else is bare */
+		return;
+	}
+	if (c == 0)
+		imap_frame_strict(p, "NUL in command line");
+	switch (p->fr) {
+	case FR_QUOTED:
+		if (c == '\\')
+			p->fr = FR_QESC;
+		else if (c == '"')
+			p->fr = FR_AFTER;
+		else if (c >= 0x80)
+			imap_frame_strict(p, "8-bit byte in a quoted string");
+		return;
+	case FR_QESC:
+		if (c != '"' && c != '\\')
+			imap_frame_strict(p, "bad escape in a quoted string");
+		p->fr = FR_QUOTED;
+		return;
+	case FR_TILDE:
+		if (c == '{') {
+			p->fr = FR_LBRACE;
+			return;
+		}
+		p->fr = FR_ATOM;
+		break;
+	case FR_LBRACE:
+		p->fr = c >= '0' && c <= '9' ? FR_DIGITS : FR_ATOM;
+		if (p->fr == FR_ATOM)
+			imap_frame_strict(p, "malformed literal header");
+		return;
+	case FR_DIGITS:
+		if (c >= '0' && c <= '9')
+			return;
+		p->fr = c == '+' ? FR_PLUS : c == '}' ? FR_LITEND : FR_ATOM;
+		if (p->fr == FR_ATOM)
+			imap_frame_strict(p, "malformed literal header");
+		return;
+	case FR_PLUS:
+		p->fr = c == '}' ? FR_LITEND : FR_ATOM;
+		if (p->fr == FR_ATOM)
+			imap_frame_strict(p, "malformed literal header");
+		return;
+	case FR_LITEND:
+		imap_frame_strict(p, "literal header not at the line end");
+		p->fr = FR_ATOM;
+		break;
+	default:
+		break;
+	}
+	switch (c) {
+	case ' ':
+		if (p->fr == FR_SPACE || p->fr == FR_START)
+			imap_frame_strict(p, "empty token");
+		p->fr = FR_SPACE;
+		return;
+	case '(':
+		if (p->fr == FR_ATOM || p->fr == FR_AFTER)
+			imap_frame_strict(p, "\"(\" inside a token");
+		p->fr_depth++;
+		p->fr = FR_START;
+		return;
+	case ')':
+		if (p->fr_depth == 0)
+			imap_frame_strict(p, "unbalanced \")\"");
+		else
+			p->fr_depth--;
+		if (p->fr == FR_SPACE)
+			imap_frame_strict(p, "SP before \")\"");
+		p->fr = FR_AFTER;
+		return;
+	case '"':
+		if (p->fr == FR_START || p->fr == FR_SPACE) {
+			p->fr = FR_QUOTED;
+			return;
+		}
+		imap_frame_strict(p, "quote inside a token");
+		p->fr = FR_ATOM;
+		return;
+	case '{':
+		if (p->fr == FR_START || p->fr == FR_SPACE) {
+			p->fr = FR_LBRACE;
+			return;
+		}
+		imap_frame_strict(p, "\"{\" inside a token");
+		p->fr = FR_ATOM;
+		return;
+	case '~':
+		if (p->fr == FR_START || p->fr == FR_SPACE) {
+			p->fr = FR_TILDE;
+			return;
+		}
+		break;
+	default:
+		break;
+	}
+	if (!imap_frame_atomish(c) && c != 0)
+		imap_frame_strict(p, "8-bit or control byte outside a quoted string");
+	p->fr = FR_ATOM;
+}
+
+/* One byte of a SASL response line: base64, or "*" to cancel. */
+static void
+imap_frame_sasl_byte(struct imap_parser *p, unsigned char c)
+{
+	if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+	    c == '+' || c == '/' || c == '=' || c == '*' || c == '\r'))
+		imap_frame_bad(p, "SASL response is not base64");
+}
+
 /* Scan n line bytes (no LF among them). */
 static void
 imap_scan(struct imap_parser *p, const unsigned char *s, size_t n)
@@ -799,6 +968,12 @@ imap_scan(struct imap_parser *p, const unsigned char *s, size_t n)
 	uint64_t base = p->w->cur.len;
 	size_t i;
 
+	if (p->dir == IMAP_DIR_CLIENT && p->mode == IMAP_MODE_COMMAND)
+		for (i = 0; i < n; i++)
+			imap_frame_byte(p, s[i]);
+	else if (p->dir == IMAP_DIR_CLIENT && p->mode == IMAP_MODE_SASL)
+		for (i = 0; i < n; i++)
+			imap_frame_sasl_byte(p, s[i]);
 	for (i = 0; i < n && !p->skip_rest; i++)
 		imap_head_byte(p, s[i], base + i);
 	imap_tail_add(p, s, n);
@@ -833,21 +1008,8 @@ imap_tail_literal(struct imap_parser *p, size_t e, uint64_t *n, int *sync, int *
 		p->error = "literal length has too many digits";
 		return -1;
 	}
-	if (k == 0 || t[k - 1] != '{' || dend == k) {
-		/*
-		 * Not "{digits}".  From a client, a last token that starts
-		 * like a literal header is a framing the server might read
-		 * differently from us: refuse to guess.
-		 */
-		if (p->dir == IMAP_DIR_CLIENT) {
-			for (i = e; i > 0 && t[i - 1] != ' '; i--)
-				if (t[i - 1] == '{') {
-					p->error = "malformed literal header";
-					return -1;
-				}
-		}
-		return 0;
-	}
+	if (k == 0 || t[k - 1] != '{' || dend == k)
+		return 0;	/* not "{digits}" (the client framing lexer judges the rest) */
 	for (i = k; i < dend; i++) {
 		uint64_t d = (uint64_t)(t[i] - '0');
 
@@ -861,6 +1023,39 @@ imap_tail_literal(struct imap_parser *p, size_t e, uint64_t *n, int *sync, int *
 	*sync = p->dir == IMAP_DIR_CLIENT && !plus;
 	*lit8 = k >= 2 && t[k - 2] == '~';
 	return 1;
+}
+
+/*
+ * The client line part ended (r: what its last bytes look like, from
+ * imap_tail_literal).  A literal only where the framing lexer saw a
+ * literal header at a token start; "{n}" anywhere else (inside a quoted
+ * string, an atom) is a framing some servers would take as a literal
+ * and others not, so the command is marked bad and the line ends here.
+ */
+static int
+imap_frame_part_end(struct imap_parser *p, int r)
+{
+	int quoted = p->fr == FR_QUOTED || p->fr == FR_QESC;
+
+	p->fr_cr = 0;
+	if (r > 0 && p->fr != FR_LITEND) {
+		imap_frame_bad(p, quoted ? "literal marker inside a quoted string" :
+		    "literal marker inside a token");
+		r = 0;
+	}
+	if (r == 0) {
+		if (quoted)
+			imap_frame_bad(p, "unterminated quoted string");
+		if (p->fr == FR_SPACE)
+			imap_frame_strict(p, "SP at the line end");
+		else if (!quoted && p->fr != FR_ATOM && p->fr != FR_AFTER && p->fr != FR_START)
+			imap_frame_strict(p, "malformed literal header");
+		if (p->fr_depth > 0)
+			imap_frame_strict(p, "unbalanced \"(\"");
+	}
+	if (r > 0)
+		p->fr = FR_AFTER;	/* what follows the literal */
+	return r;
 }
 
 /* A literal header ended the line part: enter literal state. */
@@ -907,10 +1102,12 @@ imap_line_end(struct imap_parser *p, int bare)
 
 	c->bare_lf = bare;
 	if (p->dir == IMAP_DIR_CLIENT) {
-		if (p->mode == IMAP_MODE_COMMAND && c->kind == IMAP_KIND_COMMAND) {
-			if (strcmp(c->name, "AUTHENTICATE") == 0)
+		if (p->mode == IMAP_MODE_COMMAND && c->kind == IMAP_KIND_COMMAND &&
+		    c->bad == NULL) {
+			/* The mode the command starts if the server accepts it. */
+			if (p->cmd == CMD_AUTHENTICATE)
 				p->mode = IMAP_MODE_SASL;
-			else if (strcmp(c->name, "IDLE") == 0)
+			else if (p->cmd == CMD_IDLE)
 				p->mode = IMAP_MODE_IDLE;
 		} else if (c->kind == IMAP_KIND_DONE)
 			p->mode = IMAP_MODE_COMMAND;
@@ -952,6 +1149,8 @@ imap_part_end(struct imap_parser *p, struct imap_event *ev)
 	p->pending_cr = 0;
 	if (p->dir == IMAP_DIR_CLIENT ? p->mode == IMAP_MODE_COMMAND : !p->no_lit)
 		r = imap_tail_literal(p, e, &n, &sync, &lit8);
+	if (p->dir == IMAP_DIR_CLIENT && p->mode == IMAP_MODE_COMMAND)
+		r = imap_frame_part_end(p, r);
 	explicit_bzero(p->w->tail, sizeof(p->w->tail));
 	p->tail_len = 0;
 	p->part_len = 0;

@@ -103,6 +103,18 @@ struct imap_line {
 	int			toolong;	/* some line part passed max_line */
 	uint64_t		len;		/* total bytes incl. literals and CRLF */
 	int			bare_lf;	/* ended by LF without CR */
+	/*
+	 * Client lines only.  bad: why no server can be trusted to frame this
+	 * command as we do (unterminated quoted string, a literal marker
+	 * inside a quoted string or an atom, a SASL line that is not base64);
+	 * NULL if none.  strict: why the command is not in the canonical form
+	 * every server parses without error up to its literals (a double
+	 * space, an unbalanced parenthesis, a NUL or bare CR); servers that
+	 * stop at such an error skip the rest of the line without reading its
+	 * literals, so a command carrying literals must have none.
+	 */
+	const char		*bad;
+	const char		*strict;
 };
 
 /*
@@ -137,6 +149,9 @@ struct imap_parser {
 	int			 skip_rest;		/* head done: only look for the line end */
 	int			 no_lit;		/* server status/continuation: no literals */
 	int			 pending_cr;		/* head saw CR, not yet known if CRLF */
+	int			 fr;			/* client framing lexer state (every byte) */
+	int			 fr_cr;			/* framing lexer saw CR, not yet known if CRLF */
+	unsigned		 fr_depth;		/* open parentheses */
 	int			 tok_bad;		/* token too long or with bad characters */
 	int			 capture;		/* literal bytes go into tok */
 	size_t			 tok_len;

@@ -1,4 +1,5 @@
 /* session: both halves of a proxied IMAP connection, from accept to close. */
+#include <assert.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +20,7 @@
 #include "server.h"
 #include "guard.h"
 #include "connlimit.h"
+#include "imapcmd.h"
 #include "pool.h"
 #include "proxyproto.h"
 #include "session.h"
@@ -29,34 +31,121 @@
 #define SESSION_FLUSH_TIMEOUT_MS	5000
 /* Our own replies waiting for the backend to reach a response boundary. */
 #define SESSION_MAX_INJECT		(16 * 1024)
+/* Past this much queued of our own replies the client is not read. */
+#define SESSION_INJECT_HIGH		(SESSION_MAX_INJECT / 2)
+
+/*
+ * The session's lifecycle.  SETUP: imapgate talks to the backend alone
+ * (connect, TLS, STARTTLS, ID) and holds the greeting; RELAY: both sides
+ * talk; FINISHING: nothing more is read, the client gets what is queued;
+ * CLOSED: summary logged, waiting for the reap event.
+ */
+enum session_life {
+	SESSION_SETUP,
+	SESSION_RELAY,
+	SESSION_FINISHING,
+	SESSION_CLOSED,
+	SESSION_NLIFE
+};
+
+/*
+ * What the client half may send next.  The WAIT_ states are the ones
+ * where the meaning of the client's next bytes depends on an answer the
+ * backend has not given yet: nothing more is read from the client's
+ * buffer until it comes ("the server decides the mode").
+ */
+enum session_client {
+	CLIENT_COMMAND,		/* command lines and their literals */
+	CLIENT_WAIT_LITERAL,	/* sent "{n}": "+" or the tagged refusal decides */
+	CLIENT_WAIT_SASL,	/* sent AUTHENTICATE or a SASL line: "+" or the tagged reply */
+	CLIENT_SASL,		/* the backend sent "+": one SASL line */
+	CLIENT_WAIT_IDLE,	/* sent IDLE: "+" or the tagged reply */
+	CLIENT_IDLE,		/* the backend accepted IDLE: DONE */
+	CLIENT_STALE,		/* the backend left SASL/IDLE mid-line: drop that line */
+	CLIENT_TLS,		/* STARTTLS answered: the TLS handshake runs */
+	SESSION_NCLIENT
+};
+
+/* The backend half: imapgate's own dialog before RELAY, then READY. */
+enum session_backend {
+	BACKEND_NONE,		/* no server chosen (before, or between failover tries) */
+	BACKEND_CONNECTING,	/* TCP connect */
+	BACKEND_TLS,		/* implicit TLS handshake */
+	BACKEND_GREETING,	/* waiting for the greeting */
+	BACKEND_STARTTLS,	/* sent STARTTLS, waiting for its OK */
+	BACKEND_UPGRADE,	/* TLS handshake after STARTTLS */
+	BACKEND_ID,		/* sent ID with the client's address, waiting for its OK */
+	BACKEND_READY,		/* relaying */
+	SESSION_NBACKEND
+};
+
+static const char *const session_life_names[] = {
+	"setup", "relay", "finishing", "closed",
+};
+static const char *const session_client_names[] = {
+	"command", "wait-literal", "wait-sasl", "sasl", "wait-idle", "idle", "stale", "tls",
+};
+static const char *const session_backend_names[] = {
+	"none", "connecting", "tls", "greeting", "starttls", "upgrade", "id", "ready",
+};
+
+#define B(x)	(1u << (x))
+/* Allowed transitions: bit n of [old] set if old -> n is legal. */
+static const unsigned session_life_next[SESSION_NLIFE] = {
+	[SESSION_SETUP] = B(SESSION_RELAY) | B(SESSION_FINISHING) | B(SESSION_CLOSED),
+	[SESSION_RELAY] = B(SESSION_FINISHING) | B(SESSION_CLOSED),
+	[SESSION_FINISHING] = B(SESSION_CLOSED),
+	[SESSION_CLOSED] = 0,
+};
+static const unsigned session_client_next[SESSION_NCLIENT] = {
+	[CLIENT_COMMAND] = B(CLIENT_WAIT_LITERAL) | B(CLIENT_WAIT_SASL) | B(CLIENT_WAIT_IDLE) |
+	    B(CLIENT_TLS),
+	[CLIENT_WAIT_LITERAL] = B(CLIENT_COMMAND),
+	[CLIENT_WAIT_SASL] = B(CLIENT_SASL) | B(CLIENT_COMMAND),
+	[CLIENT_SASL] = B(CLIENT_WAIT_SASL) | B(CLIENT_COMMAND) | B(CLIENT_STALE),
+	[CLIENT_WAIT_IDLE] = B(CLIENT_IDLE) | B(CLIENT_COMMAND),
+	[CLIENT_IDLE] = B(CLIENT_COMMAND) | B(CLIENT_STALE),
+	[CLIENT_STALE] = B(CLIENT_COMMAND),
+	[CLIENT_TLS] = B(CLIENT_COMMAND),
+};
+#define SETUP_FAIL	B(BACKEND_NONE)
+static const unsigned session_backend_next[SESSION_NBACKEND] = {
+	[BACKEND_NONE] = B(BACKEND_CONNECTING),
+	[BACKEND_CONNECTING] = B(BACKEND_TLS) | B(BACKEND_GREETING) | SETUP_FAIL,
+	[BACKEND_TLS] = B(BACKEND_GREETING) | SETUP_FAIL,
+	[BACKEND_GREETING] = B(BACKEND_STARTTLS) | B(BACKEND_ID) | B(BACKEND_READY) | SETUP_FAIL,
+	[BACKEND_STARTTLS] = B(BACKEND_UPGRADE) | SETUP_FAIL,
+	[BACKEND_UPGRADE] = B(BACKEND_ID) | B(BACKEND_READY) | SETUP_FAIL,
+	[BACKEND_ID] = B(BACKEND_READY) | SETUP_FAIL,
+	[BACKEND_READY] = 0,
+};
+#undef B
+
+_Static_assert(sizeof(session_life_names) / sizeof(session_life_names[0]) == SESSION_NLIFE,
+    "session_life_names");
+_Static_assert(sizeof(session_client_names) / sizeof(session_client_names[0]) == SESSION_NCLIENT,
+    "session_client_names");
+_Static_assert(sizeof(session_backend_names) / sizeof(session_backend_names[0]) ==
+    SESSION_NBACKEND, "session_backend_names");
 
 struct session_half {
 	struct session		*s;
 	struct endpoint		*ep;
 	struct session_half	*peer;
 	const char		*name;		/* "client" or "backend" */
-	int			 paused;	/* reading stopped (peer's output full, or too many in flight) */
+	int			 reading;	/* endpoint reading is enabled */
+	int			 eof;		/* the peer closed its side (or failed): no more input */
 	struct imap_parser	 parser;	/* frames what this side sends */
 	size_t			 pending;	/* input bytes parsed but not yet moved */
-	int			 dropping;	/* the current command is answered by us, not forwarded */
-	int			 streaming;	/* over-long line: move bytes as they are parsed */
-	int			 sync_wait;	/* client: sent "{n}", no literal byte moved yet */
-	int			 relaying;	/* session_relay calls of this half on the stack */
-};
-
-/*
- * Before the client sees the backend, imapgate may talk to the backend
- * itself: TLS, STARTTLS, an ID with the client's address.  The greeting is
- * held until that is done.
- */
-enum session_phase {
-	SESSION_CONNECTING,	/* TCP connect to the backend */
-	SESSION_BACKEND_TLS,	/* implicit TLS handshake with the backend */
-	SESSION_GREETING,	/* waiting for the backend's greeting */
-	SESSION_BACKEND_STARTTLS,	/* sent STARTTLS, waiting for its OK */
-	SESSION_BACKEND_UPGRADE,	/* TLS handshake after STARTTLS */
-	SESSION_BACKEND_ID,	/* sent ID with the client's address, waiting for its OK */
-	SESSION_RELAY,		/* the client and the backend talk */
+	int			 streaming;	/* over-long line: move or drop bytes as they are parsed */
+	/* client only: the command being read */
+	int			 drop;		/* answered by imapgate: its bytes are dropped */
+	int			 replied;	/* imapgate's answer to it is queued */
+	int			 forwarded;	/* part of it went to the backend already */
+	int			 starttls;	/* imapgate accepted STARTTLS: TLS after this line */
+	uint64_t		 fwd_bytes;	/* bytes of it forwarded (for the trace) */
+	uint64_t		 wait_len;	/* CLIENT_WAIT_LITERAL: the literal's length */
+	char			 wait_tag[IMAP_MAX_TAG + 1];	/* tag whose answer ends a WAIT_ state */
 };
 
 /* Tags of the commands imapgate itself sends to the backend. */
@@ -72,7 +161,7 @@ union session_addr {
 };
 
 /* The stats tables are indexed by these enums. */
-_Static_assert(STATE_CMD_UNKNOWN + 1 == STATS_CMD_CLASSES, "STATS_CMD_CLASSES");
+_Static_assert(IMAPCMD_UNKNOWN + 1 == STATS_CMD_CLASSES, "STATS_CMD_CLASSES");
 _Static_assert(STATE_LOGOUT + 1 == STATS_STATES, "STATS_STATES");
 
 /* The session's deadlines (see struct session's due[]). */
@@ -96,6 +185,11 @@ struct session {
 	struct timeval		 last_activity;	/* last byte either way (timeouts.idle) */
 	struct timeval		 tls_started;	/* accept (implicit TLS) or STARTTLS answered */
 	struct session_half	 client, backend;
+	enum session_life	 life;
+	enum session_client	 cl;
+	enum session_backend	 bk;
+	int			 running;	/* session_run on the stack */
+	int			 rerun;		/* something changed while it ran: go round again */
 	struct timeval		 start;
 	/*
 	 * One timer serves every deadline of the session: it is set for the
@@ -115,25 +209,18 @@ struct session {
 	struct state		 st;
 	char			*inject;	/* our own replies, waiting for a response boundary */
 	size_t			 ninject;
-	enum session_phase	 phase;
 	int			 client_tls;	/* the client speaks TLS (implicit, or after STARTTLS) */
-	int			 client_upgrading;	/* STARTTLS answered, handshake running */
-	int			 starttls_now;	/* switch the client to TLS after this line */
 	char			*greeting;	/* held while imapgate sets the backend up */
 	size_t			 greeting_len;
 	struct imap_line	*greeting_line;	/* what the parser said of it (held with it) */
 	union session_addr	 client_ss;	/* the real client (after any PROXY header) */
 	union session_addr	 local_ss;	/* the address the client connected to */
-	int			 backend_gone;	/* EOF or error: drain its input, whatever the client's pace */
-	int			 client_gone;	/* client half-closed: answer what is in flight, then close */
 	int			 draining;	/* shutting down: BYE at the next quiet point */
-	int			 finishing;	/* flushing the client before close */
-	int			 closed;
 	const char		*reason;
 	char			*detail;	/* what went wrong, for the summary (NULL: nothing) */
 };
 
-static void session_relay(struct session_half *);
+static void session_run(struct session *);
 static void session_due(struct session *, enum session_due, uint64_t);
 static void session_due_off(struct session *, enum session_due);
 static void session_guard_check(struct session *);
@@ -176,6 +263,69 @@ session_age_ms(const struct session *s)
 	return (long long)d.tv_sec * 1000 + d.tv_usec / 1000;
 }
 
+/* Report an illegal lifecycle transition: a bug, logged in every build. */
+static void
+session_bad_transition(const struct session *s, const char *what, const char *from,
+    const char *to)
+{
+	log_error("session=%s msg=illegal-transition what=%s transition=%s->%s", s->id,
+	    what, from, to);
+	assert(!"illegal lifecycle transition");
+}
+
+/* The one place the session's lifecycle changes. */
+static void
+session_set_life(struct session *s, enum session_life to)
+{
+	if (!(session_life_next[s->life] & (1u << to))) {
+		session_bad_transition(s, "session", session_life_names[s->life],
+		    session_life_names[to]);
+		return;
+	}
+	log_debug("session=%s msg=lifecycle what=session transition=%s->%s", s->id,
+	    session_life_names[s->life], session_life_names[to]);
+	s->life = to;
+}
+
+/* The one place the client half's lifecycle changes. */
+static void
+session_set_client(struct session *s, enum session_client to)
+{
+	if (s->cl == to)
+		return;
+	if (!(session_client_next[s->cl] & (1u << to))) {
+		session_bad_transition(s, "client", session_client_names[s->cl],
+		    session_client_names[to]);
+		return;
+	}
+	log_debug("session=%s msg=lifecycle what=client transition=%s->%s", s->id,
+	    session_client_names[s->cl], session_client_names[to]);
+	s->cl = to;
+	s->rerun = 1;
+}
+
+/* The one place the backend half's lifecycle changes. */
+static void
+session_set_backend(struct session *s, enum session_backend to)
+{
+	if (!(session_backend_next[s->bk] & (1u << to))) {
+		session_bad_transition(s, "backend", session_backend_names[s->bk],
+		    session_backend_names[to]);
+		return;
+	}
+	log_debug("session=%s msg=lifecycle what=backend transition=%s->%s", s->id,
+	    session_backend_names[s->bk], session_backend_names[to]);
+	s->bk = to;
+	s->rerun = 1;
+}
+
+/* Is the session still reading and relaying (not finishing or closed)? */
+static int
+session_live(const struct session *s)
+{
+	return s->life == SESSION_SETUP || s->life == SESSION_RELAY;
+}
+
 /* Note what went wrong, for the summary line (the last note wins). */
 static void __attribute__((format(printf, 2, 3)))
 session_detail(struct session *s, const char *fmt, ...)
@@ -213,16 +363,46 @@ session_free(struct session *s)
 	free(s);
 }
 
+/*
+ * Write a peer-controlled value into buf as a quoted-string body: quote
+ * and backslash escaped, bytes outside printable ASCII as \xHH, so a log
+ * line keeps its fields whatever the value holds.
+ */
+static const char *
+session_escape(const char *v, char *buf, size_t size)
+{
+	static const char hex[] = "0123456789abcdef";
+	size_t o = 0;
+
+	for (; *v != '\0' && o + 5 < size; v++) {
+		unsigned char c = (unsigned char)*v;
+
+		if (c == '"' || c == '\\') {
+			buf[o++] = '\\';
+			buf[o++] = (char)c;
+		} else if (c < 0x20 || c >= 0x7f) {
+			buf[o++] = '\\';
+			buf[o++] = 'x';
+			buf[o++] = hex[c >> 4];
+			buf[o++] = hex[c & 15];
+		} else
+			buf[o++] = (char)c;
+	}
+	buf[o] = '\0';
+	return buf;
+}
+
 /* End the session: one summary line, both sides stopped, free scheduled. */
 void
 session_close(struct session *s, const char *reason)
 {
-	char bk[NETADDR_STRLEN], guards[256] = "";
+	char bk[NETADDR_STRLEN], guards[256] = "", user[4 * IMAP_MAX_ARG + 8];
+	char sni[4 * 256 + 8];
 	size_t gl = 0;
 
-	if (s->closed)
+	if (s->life == SESSION_CLOSED)
 		return;
-	s->closed = 1;
+	session_set_life(s, SESSION_CLOSED);
 	for (int g = 0; g < STATS_GUARD_MAX; g++)
 		if (s->guards[g] > 0 && gl + 40 < sizeof(guards))
 			gl += (size_t)snprintf(guards + gl, sizeof(guards) - gl, "%s%s:%u",
@@ -231,6 +411,7 @@ session_close(struct session *s, const char *reason)
 		s->reason = reason;
 	stats_name_add(&stats.ended, s->reason);
 	stats_add(&stats.sessions_ended, 1);
+	state_set_gauge(&s->st, NULL);	/* no longer open, in the same instant */
 	TAILQ_REMOVE(&s->srv->sessions, s, entry);
 	TAILQ_INSERT_TAIL(&s->srv->closed, s, entry);
 	s->srv->nsessions--;
@@ -242,7 +423,7 @@ session_close(struct session *s, const char *reason)
 	if (s->backend.ep != NULL)
 		endpoint_read_enable(s->backend.ep, 0);
 
-	log_info("session=%s msg=session-end client=%s backend=%s tls=%s cipher=%s sni=%s "
+	log_info("session=%s msg=session-end client=%s backend=%s tls=%s cipher=%s sni=%s%s%s "
 	    "bytes_in=%llu bytes_out=%llu backend_in=%llu backend_out=%llu "
 	    "duration_ms=%lld user=\"%s\" state=%s rewrites=%u guard_events=%u "
 	    "last_guard=%s guards=%s bye=%s rewritten=%s reason=%s%s%s%s",
@@ -251,12 +432,16 @@ session_close(struct session *s, const char *reason)
 	    &pool_server(s->gen->pool, s->server)->addr.ss, bk, sizeof(bk)) : "-",
 	    s->client.ep && s->client_tls ? endpoint_tls_version(s->client.ep) : "-",
 	    s->client.ep && s->client_tls ? endpoint_tls_cipher(s->client.ep) : "-",
-	    s->client.ep && endpoint_sni(s->client.ep) ? endpoint_sni(s->client.ep) : "-",
+	    s->client.ep && endpoint_sni(s->client.ep) ? "\"" : "-",
+	    s->client.ep && endpoint_sni(s->client.ep) ?
+	    session_escape(endpoint_sni(s->client.ep), sni, sizeof(sni)) : "",
+	    s->client.ep && endpoint_sni(s->client.ep) ? "\"" : "",
 	    (unsigned long long)(s->client.ep ? endpoint_bytes_in(s->client.ep) : 0),
 	    (unsigned long long)(s->client.ep ? endpoint_bytes_out(s->client.ep) : 0),
 	    (unsigned long long)(s->backend.ep ? endpoint_bytes_in(s->backend.ep) : 0),
 	    (unsigned long long)(s->backend.ep ? endpoint_bytes_out(s->backend.ep) : 0),
-	    session_age_ms(s), state_user(&s->st), state_name(s->st.proto), s->nrewrites,
+	    session_age_ms(s), session_escape(state_user(&s->st), user, sizeof(user)),
+	    state_name(s->st.proto), s->nrewrites,
 	    s->nguard, s->last_guard ? s->last_guard : "-", guards[0] ? guards : "-",
 	    s->bye ? s->bye : "-", s->rewritten[0] ? s->rewritten : "-", s->reason,
 	    s->detail ? " error=\"" : "", s->detail ? s->detail : "", s->detail ? "\"" : "");
@@ -298,29 +483,24 @@ session_guard_event(struct session *s, enum stats_guard g)
 /*
  * Finish the session: stop reading both sides, let the client read what is
  * already queued for it (a BYE, the backend's last bytes), then close.
+ * ENDPOINT_FLUSHED arrives from the loop, never from inside this call.
  */
 static void
 session_finish(struct session *s, const char *reason)
 {
-	if (s->finishing || s->closed)
+	if (!session_live(s))
 		return;
-	s->finishing = 1;
+	session_set_life(s, SESSION_FINISHING);
 	s->reason = reason;
+	/*
+	 * The client stays readable (a TLS handshake still running needs
+	 * it), but nothing it sends is parsed any more.
+	 */
 	if (s->backend.ep != NULL)
 		endpoint_read_enable(s->backend.ep, 0);
+	s->backend.reading = 0;
 	session_due(s, SESSION_DUE_PHASE, SESSION_FLUSH_TIMEOUT_MS);
 	endpoint_flush(s->client.ep);
-}
-
-/* Tell the client the backend is gone, then finish. */
-static void
-session_bye_unavailable(struct session *s, const char *reason)
-{
-	static const char bye[] = "* BYE [UNAVAILABLE] Backend server unavailable\r\n";
-
-	endpoint_write(s->client.ep, bye, sizeof(bye) - 1);
-	session_bye_count(s, STATS_BYE_UNAVAILABLE);
-	session_finish(s, reason);
 }
 
 /* Is the backend between two responses, so that a line of ours fits in? */
@@ -334,16 +514,19 @@ session_backend_at_boundary(const struct session *s)
 static void
 session_inject_flush(struct session *s)
 {
-	if (s->ninject == 0 || !session_backend_at_boundary(s))
+	if (s->ninject == 0 || (s->bk == BACKEND_READY && !session_backend_at_boundary(s)))
 		return;
 	endpoint_write(s->client.ep, s->inject, s->ninject);
 	s->ninject = 0;
+	s->rerun = 1;
 }
 
 /*
  * Queue one reply line of ours for the client.  It goes out at once if the
  * backend is between responses, else after the response in progress: a line
  * dropped into the middle of a response would corrupt the client's view.
+ * It counts against the client's output limit like relayed bytes: the
+ * client is not read while its output is full (session_client_blocked).
  */
 static int
 session_inject(struct session *s, const char *fmt, ...)
@@ -373,23 +556,41 @@ session_inject(struct session *s, const char *fmt, ...)
 	return 0;
 }
 
-/* Hand the parsed-but-held bytes of h on to the peer, or drop them. */
+/* Tell the client the backend is gone, then finish. */
+static void
+session_bye_unavailable(struct session *s, const char *reason)
+{
+	static const char bye[] = "* BYE [UNAVAILABLE] Backend server unavailable\r\n";
+
+	endpoint_write(s->client.ep, bye, sizeof(bye) - 1);
+	session_bye_count(s, STATS_BYE_UNAVAILABLE);
+	session_finish(s, reason);
+}
+
+/* Drop the parsed-but-held bytes of h. */
+static void
+session_drop(struct session_half *h)
+{
+	if (h->pending == 0)
+		return;
+	endpoint_drop(h->ep, h->pending);
+	h->pending = 0;
+}
+
+/* Hand the parsed-but-held bytes of h on to the peer. */
 static void
 session_pass(struct session_half *h)
 {
 	if (h->pending == 0)
 		return;
-	if (h->dropping)
-		endpoint_drop(h->ep, h->pending);
-	else {
-		endpoint_move(h->ep, h->peer->ep, h->pending);
-		if (h == &h->s->client) {
-			stats_add(&stats.client_in, h->pending);
-			stats_add(&stats.backend_out, h->pending);
-		} else {
-			stats_add(&stats.backend_in, h->pending);
-			stats_add(&stats.client_out, h->pending);
-		}
+	endpoint_move(h->ep, h->peer->ep, h->pending);
+	if (h == &h->s->client) {
+		h->fwd_bytes += h->pending;
+		stats_add(&stats.client_in, h->pending);
+		stats_add(&stats.backend_out, h->pending);
+	} else {
+		stats_add(&stats.backend_in, h->pending);
+		stats_add(&stats.client_out, h->pending);
 	}
 	h->pending = 0;
 }
@@ -403,18 +604,19 @@ session_drain_check(struct session *s)
 {
 	static const char bye[] = "* BYE [UNAVAILABLE] Server shutting down\r\n";
 
-	if (!s->draining || s->finishing || s->closed)
+	if (!s->draining || !session_live(s))
 		return;
-	if (s->phase != SESSION_RELAY) {
+	if (s->life == SESSION_SETUP) {
 		/* The client has seen nothing yet: a BYE greeting is all it gets. */
 		endpoint_write(s->client.ep, bye, sizeof(bye) - 1);
 		session_bye_count(s, STATS_BYE_SHUTDOWN);
 		session_finish(s, "shutdown");
 		return;
 	}
-	if (!(s->st.ninflight == 0 || (s->st.ninflight == 1 && s->st.idling)))
+	if (!(s->st.ninflight == 0 || (s->st.ninflight == 1 && s->cl == CLIENT_IDLE)))
 		return;
-	if (s->client.pending > 0 || !imap_parse_at_boundary(&s->client.parser) ||
+	if ((s->cl != CLIENT_COMMAND && s->cl != CLIENT_IDLE) || s->client.pending > 0 ||
+	    !imap_parse_at_boundary(&s->client.parser) ||
 	    !session_backend_at_boundary(s) || s->ninject > 0)
 		return;
 	session_bye_count(s, STATS_BYE_SHUTDOWN);
@@ -427,7 +629,7 @@ void
 session_drain(struct session *s)
 {
 	s->draining = 1;
-	session_drain_check(s);
+	session_run(s);
 }
 
 /* The next session of the same worker. */
@@ -446,112 +648,76 @@ session_caps(const struct session *s)
 	return GUARD_CAP_STARTTLS | (s->lc->require_tls ? GUARD_CAP_LOGINDISABLED : 0);
 }
 
-/*
- * The first part of a client command is known (at a literal header or the
- * line end): decide whether it goes to the backend or we answer it.
- */
-static void
-session_client_decide(struct session *s, const struct imap_line *l)
-{
-	struct session_half *h = &s->client;
-	enum state_cmd_kind kind;
-
-	h->dropping = 0;
-	if (l->kind != IMAP_KIND_COMMAND)
-		return;
-	kind = state_classify(l);
-	if (kind == STATE_CMD_STARTTLS && s->lc->tls == CONFIG_TLS_STARTTLS && !s->client_tls) {
-		h->dropping = 1;
-		if (l->nliterals > 0 || s->st.ninflight > 0 || s->ninject > 0 ||
-		    !session_backend_at_boundary(s)) {
-			session_inject(s, "%s BAD STARTTLS must be sent alone", l->tag);
-			return;
-		}
-		/*
-		 * imapgate answers STARTTLS itself; the backend never sees it.
-		 * Whatever the client pipelined behind it in plaintext is
-		 * discarded when TLS starts (RFC 9051 6.2.1).
-		 */
-		session_inject(s, "%s OK Begin TLS negotiation now", l->tag);
-		s->starttls_now = 1;
-		return;
-	}
-	if (kind == STATE_CMD_LOGIN && s->lc->tls == CONFIG_TLS_STARTTLS && !s->client_tls &&
-	    s->lc->require_tls) {
-		/* RFC 9051 6.2.3: no credentials in cleartext. */
-		h->dropping = 1;
-		session_inject(s, "%s NO [PRIVACYREQUIRED] Use STARTTLS first", l->tag);
-		return;
-	}
-	if (kind == STATE_CMD_STARTTLS || kind == STATE_CMD_COMPRESS) {
-		/*
-		 * Either would change the byte stream under the parser; neither
-		 * is offered on this listener (the capability filter removes them).
-		 */
-		h->dropping = 1;
-		session_guard_event(s, kind == STATE_CMD_STARTTLS ?
-		    STATS_GUARD_STARTTLS_REFUSED : STATS_GUARD_COMPRESS_REFUSED);
-		session_inject(s, "%s NO %s is not available here", l->tag, l->name);
-		return;
-	}
-	if (s->gen->cf->guard_client_state == CONFIG_GUARD_BYE &&
-	    state_needs_login(kind) && state_expected(&s->st) == STATE_NOT_AUTH) {
-		/*
-		 * The client believes it is logged in (a resumed TLS session, a
-		 * backend that restarted under it).  An error answer would make
-		 * it retry forever; BYE makes it reconnect and log in.
-		 */
-		h->dropping = 1;
-		session_guard_event(s, STATS_GUARD_CLIENT_STATE);
-		session_bye_count(s, STATS_BYE_CLIENT_STATE);
-		session_inject(s, "* BYE Not logged in: please reconnect and log in");
-		session_inject(s, "%s BAD %s%s%s not allowed now", l->tag, l->name,
-		    l->subname[0] ? " " : "", l->subname);
-		session_finish(s, "client-state");
-	}
-}
-
 /* Longest line shown whole in the debug protocol trace. */
 #define SESSION_TRACE_MAX	200
 
 /*
- * Debug protocol trace of one complete line of h.  Passwords and
- * AUTHENTICATE payloads never appear: LOGIN is rebuilt from its tag and
- * user, SASL lines and the server's SASL challenges become a marker.
+ * Debug trace of one client command (or SASL line, or DONE) that went to
+ * the backend, with the exact number of bytes it took there.  Passwords
+ * and AUTHENTICATE payloads never appear: LOGIN shows only its user, SASL
+ * lines only their size; literal content is never shown.
  */
 static void
-session_trace(struct session_half *h)
+session_trace_client(struct session *s, const struct imap_line *l, const char *kind,
+    uint64_t bytes, int own)
 {
-	const struct imap_line *l = imap_parse_line(&h->parser);
-	const struct session *s = h->s;
-	const char *dir = h == &s->client ? "c2s" : "s2c";
+	char tag[4 * IMAP_MAX_TAG + 8], user[4 * IMAP_MAX_ARG + 8], esc[SESSION_TRACE_MAX * 4 + 8];
+	char text[SESSION_TRACE_MAX + 1];
 	const unsigned char *b;
 	size_t n;
 
 	if (!log_enabled(CONFIG_LOG_DEBUG))
 		return;
-	if (h == &s->client) {
-		if (l->kind == IMAP_KIND_SASL || l->kind == IMAP_KIND_SASL_CANCEL) {
-			log_debug("session=%s msg=trace trace=%s line=\"<sasl redacted>\"", s->id, dir);
-			return;
+	if (strcmp(kind, "command") != 0) {
+		log_debug("session=%s msg=trace trace=c2s kind=%s bytes=%llu%s", s->id, kind,
+		    (unsigned long long)bytes, own ? " own=1" : "");
+		return;
+	}
+	session_escape(l->tag, tag, sizeof(tag));
+	if (strcmp(l->name, "LOGIN") == 0) {
+		log_debug("session=%s msg=trace trace=c2s kind=command tag=\"%s\" name=%s "
+		    "bytes=%llu literals=%u user=\"%s\"", s->id, tag, l->name,
+		    (unsigned long long)bytes, l->nliterals,
+		    session_escape(l->user, user, sizeof(user)));
+		return;
+	}
+	text[0] = '\0';
+	if (l->nliterals == 0 && !l->toolong && strcmp(l->name, "AUTHENTICATE") != 0 &&
+	    s->client.pending > 0) {
+		n = s->client.pending < SESSION_TRACE_MAX ? s->client.pending : SESSION_TRACE_MAX;
+		if ((b = endpoint_pullup(s->client.ep, n)) != NULL) {
+			while (n > 0 && (b[n - 1] == '\n' || b[n - 1] == '\r'))
+				n--;
+			memcpy(text, b, n);
+			text[n] = '\0';
 		}
-		if (l->kind == IMAP_KIND_COMMAND && strcmp(l->name, "LOGIN") == 0) {
-			log_debug("session=%s msg=trace trace=%s line=\"%s LOGIN %s <password redacted>\"",
-			    s->id, dir, l->tag, l->user);
-			return;
-		}
-		if (l->kind == IMAP_KIND_COMMAND && strcmp(l->name, "AUTHENTICATE") == 0) {
-			log_debug("session=%s msg=trace trace=%s line=\"%s AUTHENTICATE %s%s\"", s->id, dir,
-			    l->tag, l->arg, l->sasl_ir ? " <sasl redacted>" : "");
-			return;
-		}
-	} else if (l->kind == IMAP_KIND_CONTINUATION && s->st.authenticating) {
-		log_debug("session=%s msg=trace trace=%s line=\"+ <sasl redacted>\"", s->id, dir);
+	}
+	log_debug("session=%s msg=trace trace=c2s kind=command tag=\"%s\" name=%s bytes=%llu "
+	    "literals=%u%s%s%s", s->id, tag, l->name, (unsigned long long)bytes, l->nliterals,
+	    text[0] ? " line=\"" : "", text[0] ? session_escape(text, esc, sizeof(esc)) : "",
+	    text[0] ? "\"" : "");
+}
+
+/* Debug trace of one complete backend response. */
+static void
+session_trace_backend(struct session *s)
+{
+	struct session_half *h = &s->backend;
+	const struct imap_line *l = imap_parse_line(&h->parser);
+	char tag[4 * IMAP_MAX_TAG + 8], esc[SESSION_TRACE_MAX * 4 + 8], text[SESSION_TRACE_MAX + 1];
+	const unsigned char *b;
+	size_t n;
+
+	if (!log_enabled(CONFIG_LOG_DEBUG))
+		return;
+	if (l->kind == IMAP_KIND_CONTINUATION && s->st.authenticating) {
+		log_debug("session=%s msg=trace trace=s2c line=\"+ <sasl redacted>\"", s->id);
 		return;
 	}
 	if (l->nliterals > 0 || l->toolong || h->pending == 0) {
-		log_debug("session=%s msg=trace trace=%s tag=\"%s\" name=%s bytes=%llu literals=%u",
-		    s->id, dir, l->tag, l->name[0] ? l->name : l->status_word,
+		log_debug("session=%s msg=trace trace=s2c tag=\"%s\" name=%s bytes=%llu literals=%u",
+		    s->id, session_escape(l->tag, tag, sizeof(tag)),
+		    l->name[0] ? l->name : l->status_word,
 		    (unsigned long long)l->len, l->nliterals);
 		return;
 	}
@@ -560,89 +726,469 @@ session_trace(struct session_half *h)
 		return;
 	while (n > 0 && (b[n - 1] == '\n' || b[n - 1] == '\r'))
 		n--;
-	{
-		/* Quotes and backslashes escaped, so the line stays one value. */
-		char esc[SESSION_TRACE_MAX * 2 + 1];
-		size_t o = 0;
+	memcpy(text, b, n);
+	text[n] = '\0';
+	log_debug("session=%s msg=trace trace=s2c line=\"%s%s\"", s->id,
+	    session_escape(text, esc, sizeof(esc)), h->pending > SESSION_TRACE_MAX ? "..." : "");
+}
 
-		for (size_t i = 0; i < n; i++) {
-			if (b[i] == '"' || b[i] == '\\')
-				esc[o++] = '\\';
-			esc[o++] = (char)b[i];
+/* Forget the client command just handled (forwarded, answered or dropped). */
+static void
+session_client_reset(struct session_half *h)
+{
+	h->drop = h->replied = h->forwarded = h->streaming = h->starttls = 0;
+	h->fwd_bytes = 0;
+}
+
+/* imapgate answers the current client command itself: queue the reply, drop its bytes. */
+static void __attribute__((format(printf, 2, 3)))
+session_client_answer(struct session *s, const char *fmt, ...)
+{
+	char line[IMAP_MAX_TAG + 200];
+	va_list ap;
+
+	s->client.drop = 1;
+	if (s->client.replied)
+		return;
+	s->client.replied = 1;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	session_inject(s, "%s", line);
+}
+
+/* The command table entry that says whether l may carry literals. */
+static int
+session_literals_allowed(const struct imap_line *l)
+{
+	const struct imapcmd *c = imapcmd_find(l->name);
+
+	if (c != NULL && c->args == IMAPCMD_ARGS_SUBCMD)
+		c = imapcmd_find(l->subname);
+	return c != NULL && c->literals;
+}
+
+/*
+ * The first part of a client command is complete (at its first literal
+ * header, or at the line end when it has none): decide whether it goes
+ * to the backend or imapgate answers it.  Returns 1 to forward.
+ * lit: the part ends with a literal header; sync: "{n}", which waits for
+ * an answer.
+ */
+static int
+session_client_decide(struct session *s, const struct imap_line *l, int lit, int sync)
+{
+	const struct imapcmd *c;
+	enum imapcmd_class kind;
+
+	if (s->client.replied)
+		return 0;
+	if (l->tag[0] == '\0') {
+		session_client_answer(s, "* BAD Invalid tag");
+		return 0;
+	}
+	if (l->toolong) {
+		session_client_answer(s, "%s BAD Command line too long", l->tag);
+		return 0;
+	}
+	if (l->kind != IMAP_KIND_COMMAND) {
+		session_client_answer(s, "%s BAD Invalid command", l->tag);
+		return 0;
+	}
+	if (l->bad != NULL) {
+		/* No server can be trusted to frame it as we do: never forwarded. */
+		session_client_answer(s, "%s BAD %s", l->tag, l->bad);
+		return 0;
+	}
+	if (lit && !session_literals_allowed(l)) {
+		session_client_answer(s, "%s BAD No literal allowed in %s", l->tag, l->name);
+		return 0;
+	}
+	if (lit && l->strict != NULL) {
+		/* A server stopping at this error would not read the literal. */
+		session_client_answer(s, "%s BAD %s", l->tag, l->strict);
+		return 0;
+	}
+	c = imapcmd_find(l->name);
+	kind = c != NULL ? c->cls : IMAPCMD_UNKNOWN;
+	if ((sync || (c != NULL && (c->starts == IMAPCMD_STARTS_SASL ||
+	    c->starts == IMAPCMD_STARTS_IDLE))) && state_lookup(&s->st, l->tag, &kind)) {
+		/* Its tagged answer would be taken for the one in flight. */
+		session_client_answer(s, "%s BAD Tag already in use", l->tag);
+		return 0;
+	}
+	kind = c != NULL ? c->cls : IMAPCMD_UNKNOWN;
+	if (kind == IMAPCMD_STARTTLS && s->lc->tls == CONFIG_TLS_STARTTLS && !s->client_tls) {
+		if (lit || s->st.ninflight > 0 || s->ninject > 0 ||
+		    !session_backend_at_boundary(s)) {
+			session_client_answer(s, "%s BAD STARTTLS must be sent alone", l->tag);
+			return 0;
 		}
-		esc[o] = '\0';
-		log_debug("session=%s msg=trace trace=%s line=\"%s%s\"", s->id, dir, esc,
-		    h->pending > SESSION_TRACE_MAX ? "..." : "");
+		/*
+		 * imapgate answers STARTTLS itself; the backend never sees it.
+		 * Whatever the client pipelined behind it in plaintext is
+		 * discarded when TLS starts (RFC 9051 6.2.1).
+		 */
+		session_client_answer(s, "%s OK Begin TLS negotiation now", l->tag);
+		s->client.starttls = 1;
+		return 0;
+	}
+	if (kind == IMAPCMD_LOGIN && s->lc->tls == CONFIG_TLS_STARTTLS && !s->client_tls &&
+	    s->lc->require_tls) {
+		/* RFC 9051 6.2.3: no credentials in cleartext. */
+		session_client_answer(s, "%s NO [PRIVACYREQUIRED] Use STARTTLS first", l->tag);
+		return 0;
+	}
+	if (kind == IMAPCMD_STARTTLS || kind == IMAPCMD_COMPRESS) {
+		/*
+		 * Either would change the byte stream under the parser; neither
+		 * is offered on this listener (the capability filter removes them).
+		 */
+		session_guard_event(s, kind == IMAPCMD_STARTTLS ?
+		    STATS_GUARD_STARTTLS_REFUSED : STATS_GUARD_COMPRESS_REFUSED);
+		session_client_answer(s, "%s NO %s is not available here", l->tag, l->name);
+		return 0;
+	}
+	if (s->gen->cf->guard_client_state == CONFIG_GUARD_BYE &&
+	    imapcmd_needs_login(kind) && state_expected(&s->st) == STATE_NOT_AUTH) {
+		/*
+		 * The client believes it is logged in (a resumed TLS session, a
+		 * backend that restarted under it).  An error answer would make
+		 * it retry forever; BYE makes it reconnect and log in.
+		 */
+		session_guard_event(s, STATS_GUARD_CLIENT_STATE);
+		session_bye_count(s, STATS_BYE_CLIENT_STATE);
+		session_inject(s, "* BYE Not logged in: please reconnect and log in");
+		session_client_answer(s, "%s BAD %s%s%s not allowed now", l->tag, l->name,
+		    l->subname[0] ? " " : "", l->subname);
+		session_finish(s, "client-state");
+		return 0;
+	}
+	return 1;
+}
+
+/* The client sent something imapgate cannot frame inside a command it already forwarded. */
+static void
+session_client_unframeable(struct session *s, const char *why)
+{
+	session_detail(s, "client: %s", why);
+	session_bye_count(s, STATS_BYE_PROTOCOL);
+	session_inject(s, "* BYE Unreadable command stream");
+	session_finish(s, "client-protocol-error");
+}
+
+/*
+ * A synchronizing literal will not be sent: imapgate or the backend
+ * refused its command.  Bytes the client already sent behind the header
+ * without waiting for "+" were meant as literal data: they are discarded
+ * (up to the literal's length), never parsed as commands.
+ */
+static void
+session_client_cancel_literal(struct session *s, uint64_t len)
+{
+	struct session_half *h = &s->client;
+	size_t have;
+
+	imap_parse_literal_cancel(&h->parser);
+	session_drop(h);
+	have = endpoint_input_len(h->ep);
+	if ((uint64_t)have > len)
+		have = (size_t)len;
+	if (have > 0) {
+		log_debug("session=%s msg=literal-discarded bytes=%zu", s->id, have);
+		endpoint_drop(h->ep, have);
+	}
+	session_client_reset(h);
+}
+
+/* Start the TLS handshake imapgate accepted with its STARTTLS answer. */
+static void
+session_client_starttls(struct session *s)
+{
+	struct session_half *h = &s->client;
+
+	session_set_client(s, CLIENT_TLS);
+	event_base_gettimeofday_cached(s->srv->base, &s->tls_started);
+	session_due(s, SESSION_DUE_GUARD, s->gen->cf->tls_handshake_ms);
+	imap_parse_restart(&h->parser);
+	if (endpoint_start_tls(h->ep, s->gen->tls) != 0)
+		session_close(s, "client-tls-failed");
+}
+
+/* A client line part ended with a literal header. */
+static void
+session_client_literal(struct session *s, const struct imap_event *ev)
+{
+	struct session_half *h = &s->client;
+	const struct imap_line *l = imap_parse_current(&h->parser);
+
+	if (h->forwarded) {
+		if (l->bad != NULL || l->strict != NULL) {
+			session_client_unframeable(s, l->bad != NULL ? l->bad : l->strict);
+			return;
+		}
+	} else if (!session_client_decide(s, l, 1, ev->lit_sync) && s->life != SESSION_RELAY)
+		return;		/* finishing */
+	if (h->drop) {
+		session_drop(h);
+		if (ev->lit_sync)	/* no "+" from us: the literal is not coming */
+			session_client_cancel_literal(s, ev->lit_len);
+		return;		/* "{n+}": its bytes are dropped by count */
+	}
+	h->forwarded = 1;
+	session_pass(h);
+	if (ev->lit_sync) {
+		memcpy(h->wait_tag, l->tag, sizeof(h->wait_tag));
+		h->wait_len = ev->lit_len;
+		session_set_client(s, CLIENT_WAIT_LITERAL);
+		session_response_timer(s, 0);
 	}
 }
 
-/* A complete client command (or SASL line, or DONE) has been parsed. */
+/* A complete SASL response line from the client (CLIENT_SASL). */
+static void
+session_client_sasl_line(struct session *s, const struct imap_line *l)
+{
+	static const char cancel[] = "*\r\n";
+	struct session_half *h = &s->client;
+
+	if (h->drop || l->toolong || l->bad != NULL) {
+		/*
+		 * Not something to forward (too long, not base64): cancel the
+		 * exchange instead, so the AUTHENTICATE ends with the backend's
+		 * own tagged answer.
+		 */
+		session_drop(h);
+		endpoint_write(s->backend.ep, cancel, sizeof(cancel) - 1);
+		session_trace_client(s, l, "sasl-cancel", sizeof(cancel) - 1, 1);
+	} else {
+		uint64_t n = h->pending;
+
+		session_pass(h);
+		session_trace_client(s, l, l->kind == IMAP_KIND_SASL_CANCEL ? "sasl-cancel" :
+		    "sasl", n, 0);
+		state_client_command(&s->st, l);
+	}
+	session_client_reset(h);
+	session_set_client(s, CLIENT_WAIT_SASL);
+	session_response_timer(s, 1);
+}
+
+/* A complete line from the client in IDLE: DONE goes on, anything else is answered. */
+static void
+session_client_idle_line(struct session *s, const struct imap_line *l)
+{
+	struct session_half *h = &s->client;
+
+	if (l->kind == IMAP_KIND_DONE && !l->toolong && !h->drop) {
+		uint64_t n = h->pending;
+
+		session_pass(h);
+		session_trace_client(s, l, "done", n, 0);
+		session_client_reset(h);
+		session_set_client(s, CLIENT_COMMAND);
+		/* The backend owes the IDLE's tagged answer now. */
+		session_response_timer(s, 1);
+		return;
+	}
+	session_drop(h);
+	session_client_reset(h);
+	session_inject(s, "* BAD Expected DONE");
+}
+
+/* A complete client command line (CLIENT_COMMAND). */
+static void
+session_client_command_line(struct session *s, const struct imap_line *l)
+{
+	struct session_half *h = &s->client;
+	const struct imapcmd *c;
+
+	if (h->forwarded) {
+		if (l->bad != NULL || l->strict != NULL || l->toolong) {
+			session_client_unframeable(s, l->toolong ? "command line too long" :
+			    l->bad != NULL ? l->bad : l->strict);
+			return;
+		}
+	} else if (!session_client_decide(s, l, 0, 0) || h->drop) {
+		session_drop(h);
+		/* The mode the parser entered for it never starts. */
+		imap_parse_set_mode(&h->parser, IMAP_MODE_COMMAND);
+		if (h->starttls) {
+			session_client_reset(h);
+			session_client_starttls(s);
+			return;
+		}
+		session_client_reset(h);
+		return;
+	}
+	session_trace_client(s, l, "command", h->fwd_bytes + h->pending, 0);
+	session_pass(h);
+	if (state_client_command(&s->st, l) != 0) {
+		/* Cannot happen while reading pauses at the limit; be safe anyway. */
+		session_close(s, "too-many-in-flight");
+		return;
+	}
+	state_stamp_last(&s->st, session_now_us(s));
+	session_client_reset(h);
+	c = imapcmd_find(l->name);
+	if (c != NULL && (c->starts == IMAPCMD_STARTS_SASL || c->starts == IMAPCMD_STARTS_IDLE)) {
+		memcpy(h->wait_tag, l->tag, sizeof(h->wait_tag));
+		session_set_client(s, c->starts == IMAPCMD_STARTS_SASL ? CLIENT_WAIT_SASL :
+		    CLIENT_WAIT_IDLE);
+	}
+	session_response_timer(s, 0);
+}
+
+/* A complete line from the client, in whatever mode the client half is. */
 static void
 session_client_line(struct session *s)
 {
 	struct session_half *h = &s->client;
 	const struct imap_line *l = imap_parse_line(&h->parser);
 
-	if (l->toolong) {
-		h->dropping = 1;
-		session_pass(h);
-		h->dropping = 0;
-		if (l->tag[0] != '\0')
-			session_inject(s, "%s BAD Command line too long", l->tag);
-		else
-			session_inject(s, "* BAD Command line too long");
-		return;
-	}
-	if (l->kind == IMAP_KIND_INVALID) {
-		h->dropping = 1;
-		session_pass(h);
-		h->dropping = 0;
-		if (l->tag[0] != '\0')
-			session_inject(s, "%s BAD Invalid command", l->tag);
-		else
-			session_inject(s, "* BAD Invalid command line");
-		return;
-	}
-	session_trace(h);
-	if (l->nliterals == 0)
-		session_client_decide(s, l);
-	if (!h->dropping && state_client_command(&s->st, l) != 0) {
-		/* Cannot happen while reading pauses at the limit; be safe anyway. */
-		session_close(s, "too-many-in-flight");
-		return;
-	}
-	if (!h->dropping && l->kind == IMAP_KIND_COMMAND)
-		state_stamp_last(&s->st, session_now_us(s));
-	if (h->dropping && strcmp(l->name, "AUTHENTICATE") == 0)
+	h->streaming = 0;
+	switch (s->cl) {
+	case CLIENT_SASL:
+		session_client_sasl_line(s, l);
+		break;
+	case CLIENT_IDLE:
+		session_client_idle_line(s, l);
+		break;
+	case CLIENT_STALE:
+		/* Begun in a mode the backend has left: not a command, not for it. */
+		session_drop(h);
+		session_client_reset(h);
 		imap_parse_set_mode(&h->parser, IMAP_MODE_COMMAND);
-	session_pass(h);
-	h->dropping = 0;
-	if (s->starttls_now) {
-		s->starttls_now = 0;
-		s->client_upgrading = 1;
-		event_base_gettimeofday_cached(s->srv->base, &s->tls_started);
-		session_due(s, SESSION_DUE_GUARD, s->gen->cf->tls_handshake_ms);
-		imap_parse_restart(&h->parser);
-		if (endpoint_start_tls(h->ep, s->gen->tls) != 0)
-			session_close(s, "client-tls-failed");
+		session_set_client(s, CLIENT_COMMAND);
+		break;
+	default:
+		session_client_command_line(s, l);
+		break;
+	}
+}
+
+/* The current client line passed max_line. */
+static void
+session_client_toolong(struct session *s)
+{
+	struct session_half *h = &s->client;
+
+	if (s->cl == CLIENT_COMMAND && h->forwarded) {
+		session_client_unframeable(s, "command line too long");
 		return;
 	}
-	session_response_timer(s, 0);
-	session_drain_check(s);
+	/* Never forwarded: dropped as it streams in, answered at its end. */
+	h->drop = 1;
+	h->streaming = 1;
+	session_drop(h);
+}
+
+/* Must the client not be read now?  Output full either way, too many commands, our replies queued. */
+static int
+session_client_blocked(const struct session *s)
+{
+	if (s->client.eof)
+		return 0;	/* what it sent before closing is read regardless */
+	return endpoint_output_full(s->client.ep) ||
+	    (s->backend.ep != NULL && endpoint_output_full(s->backend.ep)) ||
+	    state_inflight_full(&s->st) || s->ninject > SESSION_INJECT_HIGH;
 }
 
 /*
- * Arm, re-arm (reset) or stop the backend response timer: it runs while a
- * command waits for its answer, except in IDLE, where silence is normal.
+ * Parse what the client sent and act on it: forward, answer, or hold.
+ * Lines are parsed in place and moved whole once judged; literal bytes
+ * are moved by count, without being looked at.  Returns 1 if anything
+ * was consumed.
+ */
+static int
+session_client_run(struct session *s)
+{
+	struct session_half *h = &s->client;
+	struct imap_parser *p = &h->parser;
+	struct imap_event ev;
+	const unsigned char *buf;
+	size_t avail, len, used;
+	uint64_t left;
+	int progress = 0;
+
+	while (s->life == SESSION_RELAY) {
+		if (s->cl != CLIENT_COMMAND && s->cl != CLIENT_SASL && s->cl != CLIENT_IDLE &&
+		    s->cl != CLIENT_STALE)
+			return progress;	/* held until the backend answers */
+		if (session_client_blocked(s))
+			return progress;
+		avail = endpoint_input_len(h->ep);
+		left = imap_parse_literal_left(p);
+		if (left > 0 && h->pending == 0 && !imap_parse_literal_wanted(p)) {
+			if (avail == 0)
+				return progress;
+			len = left < avail ? (size_t)left : avail;
+			h->pending = len;
+			if (h->drop)
+				session_drop(h);
+			else
+				session_pass(h);
+			imap_parse_skip(p, len);
+			progress = 1;
+			continue;
+		}
+		if (avail <= h->pending)
+			return progress;
+		buf = endpoint_peek(h->ep, h->pending, &len);
+		if (buf == NULL)
+			len = 0;
+		used = imap_parse_feed(p, buf, len, &ev);
+		h->pending += used;
+		if (used > 0)
+			progress = 1;
+		switch (ev.type) {
+		case IMAP_EV_NONE:
+			if (h->streaming)
+				session_drop(h);
+			if (used == 0)
+				return progress;
+			break;
+		case IMAP_EV_TOOLONG:
+			session_client_toolong(s);
+			break;
+		case IMAP_EV_LITERAL_HEAD:
+			session_client_literal(s, &ev);
+			break;
+		case IMAP_EV_LITERAL_DONE:
+			if (h->drop)
+				session_drop(h);
+			else
+				session_pass(h);
+			break;
+		case IMAP_EV_LINE:
+			session_client_line(s);
+			break;
+		case IMAP_EV_ERROR:
+			session_client_unframeable(s, p->error);
+			return progress;
+		}
+	}
+	return progress;
+}
+
+/*
+ * Arm, re-arm (reset) or stop the backend response timer: it runs while
+ * the backend owes an answer (a command in flight, a literal or SASL
+ * continuation asked for), except while the client holds the floor: in
+ * IDLE before DONE, or after a "+" for a SASL response.
  */
 static void
 session_response_timer(struct session *s, int activity)
 {
 	uint64_t ms = s->gen->cf->backend_response_ms;
+	int owed;
 
-	if (s->closed || s->finishing || ms == 0)
+	if (!session_live(s) || ms == 0)
 		return;
-	if (s->st.ninflight == 0 || s->st.idling) {
+	owed = s->cl == CLIENT_WAIT_LITERAL || s->cl == CLIENT_WAIT_SASL ||
+	    s->cl == CLIENT_WAIT_IDLE ||
+	    (s->st.ninflight > 0 && s->cl != CLIENT_IDLE && s->cl != CLIENT_SASL);
+	if (!owed) {
 		session_due_off(s, SESSION_DUE_RESPONSE);
 		return;
 	}
@@ -661,10 +1207,11 @@ session_response_timer(struct session *s, int activity)
 static void
 session_backend_lost(struct session *s, const char *reason)
 {
-	s->backend_gone = 1;
+	s->backend.eof = 1;
 	endpoint_read_enable(s->backend.ep, 0);
-	session_relay(&s->backend);
-	if (s->finishing || s->closed)
+	s->backend.reading = 0;
+	session_run(s);
+	if (!session_live(s))
 		return;
 	if (!session_backend_at_boundary(s) || endpoint_input_len(s->backend.ep) > 0) {
 		session_guard_event(s, STATS_GUARD_BACKEND_LOST_MID);
@@ -705,16 +1252,16 @@ session_backend_desync(struct session *s, const struct imap_line *l,
     const char *line, size_t len)
 {
 	const struct config *cf = s->gen->cf;
-	enum state_cmd_kind kind;
+	enum imapcmd_class kind;
 	enum stats_guard g;
 
 	if (l->kind == IMAP_KIND_UNTAGGED && s->st.greeted &&
 	    guard_is_greeting(cf, l, line, len))
 		g = STATS_GUARD_DESYNC_GREETING;
 	else if (l->kind == IMAP_KIND_TAGGED && state_lookup(&s->st, l->tag, &kind) &&
-	    state_needs_login(kind) &&
+	    imapcmd_needs_login(kind) &&
 	    (s->st.proto == STATE_SELECTED ||
-	    (s->st.proto == STATE_AUTH && !state_needs_selected(kind))) &&
+	    (s->st.proto == STATE_AUTH && !imapcmd_needs_selected(kind))) &&
 	    guard_is_wrong_state(cf, l, line, len))
 		g = STATS_GUARD_DESYNC_STATE;
 	else
@@ -722,8 +1269,7 @@ session_backend_desync(struct session *s, const struct imap_line *l,
 	session_guard_event(s, g);
 	if (cf->guard_desync != CONFIG_GUARD_BYE)
 		return 0;
-	endpoint_drop(s->backend.ep, s->backend.pending);
-	s->backend.pending = 0;
+	session_drop(&s->backend);
 	session_bye_count(s, STATS_BYE_DESYNC);
 	session_inject(s, "* BYE [UNAVAILABLE] The server lost this session, please reconnect");
 	session_finish(s, g == STATS_GUARD_DESYNC_GREETING ? "backend-greeted-again" :
@@ -731,12 +1277,66 @@ session_backend_desync(struct session *s, const struct imap_line *l,
 	return 1;
 }
 
-/* A complete server response has been parsed. */
+/*
+ * The client half waits for the backend's word: a "+" or the tagged
+ * answer of the waiting command decides how its next bytes are framed.
+ */
+static void
+session_client_decided(struct session *s, const struct imap_line *l)
+{
+	struct imap_parser *cp = &s->client.parser;
+	int tagged = l->kind == IMAP_KIND_TAGGED && strcmp(l->tag, s->client.wait_tag) == 0;
+
+	if (l->kind == IMAP_KIND_CONTINUATION) {
+		switch (s->cl) {
+		case CLIENT_WAIT_LITERAL:
+			session_set_client(s, CLIENT_COMMAND);	/* the literal follows */
+			break;
+		case CLIENT_WAIT_SASL:
+			imap_parse_set_mode(cp, IMAP_MODE_SASL);
+			session_set_client(s, CLIENT_SASL);
+			break;
+		case CLIENT_WAIT_IDLE:
+			imap_parse_set_mode(cp, IMAP_MODE_IDLE);
+			session_set_client(s, CLIENT_IDLE);
+			break;
+		default:
+			break;
+		}
+		return;
+	}
+	if (!tagged)
+		return;
+	switch (s->cl) {
+	case CLIENT_WAIT_LITERAL:
+		/* Refused instead of "+": the literal will not come. */
+		session_client_cancel_literal(s, s->client.wait_len);
+		session_set_client(s, CLIENT_COMMAND);
+		break;
+	case CLIENT_WAIT_SASL:
+	case CLIENT_WAIT_IDLE:
+		imap_parse_set_mode(cp, IMAP_MODE_COMMAND);
+		session_set_client(s, CLIENT_COMMAND);
+		break;
+	case CLIENT_SASL:
+	case CLIENT_IDLE:
+		/* The backend ended the exchange on its own. */
+		if (imap_parse_at_boundary(cp) && s->client.pending == 0) {
+			imap_parse_set_mode(cp, IMAP_MODE_COMMAND);
+			session_set_client(s, CLIENT_COMMAND);
+		} else
+			session_set_client(s, CLIENT_STALE);
+		break;
+	default:
+		break;
+	}
+}
+
+/* A complete server response has been parsed (BACKEND_READY). */
 static void
 session_backend_line(struct session *s)
 {
 	struct session_half *h = &s->backend;
-	struct imap_parser *cp = &s->client.parser;
 	const struct imap_line *l = imap_parse_line(&h->parser);
 	const char *line = NULL;
 	struct state_result res;
@@ -745,7 +1345,7 @@ session_backend_line(struct session *s)
 	if (l->nliterals == 0 && !l->toolong && h->pending > 0 &&
 	    (l->status != IMAP_STATUS_NONE || strcasecmp(l->name, "CAPABILITY") == 0))
 		line = (const char *)endpoint_pullup(h->ep, h->pending);
-	session_trace(h);
+	session_trace_backend(s);
 	if (line != NULL && session_backend_desync(s, l, line, h->pending))
 		return;
 
@@ -754,14 +1354,7 @@ session_backend_line(struct session *s)
 		uint64_t now = session_now_us(s);
 		stats_rtt(res.kind, now > res.started_us ? now - res.started_us : 0);
 	}
-	if (res.completed && (res.kind == STATE_CMD_LOGIN || res.kind == STATE_CMD_IDLE))
-		imap_parse_set_mode(cp, IMAP_MODE_COMMAND);
-	if (l->kind == IMAP_KIND_TAGGED && s->client.sync_wait &&
-	    strcmp(l->tag, imap_parse_current(cp)->tag) == 0) {
-		/* The server refused a synchronizing literal: it will not come. */
-		imap_parse_literal_cancel(cp);
-		s->client.sync_wait = 0;
-	}
+	session_client_decided(s, l);
 	if (line != NULL && guard_rewrite(s->gen->cf, l, line, h->pending, session_caps(s), &out) == 1) {
 		log_debug("session=%s msg=rewrite original=%s status=%d code=%d caps=%d",
 		    s->id, out.original, out.status_changed, out.code_changed,
@@ -773,28 +1366,70 @@ session_backend_line(struct session *s)
 			snprintf(s->rewritten + strlen(s->rewritten),
 			    sizeof(s->rewritten) - strlen(s->rewritten), "%s%s",
 			    s->rewritten[0] ? "," : "", out.original);
-		endpoint_drop(h->ep, h->pending);
-		h->pending = 0;
+		session_drop(h);
 		endpoint_write(s->client.ep, out.buf, out.len);
 		free(out.buf);
 	} else
 		session_pass(h);
 	session_inject_flush(s);
-	if (s->client_gone && s->st.ninflight == 0) {
+	if (s->client.eof && s->st.ninflight == 0) {
 		session_finish(s, "client-eof");
 		return;
 	}
 	session_response_timer(s, 1);
-	if (s->client.paused && !state_inflight_full(&s->st) &&
-	    !endpoint_output_full(s->backend.ep)) {
-		s->client.paused = 0;
-		endpoint_read_enable(s->client.ep, 1);
-		/* Commands already read wait in the input: no new byte will wake them. */
-		session_relay(&s->client);
-		if (s->finishing || s->closed)
-			return;
+}
+
+/*
+ * A backend status line passed max_line.  Its head (tag, status word,
+ * code) was read: rewrite that part as a short line would be rewritten,
+ * and let the rest (its text) stream on unchanged.
+ */
+static void
+session_backend_toolong(struct session *s)
+{
+	struct session_half *h = &s->backend;
+	const struct imap_line *l = imap_parse_current(&h->parser);
+	struct imap_line head;
+	struct guard_out out;
+	const unsigned char *b;
+	size_t cut;
+	char *line;
+
+	h->streaming = 1;
+	if (l->status == IMAP_STATUS_NONE || l->kind == IMAP_KIND_CONTINUATION) {
+		session_pass(h);
+		return;
 	}
-	session_drain_check(s);
+	/* Where the head ends: after a closed code, or before an unclosed one. */
+	cut = l->code_off > 0 && l->code_end == 0 ? l->code_off :
+	    l->text_off > 0 ? l->text_off : l->status_off;
+	if (cut == 0 || cut > h->pending || (b = endpoint_pullup(h->ep, cut)) == NULL ||
+	    (line = malloc(cut + 2)) == NULL) {
+		session_pass(h);
+		return;
+	}
+	memcpy(line, b, cut);
+	memcpy(line + cut, "\r\n", 2);
+	head = *l;
+	head.toolong = 0;
+	if (l->code_off > 0 && l->code_end == 0)
+		head.code[0] = '\0', head.code_off = head.code_end = 0;
+	head.text_off = cut;
+	if (guard_rewrite(s->gen->cf, &head, line, cut + 2, session_caps(s), &out) == 1) {
+		stats_rewrite(out.original);
+		s->nrewrites++;
+		endpoint_drop(h->ep, cut);
+		h->pending -= cut;
+		/* The rewritten head, then one space, then the original text streams on. */
+		while (out.len > 0 && (out.buf[out.len - 1] == '\n' ||
+		    out.buf[out.len - 1] == '\r' || out.buf[out.len - 1] == ' '))
+			out.len--;
+		endpoint_write(s->client.ep, out.buf, out.len);
+		endpoint_write(s->client.ep, " ", 1);
+		free(out.buf);
+	}
+	free(line);
+	session_pass(h);
 }
 
 /* Send ID with the client's address (backend.client_ip: id); its reply is swallowed. */
@@ -812,7 +1447,7 @@ session_send_id(struct session *s)
 	    "\"x-connected-port\" \"%u\" \"x-session-id\" \"%s\")\r\n",
 	    cip, cport, lip, lport, s->id);
 	endpoint_write(s->backend.ep, line, (size_t)n);
-	s->phase = SESSION_BACKEND_ID;
+	session_set_backend(s, BACKEND_ID);
 }
 
 /* The backend is set up: let the client see the greeting and start relaying. */
@@ -824,7 +1459,8 @@ session_release_greeting(struct session *s)
 	struct guard_out out;
 	int r;
 
-	s->phase = SESSION_RELAY;
+	session_set_backend(s, BACKEND_READY);
+	session_set_life(s, SESSION_RELAY);
 	session_due_off(s, SESSION_DUE_PHASE);
 	log_debug("session=%s msg=backend-ready tls=%s", s->id,
 	    endpoint_tls_version(s->backend.ep));
@@ -850,11 +1486,9 @@ session_release_greeting(struct session *s)
 		free(s->greeting_line);
 		s->greeting_line = NULL;
 	}
-	session_relay(&s->client);
-	session_relay(&s->backend);
 }
 
-/* A backend line while imapgate is still setting the backend up. */
+/* A backend line while imapgate is still setting the backend up: never for the client. */
 static void
 session_backend_setup_line(struct session *s)
 {
@@ -863,13 +1497,12 @@ session_backend_setup_line(struct session *s)
 	const struct config *cf = s->gen->cf;
 	const char *bytes;
 
-	switch (s->phase) {
-	case SESSION_GREETING:
+	switch (s->bk) {
+	case BACKEND_GREETING:
 		if (l->kind != IMAP_KIND_GREETING ||
 		    (l->status != IMAP_STATUS_OK && l->status != IMAP_STATUS_PREAUTH)) {
 			/* A BYE or a garbled greeting: this server cannot take us. */
-			endpoint_drop(h->ep, h->pending);
-			h->pending = 0;
+			session_drop(h);
 			session_backend_failover(s, l->status == IMAP_STATUS_BYE ?
 			    "greeted with BYE" : "bad greeting");
 			return;
@@ -877,12 +1510,13 @@ session_backend_setup_line(struct session *s)
 		pool_report(s->gen->pool, s->server, 1, NULL);
 		if (cf->backend_tls != CONFIG_TLS_STARTTLS && cf->client_ip != CONFIG_CLIENT_IP_ID) {
 			/* Nothing to do first: relay from here. */
-			s->phase = SESSION_RELAY;
+			session_set_backend(s, BACKEND_READY);
+			session_set_life(s, SESSION_RELAY);
 			session_due_off(s, SESSION_DUE_PHASE);
 			session_backend_line(s);
 			return;
 		}
-		if (h->pending > cf->max_line ||
+		if (h->pending > cf->max_line || l->nliterals > 0 ||
 		    (bytes = (const char *)endpoint_pullup(h->ep, h->pending)) == NULL ||
 		    (s->greeting = malloc(h->pending)) == NULL ||
 		    (s->greeting_line = malloc(sizeof(*s->greeting_line))) == NULL) {
@@ -892,18 +1526,16 @@ session_backend_setup_line(struct session *s)
 		memcpy(s->greeting, bytes, h->pending);
 		s->greeting_len = h->pending;
 		*s->greeting_line = *l;
-		endpoint_drop(h->ep, h->pending);
-		h->pending = 0;
+		session_drop(h);
 		if (cf->backend_tls == CONFIG_TLS_STARTTLS) {
 			static const char cmd[] = SESSION_TAG_STARTTLS " STARTTLS\r\n";
 			endpoint_write(h->ep, cmd, sizeof(cmd) - 1);
-			s->phase = SESSION_BACKEND_STARTTLS;
+			session_set_backend(s, BACKEND_STARTTLS);
 		} else
 			session_send_id(s);
 		return;
-	case SESSION_BACKEND_STARTTLS:
-		endpoint_drop(h->ep, h->pending);
-		h->pending = 0;
+	case BACKEND_STARTTLS:
+		session_drop(h);
 		if (l->kind != IMAP_KIND_TAGGED || strcmp(l->tag, SESSION_TAG_STARTTLS) != 0)
 			return;
 		if (l->status != IMAP_STATUS_OK) {
@@ -911,21 +1543,19 @@ session_backend_setup_line(struct session *s)
 			session_bye_unavailable(s, "backend-starttls-refused");
 			return;
 		}
-		s->phase = SESSION_BACKEND_UPGRADE;
+		session_set_backend(s, BACKEND_UPGRADE);
 		imap_parse_restart(&h->parser);
 		h->parser.seen_greeting = 1;
 		if (endpoint_start_tls(h->ep, s->gen->btls) != 0)
 			session_bye_unavailable(s, "backend-tls-failed");
 		return;
-	case SESSION_BACKEND_ID:
-		endpoint_drop(h->ep, h->pending);
-		h->pending = 0;
+	case BACKEND_ID:
+		session_drop(h);
 		if (l->kind == IMAP_KIND_TAGGED && strcmp(l->tag, SESSION_TAG_ID) == 0)
 			session_release_greeting(s);
 		return;
 	default:
-		endpoint_drop(h->ep, h->pending);
-		h->pending = 0;
+		session_drop(h);
 		return;
 	}
 }
@@ -936,8 +1566,8 @@ session_backend_up(struct session *s)
 {
 	const struct config *cf = s->gen->cf;
 
-	switch (s->phase) {
-	case SESSION_CONNECTING: {
+	switch (s->bk) {
+	case BACKEND_CONNECTING: {
 		/*
 		 * The same bound covers what follows the TCP connect: a TLS
 		 * handshake and the greeting.  A server that accepts and then
@@ -957,20 +1587,18 @@ session_backend_up(struct session *s)
 			endpoint_write(s->backend.ep, hdr, n);
 		}
 		if (cf->backend_tls == CONFIG_TLS_IMPLICIT) {
-			s->phase = SESSION_BACKEND_TLS;
+			session_set_backend(s, BACKEND_TLS);
 			if (endpoint_start_tls(s->backend.ep, s->gen->btls) != 0)
 				session_bye_unavailable(s, "backend-tls-failed");
 			return;
 		}
-		s->phase = SESSION_GREETING;
-		session_relay(&s->backend);
+		session_set_backend(s, BACKEND_GREETING);
 		return;
 	}
-	case SESSION_BACKEND_TLS:
-		s->phase = SESSION_GREETING;
-		session_relay(&s->backend);
+	case BACKEND_TLS:
+		session_set_backend(s, BACKEND_GREETING);
 		return;
-	case SESSION_BACKEND_UPGRADE:
+	case BACKEND_UPGRADE:
 		if (cf->client_ip == CONFIG_CLIENT_IP_ID)
 			session_send_id(s);
 		else
@@ -981,142 +1609,154 @@ session_backend_up(struct session *s)
 	}
 }
 
-/* The parser lost the stream: nothing after this point can be trusted. */
-static void
-session_parse_error(struct session_half *h)
-{
-	struct session *s = h->s;
-
-	session_detail(s, "%s: %s", h->name, h->parser.error);
-	if (h == &s->client) {
-		session_bye_count(s, STATS_BYE_PROTOCOL);
-		session_inject(s, "* BYE Unreadable command stream");
-		session_finish(s, "client-protocol-error");
-	} else
-		session_close(s, "backend-protocol-error");
-}
-
-/* Stop reading h: its peer's output is full, or too many commands are in flight. */
+/* Does the backend half parse its input now (greeting, setup answers, relay)? */
 static int
-session_must_pause(struct session_half *h)
+session_backend_parsing(const struct session *s)
 {
-	if (h == &h->s->client && h->s->client_gone)
-		return 0;
-	if (h == &h->s->backend && h->s->backend_gone)
-		return 0;
-	if (endpoint_output_full(h->peer->ep) ||
-	    (h == &h->s->client && state_inflight_full(&h->s->st))) {
-		if (!h->paused) {
-			h->paused = 1;
-			endpoint_read_enable(h->ep, 0);
-		}
-		return 1;
-	}
-	return 0;
+	return session_live(s) && (s->bk == BACKEND_GREETING || s->bk == BACKEND_STARTTLS ||
+	    s->bk == BACKEND_ID || s->bk == BACKEND_READY);
 }
 
 /*
- * Parse what h has read and move it to the peer.  Lines are parsed in
- * place and moved whole once framed; literal bytes are moved by count,
- * without being looked at.
+ * Parse what the backend sent and relay it, or, while imapgate sets the
+ * backend up, read it itself: nothing of it reaches the client then but
+ * the greeting it holds.  Returns 1 if anything was consumed.
  */
-static void
-session_relay_run(struct session_half *h)
+static int
+session_backend_run(struct session *s)
 {
-	struct session *s = h->s;
+	struct session_half *h = &s->backend;
 	struct imap_parser *p = &h->parser;
 	struct imap_event ev;
 	const unsigned char *buf;
 	size_t avail, len, used;
 	uint64_t left;
+	int progress = 0, relay;
 
-	while (!s->finishing && !s->closed &&
-	    (h == &s->client ? s->phase == SESSION_RELAY && !s->client_upgrading :
-	    s->phase >= SESSION_GREETING && s->phase != SESSION_BACKEND_UPGRADE &&
-	    !s->client_upgrading)) {
-		if (session_must_pause(h))
-			return;
+	while (session_backend_parsing(s)) {
+		relay = s->bk == BACKEND_READY;
+		if (relay && endpoint_output_full(s->client.ep) && !h->eof)
+			return progress;
 		avail = endpoint_input_len(h->ep);
 		left = imap_parse_literal_left(p);
-		if (left > 0 && h->pending == 0 && !imap_parse_literal_wanted(p)) {
+		if (left > 0 && h->pending == 0) {
 			if (avail == 0)
-				return;
+				return progress;
 			len = left < avail ? (size_t)left : avail;
 			h->pending = len;
-			h->sync_wait = 0;
-			session_pass(h);
+			if (relay)
+				session_pass(h);
+			else
+				session_drop(h);
 			imap_parse_skip(p, len);
+			progress = 1;
 			continue;
 		}
 		if (avail <= h->pending)
-			return;
+			return progress;
 		buf = endpoint_peek(h->ep, h->pending, &len);
 		if (buf == NULL)
 			len = 0;
 		used = imap_parse_feed(p, buf, len, &ev);
 		h->pending += used;
+		if (used > 0)
+			progress = 1;
 		switch (ev.type) {
 		case IMAP_EV_NONE:
 			if (h->streaming)
-				session_pass(h);
+				relay ? session_pass(h) : session_drop(h);
 			if (used == 0)
-				return;
+				return progress;
 			break;
 		case IMAP_EV_TOOLONG:
-			h->streaming = 1;
-			if (h == &s->client)
-				h->dropping = 1;
-			session_pass(h);
+			if (relay)
+				session_backend_toolong(s);
+			else {
+				h->streaming = 1;
+				session_drop(h);
+			}
 			break;
 		case IMAP_EV_LITERAL_HEAD:
-			if (h == &s->client) {
-				if (imap_parse_current(p)->nliterals <= 1 && !h->streaming)
-					session_client_decide(s, imap_parse_current(p));
-				h->sync_wait = ev.lit_sync;
-				if (h->dropping && ev.lit_sync) {
-					/* We answered it: the client will not send the literal. */
-					imap_parse_literal_cancel(p);
-					h->sync_wait = 0;
-					session_pass(h);
-					h->dropping = 0;
-					break;
-				}
-			}
-			session_pass(h);
-			break;
 		case IMAP_EV_LITERAL_DONE:
-			session_pass(h);
+			relay ? session_pass(h) : session_drop(h);
 			break;
 		case IMAP_EV_LINE:
 			h->streaming = 0;
-			if (h == &s->client)
-				session_client_line(s);
-			else if (s->phase != SESSION_RELAY)
-				session_backend_setup_line(s);
-			else
+			if (relay)
 				session_backend_line(s);
+			else
+				session_backend_setup_line(s);
 			break;
 		case IMAP_EV_ERROR:
-			session_parse_error(h);
-			return;
+			session_detail(s, "backend: %s", p->error);
+			session_close(s, "backend-protocol-error");
+			return progress;
 		}
 	}
+	return progress;
+}
+
+/* Turn reading of h on or off, through the endpoint only when it changes. */
+static void
+session_read(struct session_half *h, int on)
+{
+	if (h->ep == NULL || h->reading == on || h->eof)
+		return;
+	h->reading = on;
+	endpoint_read_enable(h->ep, on);
 }
 
 /*
- * Relay what one side has buffered.  Relaying one side can relay the other
- * (a reply makes room, a command is answered), so calls nest; the parser's
- * working buffers go back only when the outermost call for this side
- * returns at a line boundary, never under a line handler still using them.
- * Idle sessions then hold no parser buffers at all.
+ * Backpressure: read a side only while what it would produce has room.
+ * The client is not read while its own output is full (imapgate's
+ * replies go there too), the backend's output is full, too many commands
+ * are in flight, or the client waits for the backend's word (its
+ * buffered input is bounded by the endpoint's read limit).  The backend
+ * is not read while the client's output is full.
  */
 static void
-session_relay(struct session_half *h)
+session_flow(struct session *s)
 {
-	h->relaying++;
-	session_relay_run(h);
-	if (--h->relaying == 0)
-		imap_parse_release(&h->parser);
+	if (!session_live(s))
+		return;
+	session_read(&s->client, !session_client_blocked(s) && s->cl != CLIENT_TLS);
+	if (s->backend.ep != NULL)
+		session_read(&s->backend, s->bk != BACKEND_READY ||
+		    !endpoint_output_full(s->client.ep));
+}
+
+/*
+ * Run the session until neither side can make progress: the backend
+ * first (its answers decide how the client's bytes are framed), then
+ * the client.  Endpoint callbacks and timers only call this; it never
+ * re-enters itself, so no handler runs under another.
+ */
+static void
+session_run(struct session *s)
+{
+	int progress;
+
+	if (s->running) {
+		s->rerun = 1;
+		return;
+	}
+	s->running = 1;
+	do {
+		s->rerun = 0;
+		progress = 0;
+		if (session_backend_parsing(s))
+			progress |= session_backend_run(s);
+		if (s->life == SESSION_RELAY)
+			progress |= session_client_run(s);
+		session_drain_check(s);
+	} while ((progress || s->rerun) && session_live(s));
+	session_flow(s);
+	s->running = 0;
+	/* Idle sessions hold no parser buffers. */
+	if (s->backend.pending == 0)
+		imap_parse_release(&s->backend.parser);
+	if (s->client.pending == 0)
+		imap_parse_release(&s->client.parser);
 }
 
 /* New input on one side. */
@@ -1129,24 +1769,53 @@ session_readable(struct endpoint *ep, void *arg)
 	event_base_gettimeofday_cached(s->srv->base, &s->last_activity);
 	if (h == &s->backend && s->due[SESSION_DUE_RESPONSE] != 0)
 		session_response_timer(s, 1);
-	session_relay(h);
+	session_run(s);
 }
 
-/* One side's output drained to the low mark: let its peer read again. */
+/* One side's output drained to the low mark: whatever waited for room goes on. */
 static void
 session_drained(struct endpoint *ep, void *arg)
 {
 	struct session *s = arg;
-	struct session_half *h = session_half_of(s, ep);
-	struct session_half *src = h->peer;
 
-	if (s->finishing || s->closed || !src->paused)
+	(void)ep;
+	if (!session_live(s))
 		return;
-	if (src == &s->client && state_inflight_full(&s->st))
+	session_run(s);
+}
+
+/* The client's end of the stream, or an error on it. */
+static void
+session_client_event(struct session *s, enum endpoint_event what)
+{
+	struct endpoint *ep = s->client.ep;
+
+	if (what == ENDPOINT_ERROR && !s->client_tls && endpoint_is_tls(ep))
+		stats_name_add(&stats.tls_failures,
+		    strncmp(endpoint_error(ep), "tls: ", 5) == 0 ?
+		    endpoint_error(ep) + 5 : endpoint_error(ep));
+	if (what == ENDPOINT_ERROR || s->life != SESSION_RELAY) {
+		session_close(s, "client-error");
 		return;
-	src->paused = 0;
-	endpoint_read_enable(src->ep, 1);
-	session_relay(src);
+	}
+	/*
+	 * A half-close: what the client sent still goes through the parser
+	 * and the guard, and the answers to commands in flight (a pipelined
+	 * LOGOUT, say) still reach it, for a bounded time.  Over TLS the end
+	 * of the client's stream ends the connection (libevent stops writing
+	 * too), so only what it sent is passed on.
+	 */
+	s->client.eof = 1;
+	s->client.reading = 0;
+	session_run(s);
+	endpoint_read_enable(ep, 0);
+	if (!session_live(s))
+		return;
+	if (s->st.ninflight == 0 || endpoint_is_tls(ep)) {
+		session_close(s, "client-eof");
+		return;
+	}
+	session_due(s, SESSION_DUE_PHASE, SESSION_FLUSH_TIMEOUT_MS);
 }
 
 /* Connection events from either side. */
@@ -1156,7 +1825,7 @@ session_event(struct endpoint *ep, enum endpoint_event what, void *arg)
 	struct session *s = arg;
 	struct session_half *h = session_half_of(s, ep);
 
-	if (s->closed)
+	if (s->life == SESSION_CLOSED)
 		return;
 	if (what == ENDPOINT_FLUSHED) {
 		if (h == &s->client)
@@ -1165,58 +1834,35 @@ session_event(struct endpoint *ep, enum endpoint_event what, void *arg)
 	}
 	if (h == &s->backend && what == ENDPOINT_CONNECTED) {
 		session_backend_up(s);
+		session_run(s);
 		return;
 	}
 	if (h == &s->client && what == ENDPOINT_CONNECTED) {
 		const char *sni = endpoint_sni(ep);
+		char esc[4 * 256 + 8];
 
 		s->client_tls = 1;
 		stats_add(&stats.tls_handshakes, 1);
-		log_debug("session=%s msg=tls-established tls=%s cipher=%s sni=%s", s->id,
-		    endpoint_tls_version(ep), endpoint_tls_cipher(ep), sni ? sni : "-");
-		if (s->client_upgrading) {
-			s->client_upgrading = 0;
-			session_relay(&s->backend);
-			session_relay(&s->client);
-		}
+		log_debug("session=%s msg=tls-established tls=%s cipher=%s sni=\"%s\"", s->id,
+		    endpoint_tls_version(ep), endpoint_tls_cipher(ep),
+		    sni ? session_escape(sni, esc, sizeof(esc)) : "");
+		if (s->cl == CLIENT_TLS)
+			session_set_client(s, CLIENT_COMMAND);
+		session_run(s);
 		return;
 	}
 	if (what == ENDPOINT_ERROR)
 		session_detail(s, "%s", endpoint_error(ep));
 	if (h == &s->client) {
-		if (what == ENDPOINT_ERROR && !s->client_tls && endpoint_is_tls(ep))
-			stats_name_add(&stats.tls_failures,
-			    strncmp(endpoint_error(ep), "tls: ", 5) == 0 ?
-			    endpoint_error(ep) + 5 : endpoint_error(ep));
-		if (what == ENDPOINT_ERROR || s->phase != SESSION_RELAY) {
-			session_close(s, "client-error");
-			return;
-		}
-		/*
-		 * A half-close: what the client sent still goes through the
-		 * parser and the guard, and the answers to commands in flight
-		 * (a pipelined LOGOUT, say) still reach it, for a bounded
-		 * time.  Over TLS the end of the client's stream ends the
-		 * connection (libevent stops writing too), so only what it
-		 * sent is passed on.
-		 */
-		s->client_gone = 1;
-		session_relay(&s->client);
-		endpoint_read_enable(s->client.ep, 0);
-		if (s->closed || s->finishing)
-			return;
-		if (s->st.ninflight == 0 || endpoint_is_tls(s->client.ep)) {
-			session_close(s, "client-eof");
-			return;
-		}
-		session_due(s, SESSION_DUE_PHASE, SESSION_FLUSH_TIMEOUT_MS);
+		session_client_event(s, what);
 		return;
 	}
-	if (s->finishing)
+	if (s->life == SESSION_FINISHING)
 		return;
-	if (s->phase < SESSION_RELAY) {
+	if (s->life == SESSION_SETUP) {
 		session_backend_failover(s, what == ENDPOINT_EOF ? "closed before the greeting" :
 		    endpoint_error(ep));
+		session_run(s);
 		return;
 	}
 	session_backend_lost(s, what == ENDPOINT_EOF ? "backend-eof" : "backend-error");
@@ -1257,7 +1903,8 @@ session_connect_backend(struct session *s)
 		session_detail(s, "connect to %s failed", sv->address);
 		pool_report(s->gen->pool, s->server, 0, "connect failed");
 	}
-	s->phase = SESSION_CONNECTING;
+	session_set_backend(s, BACKEND_CONNECTING);
+	s->backend.reading = 1;
 	endpoint_set_limits(s->backend.ep, cf->buffer, cf->buffer + cf->max_line);
 	session_due(s, SESSION_DUE_PHASE, cf->backend_connect_ms);
 }
@@ -1275,10 +1922,11 @@ session_backend_failover(struct session *s, const char *why)
 	session_detail(s, "%s: %s", pool_name(s->gen->pool, s->server), why);
 	pool_report(s->gen->pool, s->server, 0, why);
 	session_due_off(s, SESSION_DUE_PHASE);
+	session_set_backend(s, BACKEND_NONE);
 	endpoint_free(s->backend.ep);
 	s->backend.ep = NULL;
 	s->backend.pending = 0;
-	s->backend.paused = 0;
+	s->backend.reading = 0;
 	s->backend.streaming = 0;
 	imap_parse_restart(&s->backend.parser);
 	free(s->greeting);
@@ -1292,15 +1940,15 @@ session_backend_failover(struct session *s, const char *why)
 static void
 session_phase_timeout(struct session *s)
 {
-	if (s->finishing) {
+	if (s->life == SESSION_FINISHING) {
 		session_close(s, s->reason);
 		return;
 	}
-	if (s->client_gone) {
+	if (s->client.eof) {
 		session_close(s, "client-eof");
 		return;
 	}
-	if (s->phase < SESSION_RELAY)
+	if (s->life == SESSION_SETUP)
 		session_backend_failover(s, "connect timeout");
 }
 
@@ -1314,7 +1962,7 @@ session_timer_arm(struct session *s)
 	for (int d = 0; d < SESSION_NDUE; d++)
 		if (s->due[d] != 0 && (min == 0 || s->due[d] < min))
 			min = s->due[d];
-	if (s->closed || min == 0 || (s->armed != 0 && s->armed <= min))
+	if (s->life == SESSION_CLOSED || min == 0 || (s->armed != 0 && s->armed <= min))
 		return;
 	now = session_now_us(s);
 	tv.tv_sec = min > now ? (time_t)((min - now) / 1000000) : 0;
@@ -1355,15 +2003,18 @@ session_timer_cb(evutil_socket_t fd, short what, void *arg)
 		s->due[SESSION_DUE_PHASE] = 0;
 		session_phase_timeout(s);
 	}
-	if (!s->closed && s->due[SESSION_DUE_RESPONSE] != 0 &&
+	if (s->life != SESSION_CLOSED && s->due[SESSION_DUE_RESPONSE] != 0 &&
 	    s->due[SESSION_DUE_RESPONSE] <= now) {
 		s->due[SESSION_DUE_RESPONSE] = 0;
 		session_response_timeout(s);
 	}
-	if (!s->closed && s->due[SESSION_DUE_GUARD] != 0 && s->due[SESSION_DUE_GUARD] <= now) {
+	if (s->life != SESSION_CLOSED && s->due[SESSION_DUE_GUARD] != 0 &&
+	    s->due[SESSION_DUE_GUARD] <= now) {
 		s->due[SESSION_DUE_GUARD] = 0;
 		session_guard_check(s);
 	}
+	if (session_live(s))
+		session_run(s);
 	session_timer_arm(s);
 }
 
@@ -1379,7 +2030,7 @@ session_guard_check(struct session *s)
 	struct timeval now, age, idle;
 	uint64_t age_ms, idle_ms, next = UINT64_MAX;
 
-	if (s->finishing || s->closed)
+	if (!session_live(s))
 		return;
 	event_base_gettimeofday_cached(s->srv->base, &now);
 	timersub(&now, &s->start, &age);
@@ -1387,7 +2038,7 @@ session_guard_check(struct session *s)
 	age_ms = (uint64_t)age.tv_sec * 1000 + (uint64_t)age.tv_usec / 1000;
 	idle_ms = (uint64_t)idle.tv_sec * 1000 + (uint64_t)idle.tv_usec / 1000;
 
-	if ((s->lc->tls == CONFIG_TLS_IMPLICIT && !s->client_tls) || s->client_upgrading) {
+	if ((s->lc->tls == CONFIG_TLS_IMPLICIT && !s->client_tls) || s->cl == CLIENT_TLS) {
 		struct timeval hs;
 		uint64_t hs_ms;
 
@@ -1450,6 +2101,9 @@ session_start(struct server *srv, const struct config_listen *lc, int fd,
 	s->gen = generation_ref(gen);
 	s->lc = lc;
 	s->server = -1;
+	s->life = SESSION_SETUP;
+	s->cl = CLIENT_COMMAND;
+	s->bk = BACKEND_NONE;
 	gettimeofday(&s->start, NULL);
 	s->last_activity = s->start;
 	s->tls_started = s->start;
@@ -1489,6 +2143,7 @@ session_start(struct server *srv, const struct config_listen *lc, int fd,
 		session_close(s, "client-setup-failed");
 		return;
 	}
+	s->client.reading = 1;
 	endpoint_set_limits(s->client.ep, cf->buffer, cf->buffer + cf->max_line);
 	log_debug("session=%s msg=accepted client=%s listen=%s", s->id,
 	    s->client_addr, lc->address);

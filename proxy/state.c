@@ -11,37 +11,6 @@ static const char *const state_names[] = {
 	"NotAuthenticated", "Authenticated", "Selected", "Logout",
 };
 
-/* Command names and their kinds (RFC 3501/9051 section 6, and extensions). */
-static const struct {
-	const char		*name;
-	enum state_cmd_kind	 kind;
-} state_commands[] = {
-	{ "CAPABILITY", STATE_CMD_ANY },	{ "NOOP", STATE_CMD_ANY },
-	{ "ID", STATE_CMD_ANY },		{ "LOGOUT", STATE_CMD_LOGOUT },
-	{ "LOGIN", STATE_CMD_LOGIN },		{ "AUTHENTICATE", STATE_CMD_LOGIN },
-	{ "STARTTLS", STATE_CMD_STARTTLS },	{ "ENABLE", STATE_CMD_AUTH },
-	{ "SELECT", STATE_CMD_SELECT },		{ "EXAMINE", STATE_CMD_SELECT },
-	{ "CREATE", STATE_CMD_AUTH },		{ "DELETE", STATE_CMD_AUTH },
-	{ "RENAME", STATE_CMD_AUTH },		{ "SUBSCRIBE", STATE_CMD_AUTH },
-	{ "UNSUBSCRIBE", STATE_CMD_AUTH },	{ "LIST", STATE_CMD_AUTH },
-	{ "LSUB", STATE_CMD_AUTH },		{ "XLIST", STATE_CMD_AUTH },
-	{ "NAMESPACE", STATE_CMD_AUTH },	{ "STATUS", STATE_CMD_AUTH },
-	{ "APPEND", STATE_CMD_AUTH },		{ "IDLE", STATE_CMD_IDLE },
-	{ "GETQUOTA", STATE_CMD_AUTH },		{ "GETQUOTAROOT", STATE_CMD_AUTH },
-	{ "SETQUOTA", STATE_CMD_AUTH },		{ "GETACL", STATE_CMD_AUTH },
-	{ "SETACL", STATE_CMD_AUTH },		{ "DELETEACL", STATE_CMD_AUTH },
-	{ "LISTRIGHTS", STATE_CMD_AUTH },	{ "MYRIGHTS", STATE_CMD_AUTH },
-	{ "GETMETADATA", STATE_CMD_AUTH },	{ "SETMETADATA", STATE_CMD_AUTH },
-	{ "COMPRESS", STATE_CMD_COMPRESS },	{ "NOTIFY", STATE_CMD_AUTH },
-	{ "CHECK", STATE_CMD_SELECTED },	{ "CLOSE", STATE_CMD_CLOSE },
-	{ "UNSELECT", STATE_CMD_CLOSE },	{ "EXPUNGE", STATE_CMD_SELECTED },
-	{ "SEARCH", STATE_CMD_SELECTED },	{ "FETCH", STATE_CMD_SELECTED },
-	{ "STORE", STATE_CMD_SELECTED },	{ "COPY", STATE_CMD_SELECTED },
-	{ "MOVE", STATE_CMD_SELECTED },		{ "UID", STATE_CMD_SELECTED },
-	{ "SORT", STATE_CMD_SELECTED },		{ "THREAD", STATE_CMD_SELECTED },
-	{ "ESEARCH", STATE_CMD_SELECTED },
-};
-
 /* Printable state name. */
 const char *
 state_name(enum state_proto proto)
@@ -67,10 +36,12 @@ state_cmd_clear(struct state_cmd *c)
 	c->mailbox = c->user = NULL;
 }
 
-/* Attach the shared gauge and count this session in its current state. */
+/* Count this session in gauge (NULL: in none) instead of the gauge it was in. */
 void
 state_set_gauge(struct state *st, uint64_t *gauge)
 {
+	if (st->gauge != NULL)
+		__atomic_fetch_sub(&st->gauge[st->proto], 1, __ATOMIC_RELAXED);
 	st->gauge = gauge;
 	if (gauge != NULL)
 		__atomic_fetch_add(&gauge[st->proto], 1, __ATOMIC_RELAXED);
@@ -142,32 +113,6 @@ state_set(struct state *st, enum state_proto proto, const char *why)
 		    state_names[old], state_names[proto], why);
 }
 
-/* Map a command line to its kind. */
-enum state_cmd_kind
-state_classify(const struct imap_line *l)
-{
-	for (size_t i = 0; i < sizeof(state_commands) / sizeof(state_commands[0]); i++)
-		if (strcmp(l->name, state_commands[i].name) == 0)
-			return state_commands[i].kind;
-	return STATE_CMD_UNKNOWN;
-}
-
-/* Commands that RFC 3501 6.3/6.4 allow only after login. */
-int
-state_needs_login(enum state_cmd_kind kind)
-{
-	return kind == STATE_CMD_AUTH || kind == STATE_CMD_SELECT ||
-	    kind == STATE_CMD_SELECTED || kind == STATE_CMD_CLOSE ||
-	    kind == STATE_CMD_IDLE;
-}
-
-/* Commands that RFC 3501 6.4 allows only with a mailbox selected. */
-int
-state_needs_selected(enum state_cmd_kind kind)
-{
-	return kind == STATE_CMD_SELECTED || kind == STATE_CMD_CLOSE;
-}
-
 /*
  * The state the pipeline leads to.  RFC 3501 5.5 lets a client send a
  * command that depends on an earlier one before the answer: a SELECT
@@ -180,19 +125,19 @@ state_expected(const struct state *st)
 
 	for (size_t i = 0; i < st->ninflight; i++) {
 		switch (st->inflight[i].kind) {
-		case STATE_CMD_LOGIN:
+		case IMAPCMD_LOGIN:
 			if (p == STATE_NOT_AUTH)
 				p = STATE_AUTH;
 			break;
-		case STATE_CMD_SELECT:
+		case IMAPCMD_SELECT:
 			if (p != STATE_NOT_AUTH && p != STATE_LOGOUT)
 				p = STATE_SELECTED;
 			break;
-		case STATE_CMD_CLOSE:
+		case IMAPCMD_CLOSE:
 			if (p == STATE_SELECTED)
 				p = STATE_AUTH;
 			break;
-		case STATE_CMD_LOGOUT:
+		case IMAPCMD_LOGOUT:
 			p = STATE_LOGOUT;
 			break;
 		default:
@@ -204,7 +149,7 @@ state_expected(const struct state *st)
 
 /* Find the kind of the command in flight under tag. */
 int
-state_lookup(const struct state *st, const char *tag, enum state_cmd_kind *kind)
+state_lookup(const struct state *st, const char *tag, enum imapcmd_class *kind)
 {
 	for (size_t i = 0; i < st->ninflight; i++)
 		if (strcmp(st->inflight[i].tag, tag) == 0) {
@@ -231,7 +176,7 @@ state_client_command(struct state *st, const struct imap_line *l)
 		/* AUTHENTICATE PLAIN without SASL-IR: the name comes in the SASL line. */
 		for (size_t i = st->ninflight; i > 0; i--) {
 			c = &st->inflight[i - 1];
-			if (c->kind == STATE_CMD_LOGIN && c->user != NULL && c->user[0] == '\0') {
+			if (c->kind == IMAPCMD_LOGIN && c->user != NULL && c->user[0] == '\0') {
 				free(c->user);
 				c->user = strdup(l->user);
 				break;
@@ -258,13 +203,13 @@ state_client_command(struct state *st, const struct imap_line *l)
 	memset(c, 0, sizeof(*c));
 	memcpy(c->tag, l->tag, sizeof(c->tag));
 	memcpy(c->name, l->name, sizeof(c->name));
-	c->kind = state_classify(l);
+	c->kind = imapcmd_class_of(l->name);
 	switch (c->kind) {
-	case STATE_CMD_SELECT:
+	case IMAPCMD_SELECT:
 		c->examine = strcmp(l->name, "EXAMINE") == 0;
 		c->mailbox = strdup(l->arg);
 		break;
-	case STATE_CMD_LOGIN:
+	case IMAPCMD_LOGIN:
 		c->user = strdup(l->user);
 		if (strcmp(l->name, "AUTHENTICATE") == 0)
 			st->authenticating = 1;
@@ -310,7 +255,7 @@ state_complete(struct state *st, struct state_cmd *c, const struct imap_line *l)
 	int ok = l->status == IMAP_STATUS_OK;
 
 	switch (c->kind) {
-	case STATE_CMD_LOGIN:
+	case IMAPCMD_LOGIN:
 		st->authenticating = 0;
 		if (ok && st->proto == STATE_NOT_AUTH) {
 			if (c->user != NULL) {
@@ -322,7 +267,7 @@ state_complete(struct state *st, struct state_cmd *c, const struct imap_line *l)
 			state_set(st, STATE_AUTH, c->name);
 		}
 		break;
-	case STATE_CMD_SELECT:
+	case IMAPCMD_SELECT:
 		if (ok && st->proto != STATE_NOT_AUTH && st->proto != STATE_LOGOUT) {
 			free(st->mailbox);
 			st->mailbox = c->mailbox;
@@ -334,15 +279,15 @@ state_complete(struct state *st, struct state_cmd *c, const struct imap_line *l)
 			state_set(st, STATE_AUTH, "select-failed");
 		}
 		break;
-	case STATE_CMD_CLOSE:
+	case IMAPCMD_CLOSE:
 		if (ok && st->proto == STATE_SELECTED)
 			state_set(st, STATE_AUTH, c->name);
 		break;
-	case STATE_CMD_LOGOUT:
+	case IMAPCMD_LOGOUT:
 		if (ok)
 			state_set(st, STATE_LOGOUT, "LOGOUT");
 		break;
-	case STATE_CMD_IDLE:
+	case IMAPCMD_IDLE:
 		st->idling = 0;
 		break;
 	default:
@@ -382,7 +327,7 @@ state_server_response(struct state *st, const struct imap_line *l,
 		}
 		break;
 	case IMAP_KIND_CONTINUATION:
-		if (st->ninflight > 0 && st->inflight[st->ninflight - 1].kind == STATE_CMD_IDLE &&
+		if (st->ninflight > 0 && st->inflight[st->ninflight - 1].kind == IMAPCMD_IDLE &&
 		    !st->idling) {
 			st->idling = 1;
 			log_debug("session=%s msg=idle-start", st->sid);

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "imap.h"
+#include "imapcmd.h"
 
 /* Commands in flight per session; past this the session stops reading the client. */
 #define STATE_MAX_INFLIGHT	1024
@@ -27,25 +28,10 @@ enum state_proto {
 	STATE_LOGOUT,
 };
 
-/* What a command does to the state, and which state it needs. */
-enum state_cmd_kind {
-	STATE_CMD_ANY,		/* CAPABILITY NOOP ID ... */
-	STATE_CMD_LOGIN,	/* LOGIN, AUTHENTICATE */
-	STATE_CMD_STARTTLS,
-	STATE_CMD_AUTH,		/* needs Authenticated or Selected */
-	STATE_CMD_SELECT,	/* SELECT, EXAMINE */
-	STATE_CMD_SELECTED,	/* needs Selected: FETCH, STORE, ... */
-	STATE_CMD_CLOSE,	/* CLOSE, UNSELECT */
-	STATE_CMD_IDLE,
-	STATE_CMD_LOGOUT,
-	STATE_CMD_COMPRESS,
-	STATE_CMD_UNKNOWN,	/* not a command we know: the backend judges */
-};
-
 struct state_cmd {
 	char			 tag[IMAP_MAX_TAG + 1];
 	char			 name[IMAP_MAX_ATOM + 1];
-	enum state_cmd_kind	 kind;
+	enum imapcmd_class	 kind;
 	int			 examine;
 	char			*mailbox;	/* SELECT/EXAMINE only */
 	char			*user;		/* LOGIN/AUTHENTICATE only */
@@ -71,7 +57,7 @@ struct state {
 /* What a server response meant, for the session to act on. */
 struct state_result {
 	int			 completed;	/* a tagged response ended a command we knew */
-	enum state_cmd_kind	 kind;		/* ... of this kind */
+	enum imapcmd_class	 kind;		/* ... of this kind */
 	enum imap_status	 status;
 	int			 greeting;	/* this was the greeting */
 	uint64_t		 started_us;	/* when the completed command was sent */
@@ -79,7 +65,7 @@ struct state_result {
 
 /* Set up st for session sid (sid must outlive st). */
 void		 state_init(struct state *st, const char *sid);
-/* Count this session in gauge[state] (an array of 4) from now on. */
+/* Count this session in gauge[state] (an array of 4; NULL: none) from now on. */
 void		 state_set_gauge(struct state *st, uint64_t *gauge);
 /* Stamp the newest command in flight with its send time. */
 void		 state_stamp_last(struct state *st, uint64_t us);
@@ -91,12 +77,6 @@ const char	*state_user(const struct state *st);
 const char	*state_mailbox(const struct state *st);
 /* Change the protocol state, logging old->new at debug level. */
 void		 state_set(struct state *st, enum state_proto proto, const char *why);
-/* Classify a command name (and UID subcommand). */
-enum state_cmd_kind state_classify(const struct imap_line *l);
-/* Does a command of this kind need Authenticated or Selected state? */
-int		 state_needs_login(enum state_cmd_kind kind);
-/* Does a command of this kind need Selected state? */
-int		 state_needs_selected(enum state_cmd_kind kind);
 /* The state the session will be in once every command in flight succeeds. */
 enum state_proto state_expected(const struct state *st);
 /* Record a complete client command; -1 if too many are in flight. */
@@ -106,7 +86,7 @@ void		 state_server_response(struct state *st, const struct imap_line *l,
 		    struct state_result *res);
 /* The kind of the in-flight command with this tag; 0 if none. */
 int		 state_lookup(const struct state *st, const char *tag,
-		    enum state_cmd_kind *kind);
+		    enum imapcmd_class *kind);
 /* Is the in-flight table full (the session should stop reading the client)? */
 int		 state_inflight_full(const struct state *st);
 /* Printable name of a protocol state. */

@@ -40,7 +40,7 @@ enum stats_bye {
 #define STATS_MAX_LISTENERS	64
 /* Protocol states counted (enum state_proto). */
 #define STATS_STATES		4
-/* Command classes timed (enum state_cmd_kind). */
+/* Command classes timed (enum imapcmd_class). */
 #define STATS_CMD_CLASSES	11
 /* Round-trip histogram bucket bounds in microseconds; one more bucket is +Inf. */
 #define STATS_RTT_BUCKETS	10

@@ -206,9 +206,12 @@ def test_trace_redacted(env):
     text = g.log_text()
     for secret in (PASSWORD, ir, pw_b64, ir[:12]):
         check(secret not in text, "%r appears in the debug log:\n%s" % (secret, text[-2500:]))
-    check("<password redacted>" in text, "no <password redacted> marker")
+    check(re.search(r'trace=c2s kind=command tag="T\d+" name=LOGIN bytes=\d+ literals=0 '
+                    r'user="demo"', text) is not None, "no LOGIN trace with its user")
+    check("trace=c2s kind=sasl bytes=" in text, "no SASL line trace (size only)")
     check("<sasl redacted>" in text, "no <sasl redacted> marker")
-    check(re.search(r"trace=c2s line=\"T\d+ NOOP\"", text) is not None,
+    check(re.search(r"trace=c2s kind=command tag=\"T\d+\" name=NOOP bytes=\d+ literals=0 "
+                    r"line=\"T\d+ NOOP\"", text) is not None,
           "the trace does not show an ordinary command (NOOP)")
     check(re.search(r"trace=s2c ", text) is not None, "no s2c trace lines")
 

@@ -606,13 +606,64 @@ test_client(void)
 		struct tcase t3 = { "at limit", C, 0,
 		    "A1 APPEND INBOX {1099511627776}\r\n", 0, "H" };
 		run_free(run_case(&t3));
-		struct tcase t4 = { "garbage header", C, 0, "A1 APPEND INBOX {1x2}\r\n", 0, "E" };
-		run_free(run_case(&t4));
+		struct tcase t4 = { "garbage header", C, 0, "A1 APPEND INBOX {1x2}\r\n", 0, "L" };
+		r = run_case(&t4);
+		CHECK(L(r, 0)->strict != NULL && L(r, 0)->bad == NULL, "garbage header is strict");
+		run_free(r);
 		struct tcase t5 = { "many digits", C, 0,
 		    "A1 APPEND INBOX {0000000000000000000000000000000000000000001}\r\n", 0, "E" };
 		run_free(run_case(&t5));
 		struct tcase t6 = { "brace text", C, 0, "A1 NOOP }\r\nA2 X {}x\r\n", 0, "LL" };
 		run_free(run_case(&t6));
+	}
+}
+
+/*
+ * Client framing (issue 13): quoted strings followed exactly, literal
+ * headers only at a token start and the line end, everything else marked.
+ * Each case runs through every split by run_case.
+ */
+static void
+test_client_framing(void)
+{
+	static const struct {
+		const char	*name, *in, *events;
+		int		 bad, strict;
+	} cases[] = {
+		{ "quoted literal marker", "a NOOP \"x{19+}\r\nb LOGIN demo demo\r\n", "LL", 1, 0 },
+		{ "quoted marker closed", "a SELECT \"x{5}\"\r\n", "L", 0, 0 },
+		{ "escaped quote", "a SELECT \"x\\\" {5}\r\n", "L", 1, 0 },
+		{ "escaped backslash", "a SELECT \"x\\\\\" {5}\r\nINBOX\r\n", "HDL", 0, 0 },
+		{ "atom literal marker", "a NOOP x{5}\r\n", "L", 1, 0 },
+		{ "unterminated quote", "a SELECT \"INBOX\r\n", "L", 1, 0 },
+		{ "double space", "a SELECT  {5}\r\nINBOX\r\n", "HDL", 0, 1 },
+		{ "quote in atom", "a SELECT IN\"BOX\r\n", "L", 0, 1 },
+		{ "nul", "a SELECT IN\0BOX {1}\r\nx\r\n", "HDL", 0, 1 },
+		{ "bare cr", "a SELECT IN\rBOX\r\n", "L", 0, 1 },
+		{ "unbalanced", "a FETCH 1 (FLAGS\r\n", "L", 0, 1 },
+		{ "canonical", "a FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (From)]<0.10>)\r\n", "L", 0, 0 },
+		{ "list literal", "a LIST \"\" {1+}\r\n*\r\n", "HDL", 0, 0 },
+		{ "literal8", "a APPEND x (\\Seen) ~{3}\r\nabc\r\n", "HDL", 0, 0 },
+		{ "two literals", "a LOGIN {4}\r\ndemo {4+}\r\ndemo\r\n", "HDHDL", 0, 0 },
+		{ "after literal", "a LOGIN {4}\r\ndemo\"x\"\r\n", "HDL", 0, 1 },
+		{ "empty list", "a APPEND x () {1}\r\nz\r\n", "HDL", 0, 0 },
+		{ "header then text", "a NOOP {5}x\r\n", "L", 0, 1 },
+	};
+	struct run *r;
+	size_t i;
+
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct tcase t = { cases[i].name, C, 0, cases[i].in, 0, cases[i].events };
+
+		t.inlen = strlen(cases[i].in);
+		if (strcmp(cases[i].name, "nul") == 0)
+			t.inlen = strlen("a SELECT IN") + 1 + strlen("BOX {1}\r\nx\r\n");
+		r = run_case(&t);
+		CHECK((L(r, 0)->bad != NULL) == cases[i].bad, "%s: bad=%s", cases[i].name,
+		    L(r, 0)->bad ? L(r, 0)->bad : "-");
+		CHECK(cases[i].bad || (L(r, 0)->strict != NULL) == cases[i].strict, "%s: strict=%s",
+		    cases[i].name, L(r, 0)->strict ? L(r, 0)->strict : "-");
+		run_free(r);
 	}
 }
 
@@ -872,6 +923,7 @@ main(void)
 {
 	test_api();
 	test_client();
+	test_client_framing();
 	test_server();
 	test_fixtures();
 	printf("%d checks, %d failures\n", checks, failures);

@@ -101,8 +101,8 @@ server(struct sess *s, const char *bytes)
 			state_server_response(&s->st, imap_parse_line(&s->sp), &s->last);
 			s->nresp++;
 			/* As session.c does: the state model ends SASL and IDLE. */
-			if (s->last.completed && (s->last.kind == STATE_CMD_LOGIN ||
-			    s->last.kind == STATE_CMD_IDLE))
+			if (s->last.completed && (s->last.kind == IMAPCMD_LOGIN ||
+			    s->last.kind == IMAPCMD_IDLE))
 				imap_parse_set_mode(&s->cp, IMAP_MODE_COMMAND);
 		}
 		if (n == 0 && ev.type == IMAP_EV_NONE)
@@ -187,7 +187,7 @@ test_login(void)
 	struct sess s;
 
 	sess_login(&s);
-	CHECK(s.last.completed && s.last.kind == STATE_CMD_LOGIN, "LOGIN not completed");
+	CHECK(s.last.completed && s.last.kind == IMAPCMD_LOGIN, "LOGIN not completed");
 	CHECK(s.st.proto == STATE_AUTH, "LOGIN OK -> %s", state_name(s.st.proto));
 	CHECK(strcmp(state_user(&s.st), "demo") == 0, "user [%s]", state_user(&s.st));
 	CHECK(s.st.ninflight == 0, "ninflight %zu", s.st.ninflight);
@@ -392,7 +392,7 @@ test_logout(void)
 	server(&s, "* BYE Logging out\r\n");
 	CHECK(s.st.proto == STATE_LOGOUT && s.st.bye, "* BYE -> %s", state_name(s.st.proto));
 	server(&s, "a3 OK Logout completed.\r\n");
-	CHECK(s.last.completed && s.last.kind == STATE_CMD_LOGOUT, "LOGOUT completion");
+	CHECK(s.last.completed && s.last.kind == IMAPCMD_LOGOUT, "LOGOUT completion");
 	CHECK(s.st.proto == STATE_LOGOUT, "LOGOUT -> %s", state_name(s.st.proto));
 	CHECK(s.st.ninflight == 0, "ninflight %zu", s.st.ninflight);
 	/* The user stays for the summary line. */
@@ -412,7 +412,7 @@ static void
 test_pipeline(void)
 {
 	struct sess s;
-	enum state_cmd_kind k;
+	enum imapcmd_class k;
 
 	sess_init(&s);
 	server(&s, "* OK ready\r\n");
@@ -421,7 +421,7 @@ test_pipeline(void)
 	CHECK(s.st.proto == STATE_NOT_AUTH, "proto before answers %s", state_name(s.st.proto));
 	CHECK(state_expected(&s.st) == STATE_SELECTED, "expected %s",
 	    state_name(state_expected(&s.st)));
-	CHECK(state_lookup(&s.st, "a2", &k) == 1 && k == STATE_CMD_SELECT, "lookup a2");
+	CHECK(state_lookup(&s.st, "a2", &k) == 1 && k == IMAPCMD_SELECT, "lookup a2");
 	CHECK(state_lookup(&s.st, "a9", &k) == 0, "lookup a9");
 	server(&s, "a1 OK Logged in\r\n* 0 EXISTS\r\na2 OK [READ-WRITE] Selected\r\n");
 	CHECK(s.st.proto == STATE_SELECTED, "pipelined -> %s", state_name(s.st.proto));
@@ -456,14 +456,14 @@ test_pipeline(void)
 	client(&s, "t1 NOOP\r\nt2 SELECT INBOX\r\nt3 CAPABILITY\r\n");
 	CHECK(s.st.ninflight == 3, "ninflight %zu", s.st.ninflight);
 	server(&s, "* CAPABILITY IMAP4rev1\r\nt3 OK done\r\n");
-	CHECK(s.last.completed && s.last.kind == STATE_CMD_ANY, "t3 completion");
+	CHECK(s.last.completed && s.last.kind == IMAPCMD_ANY, "t3 completion");
 	CHECK(s.st.ninflight == 2 && state_lookup(&s.st, "t3", &k) == 0, "t3 still in flight");
 	CHECK(state_lookup(&s.st, "t1", &k) == 1 && state_lookup(&s.st, "t2", &k) == 1,
 	    "t1/t2 lost");
 	server(&s, "t2 OK [READ-WRITE] selected\r\n");
 	CHECK(s.st.proto == STATE_SELECTED, "t2 -> %s", state_name(s.st.proto));
 	CHECK(s.st.ninflight == 1 && state_lookup(&s.st, "t1", &k) == 1 &&
-	    k == STATE_CMD_ANY, "t1 after t2");
+	    k == IMAPCMD_ANY, "t1 after t2");
 	server(&s, "t1 OK done\r\n");
 	CHECK(s.st.ninflight == 0, "ninflight %zu", s.st.ninflight);
 
@@ -497,7 +497,7 @@ test_idle(void)
 	CHECK(s.st.ninflight == 1, "DONE recorded as a command (%zu)", s.st.ninflight);
 	server(&s, "i1 OK Idle completed\r\n");
 	CHECK(s.st.idling == 0, "idling after OK %d", s.st.idling);
-	CHECK(s.last.completed && s.last.kind == STATE_CMD_IDLE, "IDLE completion");
+	CHECK(s.last.completed && s.last.kind == IMAPCMD_IDLE, "IDLE completion");
 	CHECK(s.st.proto == STATE_SELECTED, "after IDLE -> %s", state_name(s.st.proto));
 	/* Back in command mode. */
 	client(&s, "i2 NOOP\r\n");
@@ -576,16 +576,16 @@ test_classify(void)
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		size_t len = strlen(cases[i].line);
-		enum state_cmd_kind k;
+		enum imapcmd_class k;
 
 		imap_parse_init(&p, IMAP_DIR_CLIENT, 0);
 		CHECK(imap_parse_feed(&p, cases[i].line, len, &ev) == len &&
 		    ev.type == IMAP_EV_LINE, "%s not one line", cases[i].line);
-		k = state_classify(imap_parse_line(&p));
-		CHECK(state_needs_login(k) == cases[i].login, "needs_login(%s) = %d",
-		    cases[i].line, state_needs_login(k));
-		CHECK(state_needs_selected(k) == cases[i].selected,
-		    "needs_selected(%s) = %d", cases[i].line, state_needs_selected(k));
+		k = imapcmd_class_of(imap_parse_line(&p)->name);
+		CHECK(imapcmd_needs_login(k) == cases[i].login, "needs_login(%s) = %d",
+		    cases[i].line, imapcmd_needs_login(k));
+		CHECK(imapcmd_needs_selected(k) == cases[i].selected,
+		    "needs_selected(%s) = %d", cases[i].line, imapcmd_needs_selected(k));
 		imap_parse_free(&p);
 	}
 }
