@@ -848,14 +848,14 @@ imap_frame_byte(struct imap_parser *p, unsigned char c)
 {
 	if (p->fr_cr) {
 		p->fr_cr = 0;
-		imap_frame_strict(p, "bare CR in command line");
+		imap_frame_bad(p, "bare CR in command line");
 	}
 	if (c == '\r') {
 		p->fr_cr = 1;	/* CRLF ends the part; a CR before anything else is bare */
 		return;
 	}
 	if (c == 0)
-		imap_frame_strict(p, "NUL in command line");
+		imap_frame_bad(p, "NUL in command line");
 	switch (p->fr) {
 	case FR_QUOTED:
 		if (c == '\\')
@@ -880,22 +880,22 @@ imap_frame_byte(struct imap_parser *p, unsigned char c)
 	case FR_LBRACE:
 		p->fr = c >= '0' && c <= '9' ? FR_DIGITS : FR_ATOM;
 		if (p->fr == FR_ATOM)
-			imap_frame_strict(p, "malformed literal header");
+			imap_frame_bad(p, "malformed literal header");
 		return;
 	case FR_DIGITS:
 		if (c >= '0' && c <= '9')
 			return;
 		p->fr = c == '+' ? FR_PLUS : c == '}' ? FR_LITEND : FR_ATOM;
 		if (p->fr == FR_ATOM)
-			imap_frame_strict(p, "malformed literal header");
+			imap_frame_bad(p, "malformed literal header");
 		return;
 	case FR_PLUS:
 		p->fr = c == '}' ? FR_LITEND : FR_ATOM;
 		if (p->fr == FR_ATOM)
-			imap_frame_strict(p, "malformed literal header");
+			imap_frame_bad(p, "malformed literal header");
 		return;
 	case FR_LITEND:
-		imap_frame_strict(p, "literal header not at the line end");
+		imap_frame_bad(p, "literal header not at the line end");
 		p->fr = FR_ATOM;
 		break;
 	default:
@@ -927,7 +927,7 @@ imap_frame_byte(struct imap_parser *p, unsigned char c)
 			p->fr = FR_QUOTED;
 			return;
 		}
-		imap_frame_strict(p, "quote inside a token");
+		imap_frame_bad(p, "quote inside a token");
 		p->fr = FR_ATOM;
 		return;
 	case '{':
@@ -935,7 +935,7 @@ imap_frame_byte(struct imap_parser *p, unsigned char c)
 			p->fr = FR_LBRACE;
 			return;
 		}
-		imap_frame_strict(p, "\"{\" inside a token");
+		imap_frame_bad(p, "\"{\" inside a token");
 		p->fr = FR_ATOM;
 		return;
 	case '~':
@@ -1027,10 +1027,10 @@ imap_tail_literal(struct imap_parser *p, size_t e, uint64_t *n, int *sync, int *
 
 /*
  * The client line part ended (r: what its last bytes look like, from
- * imap_tail_literal).  A literal only where the framing lexer saw a
- * literal header at a token start; "{n}" anywhere else (inside a quoted
- * string, an atom) is a framing some servers would take as a literal
- * and others not, so the command is marked bad and the line ends here.
+ * imap_tail_literal).  A canonical literal header stands at a token
+ * start; "{n}" anywhere else (inside a quoted string, an atom) is a
+ * framing some servers would take as a literal and others not, so the
+ * command is marked bad: imapgate answers it, skipping the literal.
  */
 static int
 imap_frame_part_end(struct imap_parser *p, int r)
@@ -1039,9 +1039,13 @@ imap_frame_part_end(struct imap_parser *p, int r)
 
 	p->fr_cr = 0;
 	if (r > 0 && p->fr != FR_LITEND) {
+		/*
+		 * Still read as a literal: the client (and some servers) meant
+		 * one, so its bytes are never taken for commands; the command
+		 * is never forwarded.
+		 */
 		imap_frame_bad(p, quoted ? "literal marker inside a quoted string" :
 		    "literal marker inside a token");
-		r = 0;
 	}
 	if (r == 0) {
 		if (quoted)
@@ -1049,7 +1053,7 @@ imap_frame_part_end(struct imap_parser *p, int r)
 		if (p->fr == FR_SPACE)
 			imap_frame_strict(p, "SP at the line end");
 		else if (!quoted && p->fr != FR_ATOM && p->fr != FR_AFTER && p->fr != FR_START)
-			imap_frame_strict(p, "malformed literal header");
+			imap_frame_bad(p, "malformed literal header");
 		if (p->fr_depth > 0)
 			imap_frame_strict(p, "unbalanced \"(\"");
 	}

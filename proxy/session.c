@@ -221,6 +221,8 @@ struct session {
 };
 
 static void session_run(struct session *);
+static void session_trace_client(struct session *, const struct imap_line *, const char *,
+    uint64_t, int);
 static void session_due(struct session *, enum session_due, uint64_t);
 static void session_due_off(struct session *, enum session_due);
 static void session_guard_check(struct session *);
@@ -402,6 +404,10 @@ session_close(struct session *s, const char *reason)
 
 	if (s->life == SESSION_CLOSED)
 		return;
+	if (s->client.forwarded && s->client.parser.w != NULL)
+		/* A command the backend got only part of: its bytes are in the trace too. */
+		session_trace_client(s, imap_parse_current(&s->client.parser), "command",
+		    s->client.fwd_bytes, 0);
 	session_set_life(s, SESSION_CLOSED);
 	for (int g = 0; g < STATS_GUARD_MAX; g++)
 		if (s->guards[g] > 0 && gl + 40 < sizeof(guards))
@@ -1309,7 +1315,8 @@ session_client_decided(struct session *s, const struct imap_line *l)
 		return;
 	switch (s->cl) {
 	case CLIENT_WAIT_LITERAL:
-		/* Refused instead of "+": the literal will not come. */
+		/* Refused instead of "+": the literal will not come, the command ends here. */
+		session_trace_client(s, imap_parse_current(cp), "command", s->client.fwd_bytes, 0);
 		session_client_cancel_literal(s, s->client.wait_len);
 		session_set_client(s, CLIENT_COMMAND);
 		break;
@@ -1404,30 +1411,28 @@ session_backend_toolong(struct session *s)
 	cut = l->code_off > 0 && l->code_end == 0 ? l->code_off :
 	    l->text_off > 0 ? l->text_off : l->status_off;
 	if (cut == 0 || cut > h->pending || (b = endpoint_pullup(h->ep, cut)) == NULL ||
-	    (line = malloc(cut + 2)) == NULL) {
+	    (line = malloc(cut + 3)) == NULL) {
 		session_pass(h);
 		return;
 	}
+	/* The head with a one-byte stand-in for the text, which streams on. */
 	memcpy(line, b, cut);
-	memcpy(line + cut, "\r\n", 2);
+	memcpy(line + cut, "x\r\n", 3);
 	head = *l;
 	head.toolong = 0;
 	if (l->code_off > 0 && l->code_end == 0)
 		head.code[0] = '\0', head.code_off = head.code_end = 0;
 	head.text_off = cut;
-	if (guard_rewrite(s->gen->cf, &head, line, cut + 2, session_caps(s), &out) == 1) {
+	if (guard_rewrite(s->gen->cf, &head, line, cut + 3, session_caps(s), &out) == 1 &&
+	    out.len >= 3 && memcmp(out.buf + out.len - 3, "x\r\n", 3) == 0) {
 		stats_rewrite(out.original);
 		s->nrewrites++;
 		endpoint_drop(h->ep, cut);
 		h->pending -= cut;
-		/* The rewritten head, then one space, then the original text streams on. */
-		while (out.len > 0 && (out.buf[out.len - 1] == '\n' ||
-		    out.buf[out.len - 1] == '\r' || out.buf[out.len - 1] == ' '))
-			out.len--;
-		endpoint_write(s->client.ep, out.buf, out.len);
-		endpoint_write(s->client.ep, " ", 1);
-		free(out.buf);
+		endpoint_write(s->client.ep, out.buf, out.len - 3);
 	}
+	if (out.buf != NULL)
+		free(out.buf);
 	free(line);
 	session_pass(h);
 }
