@@ -31,6 +31,8 @@
 #define SESSION_FLUSH_TIMEOUT_MS	5000
 /* Our own replies waiting for the backend to reach a response boundary. */
 #define SESSION_MAX_INJECT		(16 * 1024)
+/* The largest non-synchronizing literal LITERAL- allows (RFC 7888 section 5). */
+#define SESSION_LITERAL_MINUS_MAX	4096
 /* Past this much queued of our own replies the client is not read. */
 #define SESSION_INJECT_HIGH		(SESSION_MAX_INJECT / 2)
 
@@ -210,6 +212,7 @@ struct session {
 	char			*inject;	/* our own replies, waiting for a response boundary */
 	size_t			 ninject;
 	int			 client_tls;	/* the client speaks TLS (implicit, or after STARTTLS) */
+	int			 nonsync;	/* the backend offers LITERAL+ (2), LITERAL- (1), neither (0) */
 	char			*greeting;	/* held while imapgate sets the backend up */
 	size_t			 greeting_len;
 	struct imap_line	*greeting_line;	/* what the parser said of it (held with it) */
@@ -406,7 +409,7 @@ session_close(struct session *s, const char *reason)
 		return;
 	if (s->client.forwarded && s->client.parser.w != NULL)
 		/* A command the backend got only part of: its bytes are in the trace too. */
-		session_trace_client(s, imap_parse_current(&s->client.parser), "command",
+		session_trace_client(s, imap_parse_current(&s->client.parser), "partial",
 		    s->client.fwd_bytes, 0);
 	session_set_life(s, SESSION_CLOSED);
 	for (int g = 0; g < STATS_GUARD_MAX; g++)
@@ -674,6 +677,14 @@ session_trace_client(struct session *s, const struct imap_line *l, const char *k
 
 	if (!log_enabled(CONFIG_LOG_DEBUG))
 		return;
+	if (strcmp(kind, "partial") == 0) {
+		/* The session ended with only part of this command sent. */
+		log_debug("session=%s msg=trace trace=c2s kind=command tag=\"%s\" name=%s "
+		    "bytes=%llu literals=%u partial=1", s->id,
+		    session_escape(l->tag, tag, sizeof(tag)), l->name,
+		    (unsigned long long)bytes, l->nliterals);
+		return;
+	}
 	if (strcmp(kind, "command") != 0) {
 		log_debug("session=%s msg=trace trace=c2s kind=%s bytes=%llu%s", s->id, kind,
 		    (unsigned long long)bytes, own ? " own=1" : "");
@@ -763,6 +774,44 @@ session_client_answer(struct session *s, const char *fmt, ...)
 	session_inject(s, "%s", line);
 }
 
+/*
+ * May a non-synchronizing literal of len bytes go to the backend?  Only
+ * if it offered LITERAL+ (or LITERAL- and the literal is small): a server
+ * without them reads "{n+}" as the end of a line (WildDuck answers BAD)
+ * and the literal's bytes as commands.
+ */
+static int
+session_nonsync_ok(const struct session *s, uint64_t len)
+{
+	return s->nonsync == 2 || (s->nonsync == 1 && len <= SESSION_LITERAL_MINUS_MAX);
+}
+
+/* Is the capability cap (upper case) a word of line[0..len)? */
+static int
+session_has_cap(const char *line, size_t len, const char *cap)
+{
+	size_t n = strlen(cap);
+
+	for (size_t i = 1; i + n <= len; i++)
+		if ((line[i - 1] == ' ' || line[i - 1] == '[') &&
+		    strncasecmp(line + i, cap, n) == 0 &&
+		    (i + n == len || line[i + n] == ' ' || line[i + n] == ']' ||
+		    line[i + n] == '\r' || line[i + n] == '\n'))
+			return 1;
+	return 0;
+}
+
+/* A capability list from the backend (data or [CAPABILITY] code): note LITERAL+/-. */
+static void
+session_note_caps(struct session *s, const struct imap_line *l, const char *line, size_t len)
+{
+	if (strcmp(l->code, "CAPABILITY") != 0 &&
+	    !(l->kind == IMAP_KIND_UNTAGGED && strcasecmp(l->name, "CAPABILITY") == 0))
+		return;
+	s->nonsync = session_has_cap(line, len, "LITERAL+") ? 2 :
+	    session_has_cap(line, len, "LITERAL-") ? 1 : 0;
+}
+
 /* The command table entry that says whether l may carry literals. */
 static int
 session_literals_allowed(const struct imap_line *l)
@@ -778,11 +827,12 @@ session_literals_allowed(const struct imap_line *l)
  * The first part of a client command is complete (at its first literal
  * header, or at the line end when it has none): decide whether it goes
  * to the backend or imapgate answers it.  Returns 1 to forward.
- * lit: the part ends with a literal header; sync: "{n}", which waits for
- * an answer.
+ * lit: the part ends with a literal header of len bytes; sync: "{n}",
+ * which waits for an answer.
  */
 static int
-session_client_decide(struct session *s, const struct imap_line *l, int lit, int sync)
+session_client_decide(struct session *s, const struct imap_line *l, int lit, int sync,
+    uint64_t len)
 {
 	const struct imapcmd *c;
 	enum imapcmd_class kind;
@@ -870,6 +920,11 @@ session_client_decide(struct session *s, const struct imap_line *l, int lit, int
 		session_finish(s, "client-state");
 		return 0;
 	}
+	if (lit && !sync && !session_nonsync_ok(s, len)) {
+		/* The backend would take the literal's bytes for commands. */
+		session_client_answer(s, "%s BAD This server does not offer LITERAL+", l->tag);
+		return 0;
+	}
 	return 1;
 }
 
@@ -933,7 +988,12 @@ session_client_literal(struct session *s, const struct imap_event *ev)
 			session_client_unframeable(s, l->bad != NULL ? l->bad : l->strict);
 			return;
 		}
-	} else if (!session_client_decide(s, l, 1, ev->lit_sync) && s->life != SESSION_RELAY)
+		if (!ev->lit_sync && !session_nonsync_ok(s, ev->lit_len)) {
+			session_client_unframeable(s, "LITERAL+ not offered by the server");
+			return;
+		}
+	} else if (!session_client_decide(s, l, 1, ev->lit_sync, ev->lit_len) &&
+	    s->life != SESSION_RELAY)
 		return;		/* finishing */
 	if (h->drop) {
 		session_drop(h);
@@ -1015,7 +1075,7 @@ session_client_command_line(struct session *s, const struct imap_line *l)
 			    l->bad != NULL ? l->bad : l->strict);
 			return;
 		}
-	} else if (!session_client_decide(s, l, 0, 0) || h->drop) {
+	} else if (!session_client_decide(s, l, 0, 0, 0) || h->drop) {
 		session_drop(h);
 		/* The mode the parser entered for it never starts. */
 		imap_parse_set_mode(&h->parser, IMAP_MODE_COMMAND);
@@ -1355,6 +1415,8 @@ session_backend_line(struct session *s)
 	session_trace_backend(s);
 	if (line != NULL && session_backend_desync(s, l, line, h->pending))
 		return;
+	if (line != NULL)
+		session_note_caps(s, l, line, h->pending);
 
 	state_server_response(&s->st, l, &res);
 	if (res.completed && res.started_us > 0) {
@@ -1471,6 +1533,7 @@ session_release_greeting(struct session *s)
 	    endpoint_tls_version(s->backend.ep));
 	if (s->greeting != NULL) {
 		state_server_response(&s->st, l, &res);
+		session_note_caps(s, l, s->greeting, s->greeting_len);
 		/*
 		 * After STARTTLS the greeting's capability list is stale (it
 		 * was the plaintext one); drop it and let the client ask.

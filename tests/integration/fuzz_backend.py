@@ -229,7 +229,7 @@ def line_entry(part, kind):
 
 
 def sasl_kind(part):
-    """"sasl-cancel" for a "*" line, else "sasl"."""
+    """The kind of a SASL response line: sasl-cancel for "*", else sasl."""
     return "sasl-cancel" if split_eol(part)[0] == b"*" else "sasl"
 
 
@@ -240,6 +240,7 @@ def frame_bytes(data, refuse=()):
     chunks = [bytes(data)]
 
     def fill():
+        """The whole input once, then EOF."""
         return chunks.pop() if chunks else b""
 
     reader = Reader(fill)
@@ -656,9 +657,11 @@ class FuzzBackend:
 def selftest():
     """Check the framer on hand-made inputs; raises AssertionError."""
     def cmd(tag, name, data, nlit=0):
+        """The expected entry (without flags) for a command of bytes data."""
         return ("command", tag, name, len(data), nlit)
 
     def same(data, want, refuse=(), left=b""):
+        """Frame data and compare with the expected entries and leftover."""
         got, rest = frame_bytes(data, refuse)
         got = [e[:5] for e in got]
         assert got == want and rest == left, "framing %r:\n got  %r\n want %r (left %r)" % (
@@ -699,8 +702,9 @@ def selftest():
         b'a NOOP\r\n+ NOOP\r\na  NOOP\r\nb NO(OP\r\nc NOOP a\x00b\r\nd NOOP\r\r\n'
         b'e NOOP "x\r\nf {2}\r\nxy\r\ng]} NOOP\r\n' + b"x" * 65 + b" NOOP\r\n"
         + b"h " + b"N" * 33 + b"\r\n")[0]]
-    assert flags == [(), ("bad-tag",), ("bad-name",), ("bad-name",), ("nul",), ("bad-name", "bare-cr"),
-                     ("unterminated",), ("bad-name",), (), ("bad-tag",), ("bad-name",)], flags
+    assert flags == [(), ("bad-tag",), ("bad-name",), ("bad-name",), ("nul",),
+                     ("bad-name", "bare-cr"), ("unterminated",), ("bad-name",), (),
+                     ("bad-tag",), ("bad-name",)], flags
     refused = frame_bytes(b"a APPEND x {5}\r\n", refuse=("a",))[0]
     assert refused[0].flags == ("refused",) and refused[0].longest == 16
 

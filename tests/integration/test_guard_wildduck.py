@@ -83,6 +83,36 @@ def t_login_select_pipelined(env):
     say("   LOGIN + SELECT pipelined, then UID FETCH 45: %d bytes" % len(body))
 
 
+def t_literal_plus_not_offered(env):
+    """WildDuck offers no LITERAL+ and reads "{n+}" as a line end (BAD), so
+    the literal's bytes would be commands to it (issue 13): imapgate refuses
+    a LITERAL+ command itself and skips its literal; the DELETE inside it
+    never runs, and synchronizing literals still work."""
+    r = wd_env(env)
+    if r is None:
+        return "skip"
+    wd, g = r
+    c = login(env, g, "auth")
+    check(b" OK " in c.cmd("CREATE Smuggled")[0], "CREATE Smuggled failed")
+    inner = b"b DELETE Smuggled\r\n"
+    c.send(b"a SELECT {%d+}\r\n" % len(inner) + inner + b"\r\n")
+    ta, _ = c.response("a")
+    check(ta.startswith(b"a BAD "), "LITERAL+ SELECT -> %r" % ta)
+    c.send(b"n NOOP\r\n")
+    tn, _ = c.response("n")
+    check(tn.startswith(b"n OK"), "NOOP after -> %r" % tn)
+    check(b"b " not in bytes(c.buf), "a reply tagged b: %r" % bytes(c.buf))
+    _, items = c.cmd('LIST "" "Smuggled"')
+    check(any(b"Smuggled" in t for t, _ in items), "Smuggled was deleted: %r" % items)
+    c.send(b"s SELECT {5}\r\n")
+    check(c.readline().startswith(b"+"), "no + for a synchronizing literal")
+    c.send(b"INBOX\r\n")
+    ts, _ = c.response("s")
+    check(ts.startswith(b"s OK"), "SELECT {5} INBOX -> %r" % ts)
+    c.logout()
+    say("   {n+} refused with %r; synchronizing literal selected INBOX" % ta.strip())
+
+
 def loss_case(env, wd, g, state, how):
     """One backend loss under a client in state; the client must see only BYE."""
     c = login(env, g, state)
@@ -257,6 +287,7 @@ def main():
     common.run(env, [
         ("resumed client: SELECT/NAMESPACE before LOGIN", t_resumed_client),
         ("LOGIN + SELECT pipelined in one packet", t_login_select_pipelined),
+        ("LITERAL+ to a server without it: refused, nothing smuggled", t_literal_plus_not_offered),
         ("backend cut/reset/killed: Authenticated, Selected, IDLE", t_backend_loss),
         ("backend killed mid FETCH literal", t_mid_fetch_literal),
         ("backend killed mid APPEND literal", t_mid_append_literal),

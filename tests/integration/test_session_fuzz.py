@@ -20,7 +20,12 @@ replayed alone).  After each session:
      session (kind, tag, name, bytes; SPEC "Debug trace").  A missing tail is
      tolerated unless the session ended cleanly on both legs (the client
      half-closed and read to EOF, imapgate ended it with reason=client-eof,
-     the backend neither closed nor hung);
+     the backend neither closed nor hung).  And nothing SPEC says imapgate
+     answers itself reached the backend: no command with a bad tag or name,
+     a NUL, a bare CR, an unterminated quoted string or a line past max_line,
+     none of the generator's invalid lines, no LITERAL+ data after an invalid
+     line as a command, nothing but DONE during IDLE, no SASL line past
+     max_line;
   3. every tagged OK the client read was sent by the backend for that session
      (imapgate's own `TAG OK Begin TLS negotiation now` excepted), counted per
      tag; the backend's answer to imapgate's own ID never reaches the client;
@@ -58,7 +63,7 @@ STALL = 1.0                 # seconds without write progress before a client giv
 GRACEFUL_WAIT = 4.0         # seconds a half-closed client reads, waiting for EOF
 PROBE_WAIT = 5.0            # seconds for the liveness probe's greeting
 MAX_LINE = 2048             # limits.max_line in the generated config
-RESPONSE_LITERAL_MAX = 16 << 20
+RESPONSE_LITERAL_MAX = 16 << 20  # larger "{n}" in a response: not read as a literal
 KEEP_RX = 4 << 20           # bytes of client input kept for the checks
 STARTTLS_OK = b" OK Begin TLS negotiation now\r\n"
 LIT_RX = re.compile(rb"~?\{([0-9]+)\+?\}\r?\n$")
@@ -128,9 +133,8 @@ def build(tag, words, eol=b"\r\n"):
 class Gen:
     """Random clients for one session, all drawn from one Random."""
 
-    def __init__(self, rng, starttls):
+    def __init__(self, rng):
         self.rng = rng
-        self.starttls = starttls
         self.n = 0
         self.tags = []
         self.smug = 0
@@ -211,7 +215,9 @@ class Gen:
     def valid(self):
         """A (mostly) valid command of any kind."""
         rng, t = self.rng, self.tag()
-        k = rng.randrange(22)
+        k = rng.randrange(28)
+        if k >= 22:                         # AUTHENTICATE and IDLE three times as often
+            k = 8 if k < 25 else 9
         sp = b" "
         if k == 0:
             return Cmd("LOGIN", t, build(t, [b" LOGIN ", self.astring(b"demo"), sp,
@@ -359,10 +365,11 @@ class Gen:
             payload = self.smuggled() + (self.smuggled() if rng.random() < 0.3 else b"")
             if k not in (0, 13) and rng.random() < 0.3:
                 line += b" "
+            # As a literal, the payload is followed by the end of the command line.
             if form == "plus":
-                chunks = [("none", line + b"{%d+}\r\n" % len(payload) + payload)]
+                chunks = [("none", line + b"{%d+}\r\n" % len(payload) + payload + b"\r\n")]
             else:
-                chunks = [("none", line + b"{%d}\r\n" % len(payload)), ("cont", payload)]
+                chunks = [("none", line + b"{%d}\r\n" % len(payload)), ("cont", payload + b"\r\n")]
             c = Cmd("INVALID", t, chunks, rude=rng.random() < 0.6)
             if form == "plus" and k not in (0, 13):
                 # Outside a quoted string "{n+}" at the end is a literal whether
@@ -398,8 +405,10 @@ class Plan:
         self.backend_seed = "%d:%d:backend" % (seed, n)
         self.listener = "starttls" if rng.random() < 0.25 else "plain"
         self.reads = rng.random() >= 0.08
-        gen = Gen(rng, self.listener == "starttls")
+        gen = Gen(rng)
         self.cmds = []
+        if self.listener == "starttls" and rng.random() < 0.5:
+            self.cmds.append(gen.starttls_cmd(gen.tag()))
         if rng.random() < 0.6:          # log in first: deeper sessions under client_state: bye
             t = gen.tag()
             self.cmds.append(Cmd("LOGIN", t, build(t, [b" LOGIN ", gen.astring(b"demo"), b" ",
@@ -599,9 +608,11 @@ class Client:
             elif time.monotonic() > stall_end:
                 raise Gone("stalled")
 
-    def wait_for(self, tag, since, want_cont, timeout):
+    def wait_for(self, tag, since, want_cont, timeout, starttls=False):
         """Wait for a "+" (if want_cont) or the tagged reply of tag among the
-        responses from index since on: ("cont"|"tagged"|"timeout"|"gone", index)."""
+        responses from index since on: ("cont"|"tagged"|"timeout"|"gone", index).
+        With starttls, only imapgate's own OK or a tagged non-OK count (the
+        tag may be the same as an earlier command's)."""
         end = time.monotonic() + min(timeout, max(0.0, self.left()))
         prefix = tag + b" "
         i = since
@@ -610,7 +621,8 @@ class Client:
                 text = self.items[i][0]
                 if want_cont and text.startswith(b"+"):
                     return "cont", i + 1
-                if tag and text.startswith(prefix):
+                if tag and text.startswith(prefix) and not (
+                        starttls and text.startswith(prefix + b"OK") and text != tag + STARTTLS_OK):
                     return "tagged", i + 1
                 i += 1
             if self.gone is not None:
@@ -625,8 +637,7 @@ class Client:
     def upgrade(self, cmd, index):
         """After `TAG OK` to STARTTLS: check nothing followed it in
         plaintext, then do the TLS handshake."""
-        line = self.items[index - 1][0]
-        if not line.startswith(cmd.tag + b" OK"):
+        if self.items[index - 1][0] != cmd.tag + STARTTLS_OK:
             return
         if index < len(self.items) or self.resp.partial():
             self.violations.append("plaintext bytes after the STARTTLS OK: %r"
@@ -709,7 +720,7 @@ def run_client(plan, port, backend):
                 if chunk:
                     c.send(chunk, cmd.bytewise)
             if cmd.special == "starttls" and plan.listener == "starttls" and c.reads:
-                how, idx = c.wait_for(cmd.tag, since, False, REPLY_WAIT * 2)
+                how, idx = c.wait_for(cmd.tag, since, False, REPLY_WAIT * 2, starttls=True)
                 if how == "tagged":
                     c.upgrade(cmd, idx)
             elif cmd.wait and c.reads:
@@ -859,18 +870,20 @@ def show(e):
     """One entry for a diff line."""
     kind, tag, name, nbytes = e[:4]
     if kind == "command":
-        return "command tag=%r name=%s bytes=%s" % (tag, name, nbytes)
+        if len(tag) > 40:
+            tag = tag[:20] + "...(%d bytes)" % len(tag)
+        return "command tag=%r name=%s bytes=%s" % (tag, name[:40], nbytes)
     return "%s bytes=%s" % (kind, nbytes)
 
 
 def diff(backend, trace, at):
     """Compact side-by-side listing around index at."""
     lo, hi = max(0, at - 3), min(max(len(backend), len(trace)), at + 4)
-    rows = ["      %-52s | %s" % ("backend framed", "imapgate trace (c2s)")]
+    rows = ["      %-60s | %s" % ("backend framed", "imapgate trace (c2s)")]
     for i in range(lo, hi):
         b = show(backend[i]) if i < len(backend) else "-"
         t = show(trace[i]) if i < len(trace) else "-"
-        rows.append("  %s%3d %-52s | %s" % (">" if i == at else " ", i, b[:52], t))
+        rows.append("  %s%3d %-60s | %s" % (">" if i == at else " ", i, b[:60], t))
     if hi < max(len(backend), len(trace)):
         rows.append("      ... (%d backend, %d trace entries)" % (len(backend), len(trace)))
     return "\n".join(rows)
@@ -891,7 +904,8 @@ def compare(backend, trace, legacy, exact):
                 j += 1
             if j == len(trace):
                 return ("backend framed %s, which is not in imapgate's trace (old trace "
-                        "format: kind/tag/name only)\n%s" % (show(backend[i]), diff(backend, trace, i)))
+                        "format: kind/tag/name only)\n%s"
+                        % (show(backend[i]), diff(backend, trace, i)))
             j += 1
         return None
     want = [e[:4] for e in backend]
@@ -1049,7 +1063,9 @@ class Fuzzer:
                             % client.tls_failed)
         self.stats["sessions"] += 1
         self.stats["exact"] += exact
-        self.stats["commands framed"] += len(entries)
+        self.stats["starttls upgrades"] += client.tls
+        for e in entries:
+            self.stats["framed " + e.kind] += 1
         self.stats["reason " + str(reason)] += 1
         line = "#%d %s %.2fs sid=%s reason=%s framed=%d traced=%d%s %s" % (
             n, "FAIL" if problems else "ok", time.monotonic() - t0, sid, reason, len(entries),
@@ -1120,7 +1136,7 @@ class Fuzzer:
             entries = [e for r in recs for e in r.entries]
             trace = self.log.trace(sid)[0] if sid else []
             for i in range(max(len(entries), len(trace))):
-                say("    %3d %-52s | %s" % (i, show(entries[i])[:52] if i < len(entries) else "-",
+                say("    %3d %-60s | %s" % (i, show(entries[i])[:60] if i < len(entries) else "-",
                                           show(trace[i]) if i < len(trace) else "-"))
         if sid:
             say("  imapgate log for %s (tail):" % sid)
@@ -1155,7 +1171,8 @@ def selftest():
     """Check the fuzzer's own parsers on hand-made input (AssertionError)."""
     r = Responses()
     for b in (b"* 1 FETCH (BODY[] {22}\r\na1 OK inside literal", b"\r\n)\r\n+ go\r\n",
-              b"a2 OK done\r\n* 2 FETCH (BINARY[] ~{3}\r\nx\r\n)\r\nA3 ok\r\na4 NO x\r\n", b"a5 OK"):
+              b"a2 OK done\r\n* 2 FETCH (BINARY[] ~{3}\r\nx\r\n)\r\nA3 ok\r\na4 NO x\r\n",
+              b"a5 OK"):
         r.feed(b)
     assert [t[:6] for t, _ in r.items] == [b"* 1 FE", b"+ go\r\n", b"a2 OK ", b"* 2 FE",
                                            b"A3 ok\r", b"a4 NO "], r.items
@@ -1214,7 +1231,8 @@ def main(argv):
             say("FAIL: setup: %s" % e)
             fz.failures.append((None, None, "setup failed"))
             return 1
-        say("imapgate pid %d: plain 127.0.0.1:%d, starttls 127.0.0.1:%d; backend 127.0.0.1:%d; tmp %s"
+        say("imapgate pid %d: plain 127.0.0.1:%d, starttls 127.0.0.1:%d; backend "
+            "127.0.0.1:%d; tmp %s"
             % (fz.proc.pid, fz.plain_port, fz.tls_port, fz.backend.port, fz.tmp))
         numbers = iter(only) if only else iter(range(1 << 30))
         for n in numbers:
