@@ -1149,6 +1149,41 @@ session_client_toolong(struct session *s)
 	session_drop(h);
 }
 
+/*
+ * One step of reading h: literal bytes the parser need not see are moved
+ * on (keep) or dropped by count; anything else is fed to the parser.
+ * Returns -1 when nothing can be done until more input comes, 0 after
+ * moving literal bytes, 1 with *ev to act on.
+ */
+static int
+session_step(struct session_half *h, int keep, struct imap_event *ev)
+{
+	struct imap_parser *p = &h->parser;
+	size_t avail = endpoint_input_len(h->ep), len, used;
+	uint64_t left = imap_parse_literal_left(p);
+	const unsigned char *buf;
+
+	if (left > 0 && h->pending == 0 && !imap_parse_literal_wanted(p)) {
+		if (avail == 0)
+			return -1;
+		h->pending = left < avail ? (size_t)left : avail;
+		len = h->pending;
+		if (keep)
+			session_pass(h);
+		else
+			session_drop(h);
+		imap_parse_skip(p, len);
+		return 0;
+	}
+	if (avail <= h->pending)
+		return -1;
+	if ((buf = endpoint_peek(h->ep, h->pending, &len)) == NULL)
+		len = 0;
+	used = imap_parse_feed(p, buf, len, ev);
+	h->pending += used;
+	return used == 0 && ev->type == IMAP_EV_NONE ? -1 : 1;
+}
+
 /* Must the client not be read now?  Output full either way, too many commands, our replies queued. */
 static int
 session_client_blocked(const struct session *s)
@@ -1170,12 +1205,8 @@ static int
 session_client_run(struct session *s)
 {
 	struct session_half *h = &s->client;
-	struct imap_parser *p = &h->parser;
 	struct imap_event ev;
-	const unsigned char *buf;
-	size_t avail, len, used;
-	uint64_t left;
-	int progress = 0;
+	int progress = 0, r;
 
 	while (s->life == SESSION_RELAY) {
 		if (s->cl != CLIENT_COMMAND && s->cl != CLIENT_SASL && s->cl != CLIENT_IDLE &&
@@ -1183,36 +1214,15 @@ session_client_run(struct session *s)
 			return progress;	/* held until the backend answers */
 		if (session_client_blocked(s))
 			return progress;
-		avail = endpoint_input_len(h->ep);
-		left = imap_parse_literal_left(p);
-		if (left > 0 && h->pending == 0 && !imap_parse_literal_wanted(p)) {
-			if (avail == 0)
-				return progress;
-			len = left < avail ? (size_t)left : avail;
-			h->pending = len;
-			if (h->drop)
-				session_drop(h);
-			else
-				session_pass(h);
-			imap_parse_skip(p, len);
-			progress = 1;
-			continue;
-		}
-		if (avail <= h->pending)
+		if ((r = session_step(h, !h->drop, &ev)) < 0)
 			return progress;
-		buf = endpoint_peek(h->ep, h->pending, &len);
-		if (buf == NULL)
-			len = 0;
-		used = imap_parse_feed(p, buf, len, &ev);
-		h->pending += used;
-		if (used > 0)
-			progress = 1;
+		progress = 1;
+		if (r == 0)
+			continue;
 		switch (ev.type) {
 		case IMAP_EV_NONE:
 			if (h->streaming)
 				session_drop(h);
-			if (used == 0)
-				return progress;
 			break;
 		case IMAP_EV_TOOLONG:
 			session_client_toolong(s);
@@ -1230,7 +1240,7 @@ session_client_run(struct session *s)
 			session_client_line(s);
 			break;
 		case IMAP_EV_ERROR:
-			session_client_unframeable(s, p->error);
+			session_client_unframeable(s, h->parser.error);
 			return progress;
 		}
 	}
@@ -1694,47 +1704,22 @@ static int
 session_backend_run(struct session *s)
 {
 	struct session_half *h = &s->backend;
-	struct imap_parser *p = &h->parser;
 	struct imap_event ev;
-	const unsigned char *buf;
-	size_t avail, len, used;
-	uint64_t left;
-	int progress = 0, relay;
+	int progress = 0, relay, r;
 
 	while (session_backend_parsing(s)) {
 		relay = s->bk == BACKEND_READY;
 		if (relay && endpoint_output_full(s->client.ep) && !h->eof)
 			return progress;
-		avail = endpoint_input_len(h->ep);
-		left = imap_parse_literal_left(p);
-		if (left > 0 && h->pending == 0) {
-			if (avail == 0)
-				return progress;
-			len = left < avail ? (size_t)left : avail;
-			h->pending = len;
-			if (relay)
-				session_pass(h);
-			else
-				session_drop(h);
-			imap_parse_skip(p, len);
-			progress = 1;
-			continue;
-		}
-		if (avail <= h->pending)
+		if ((r = session_step(h, relay, &ev)) < 0)
 			return progress;
-		buf = endpoint_peek(h->ep, h->pending, &len);
-		if (buf == NULL)
-			len = 0;
-		used = imap_parse_feed(p, buf, len, &ev);
-		h->pending += used;
-		if (used > 0)
-			progress = 1;
+		progress = 1;
+		if (r == 0)
+			continue;
 		switch (ev.type) {
 		case IMAP_EV_NONE:
 			if (h->streaming)
 				relay ? session_pass(h) : session_drop(h);
-			if (used == 0)
-				return progress;
 			break;
 		case IMAP_EV_TOOLONG:
 			if (relay)
@@ -1756,7 +1741,7 @@ session_backend_run(struct session *s)
 				session_backend_setup_line(s);
 			break;
 		case IMAP_EV_ERROR:
-			session_detail(s, "backend: %s", p->error);
+			session_detail(s, "backend: %s", h->parser.error);
 			session_close(s, "backend-protocol-error");
 			return progress;
 		}
