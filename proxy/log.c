@@ -1,5 +1,6 @@
-/* log: leveled key=value lines on stderr. */
+/* log: leveled key=value lines on stderr (or syslog). */
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/time.h>
@@ -11,27 +12,69 @@
 /* Longest log line; longer ones are cut. */
 #define LOG_LINE_MAX	2048
 
-static enum config_log_level log_level = CONFIG_LOG_INFO;
-static enum config_log_format log_format = CONFIG_LOG_TEXT;
-static enum config_log_output log_output = CONFIG_LOG_STDERR;
+/*
+ * Level, format and output, 8 bits each, in one atomic word.  The main
+ * thread changes them on SIGHUP while the workers log: one word means no
+ * data race, and every line is built from one consistent set (never the
+ * new format with the old output).  A line loads the word once.  The
+ * store is a release and the load in log_msg an acquire, so the openlog()
+ * done before switching to syslog is seen by every thread that logs there.
+ */
+#define LOG_PACK(l, f, o)	((unsigned)(l) | (unsigned)(f) << 8 | (unsigned)(o) << 16)
+#define LOG_LEVEL(w)		((enum config_log_level)((w) & 0xff))
+#define LOG_FORMAT(w)		((enum config_log_format)((w) >> 8 & 0xff))
+#define LOG_OUTPUT(w)		((enum config_log_output)((w) >> 16 & 0xff))
+#define LOG_LEVEL_MASK		LOG_PACK(0xff, 0, 0)
+#define LOG_DEST_MASK		LOG_PACK(0, 0xff, 0xff)
+
+static _Atomic unsigned log_settings =
+    LOG_PACK(CONFIG_LOG_INFO, CONFIG_LOG_TEXT, CONFIG_LOG_STDERR);
 static const int log_syslog_prio[] = { LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG };
 static const char *const log_names[] = { "error", "warn", "info", "debug" };
+
+/* Replace the bits of mask in the settings with bits (any thread). */
+static void
+log_update(unsigned mask, unsigned bits)
+{
+	unsigned old = atomic_load_explicit(&log_settings, memory_order_relaxed);
+
+	while (!atomic_compare_exchange_weak_explicit(&log_settings, &old,
+	    (old & ~mask) | (bits & mask), memory_order_release, memory_order_relaxed))
+		;
+}
+
+/* Open syslog before the first line goes there (openlog twice is harmless). */
+static void
+log_open_output(enum config_log_output output)
+{
+	unsigned w = atomic_load_explicit(&log_settings, memory_order_relaxed);
+
+	if (output == CONFIG_LOG_SYSLOG && LOG_OUTPUT(w) != CONFIG_LOG_SYSLOG)
+		openlog("imapgate", LOG_PID | LOG_NDELAY, LOG_DAEMON);
+}
+
+/* Set level, format and output in one store. */
+void
+log_configure(enum config_log_level level, enum config_log_format format,
+    enum config_log_output output)
+{
+	log_open_output(output);
+	log_update(LOG_LEVEL_MASK | LOG_DEST_MASK, LOG_PACK(level, format, output));
+}
 
 /* Set the least severe level printed. */
 void
 log_set_level(enum config_log_level level)
 {
-	log_level = level;
+	log_update(LOG_LEVEL_MASK, LOG_PACK(level, 0, 0));
 }
 
 /* Set format and destination; syslog is opened once. */
 void
 log_set_output(enum config_log_format format, enum config_log_output output)
 {
-	if (output == CONFIG_LOG_SYSLOG && log_output != CONFIG_LOG_SYSLOG)
-		openlog("imapgate", LOG_PID | LOG_NDELAY, LOG_DAEMON);
-	log_format = format;
-	log_output = output;
+	log_open_output(output);
+	log_update(LOG_DEST_MASK, LOG_PACK(0, format, output));
 }
 
 /*
@@ -101,7 +144,7 @@ log_kv_to_json(const char *in, char *out, size_t outlen)
 int
 log_enabled(enum config_log_level level)
 {
-	return level <= log_level;
+	return level <= LOG_LEVEL(atomic_load_explicit(&log_settings, memory_order_relaxed));
 }
 
 /* Print one timestamped key=value line (or JSON object); built whole, then written once. */
@@ -112,10 +155,11 @@ log_msg(enum config_log_level level, const char *fmt, ...)
 	struct timeval tv;
 	struct tm tm;
 	va_list ap;
+	unsigned w = atomic_load_explicit(&log_settings, memory_order_acquire);
 	size_t n;
 	int r;
 
-	if (!log_enabled(level))
+	if (level > LOG_LEVEL(w))
 		return;
 	va_start(ap, fmt);
 	r = vsnprintf(msg, sizeof(msg), fmt, ap);
@@ -130,20 +174,20 @@ log_msg(enum config_log_level level, const char *fmt, ...)
 	gmtime_r(&tv.tv_sec, &tm);
 	n = strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
 	snprintf(ts + n, sizeof(ts) - n, ".%03dZ", (int)(tv.tv_usec / 1000));
-	if (log_format == CONFIG_LOG_JSON) {
+	if (LOG_FORMAT(w) == CONFIG_LOG_JSON) {
 		char body[LOG_LINE_MAX * 2];
 
 		log_kv_to_json(msg, body, sizeof(body));
 		r = snprintf(line, sizeof(line), "{\"ts\":\"%s\",\"level\":\"%s\"%s%s}",
 		    ts, log_names[level], body[0] ? "," : "", body);
-	} else if (log_output == CONFIG_LOG_SYSLOG)
+	} else if (LOG_OUTPUT(w) == CONFIG_LOG_SYSLOG)
 		r = snprintf(line, sizeof(line), "level=%s %s", log_names[level], msg);
 	else
 		r = snprintf(line, sizeof(line), "%s level=%s %s", ts, log_names[level], msg);
 	if (r < 0)
 		return;
 	n = (size_t)r < sizeof(line) - 1 ? (size_t)r : sizeof(line) - 2;
-	if (log_output == CONFIG_LOG_SYSLOG) {
+	if (LOG_OUTPUT(w) == CONFIG_LOG_SYSLOG) {
 		line[n] = '\0';
 		syslog(log_syslog_prio[level], "%s", line);
 		return;

@@ -97,8 +97,7 @@ main(int argc, char *argv[])
 		printf("configuration OK\n");
 		return 0;
 	}
-	log_set_level(cf->log_level);
-	log_set_output(cf->log_format, cf->log_output);
+	log_configure(cf->log_level, cf->log_format, cf->log_output);
 	log_info("msg=starting version=%s config=%s pid=%d", IMAPGATE_VERSION,
 	    path, (int)getpid());
 	/* From here the gate owns cf. */

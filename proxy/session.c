@@ -418,9 +418,9 @@ session_close(struct session *s, const char *reason)
 			    gl ? "," : "", stats_guard_name(g), s->guards[g]);
 	if (s->reason == NULL)
 		s->reason = reason;
+	state_set_gauge(&s->st, NULL);	/* no longer open, before it counts as ended */
 	stats_name_add(&stats.ended, s->reason);
 	stats_add(&stats.sessions_ended, 1);
-	state_set_gauge(&s->st, NULL);	/* no longer open, in the same instant */
 	TAILQ_REMOVE(&s->srv->sessions, s, entry);
 	TAILQ_INSERT_TAIL(&s->srv->closed, s, entry);
 	s->srv->nsessions--;

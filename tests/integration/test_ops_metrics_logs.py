@@ -85,6 +85,14 @@ def test_metrics(env):
     c.logout()
     after = wait_metric(mport, "imapgate_sessions_ended_total",
                         ops.total(before, "imapgate_sessions_ended_total") + 1)
+    # The counters are separate relaxed atomics, and the worker bumps
+    # ended_total a moment before it takes the session off the open gauge:
+    # a scrape can fall in between (often under ThreadSanitizer). Wait for
+    # the gauge too; the checks below then see one settled state.
+    end = time.monotonic() + 5.0
+    while ops.total(after, "imapgate_sessions_open") != 0 and time.monotonic() < end:
+        time.sleep(0.05)
+        after = ops.parse_metrics(ops.scrape(mport)[1])
 
     def delta(name, **labels):
         return ops.total(after, name, **labels) - ops.total(before, name, **labels)

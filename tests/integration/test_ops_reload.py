@@ -1,21 +1,25 @@
 #!/usr/bin/env python3
 """SIGHUP reload and sd_notify (issue 8): new certificates for new
 connections, a session in IDLE across the reload, a broken file changes
-nothing, listeners added and removed, READY/RELOADING/STOPPING.
+nothing, listeners added and removed, log level and format changed while
+sessions run on both workers, READY/RELOADING/STOPPING.
 
 Backend: tests/backends/fake_backend.py (built-in answers).  Python 3
 stdlib only.  Run: test_ops_reload.py PATH-TO-IMAPGATE
 """
 
+import json
 import os
 import re
 import shutil
 import signal
 import socket
 import sys
+import threading
 import time
 
 import harness
+import test_guard_common as common
 import test_ops_common as ops
 from test_ops_common import Fail, check
 import test_tls_common as tlsc
@@ -23,6 +27,7 @@ from fake_backend import FakeBackend  # noqa: E402  (path set by common)
 
 LIFETIME = 60.0         # seconds a scripted backend lives at most
 NOTIFY_TIMEOUT = 5.0    # seconds to wait for one sd_notify datagram
+BUSY_SESSIONS = 4       # sessions sending NOOPs across the log reloads
 
 
 def fake(env):
@@ -168,6 +173,79 @@ def test_listeners(env):
     c.logout()
 
 
+def json_lines(text):
+    """The log lines in text that are whole JSON objects."""
+    for x in text.splitlines():
+        if x.startswith("{"):
+            try:
+                o = json.loads(x)
+            except ValueError:  # a line still being written
+                continue
+            if isinstance(o, dict):
+                yield o
+
+
+def test_log_settings(env):
+    """A reload switches log level and format (info/text -> debug/json ->
+    info/text) while sessions on both workers keep sending NOOPs: the
+    workers' lines follow each change.  The main thread writes the log
+    settings while the workers read them, which is what the ThreadSanitizer
+    run (scripts/test, build-tsan) checks for data races."""
+    fb = fake(env)
+    g = ops.gate(env, fb.port, extra="workers: 2\n")
+    stop = threading.Event()
+    errors = []
+
+    def busy():
+        try:
+            c = ops.client(env, g)
+            c.login("demo", "demo")
+            while not stop.is_set():
+                c.cmd("NOOP")
+                time.sleep(0.002)
+            c.logout()
+        except Exception as e:  # reported below
+            errors.append("%s: %s" % (type(e).__name__, e))
+
+    threads = [threading.Thread(target=busy, daemon=True) for _ in range(BUSY_SESSIONS)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.2)
+        g.write(g.text(log="  level: debug\n  format: json\n"))
+        ops.sighup(g, r'"msg":"reloaded","generation":"2"')
+        mark = len(g.log_text())
+        end = time.monotonic() + 5
+        traced = False
+        while not traced and time.monotonic() < end:
+            time.sleep(0.05)
+            traced = any(o.get("level") == "debug" and "NOOP" in "".join(map(str, o.values()))
+                         for o in json_lines(g.log_text()[mark:]))
+        check(traced, "no JSON debug trace of a NOOP after the reload:\n%s"
+              % g.log_text()[mark:][-1500:])
+        g.write(g.text())
+        ops.sighup(g, r"msg=reloaded generation=3")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    check(not errors, "busy sessions failed: %s" % errors[:3])
+    # The busy sessions' last lines are out; a new session logs in text at info.
+    common.session_end(g, count=BUSY_SESSIONS)
+    mark = len(g.log_text())
+    c = ops.client(env, g)
+    c.login("demo", "demo")
+    c.cmd("NOOP")
+    c.logout()
+    end = time.monotonic() + 5
+    while "msg=session-end" not in g.log_text()[mark:] and time.monotonic() < end:
+        time.sleep(0.05)
+    after = [x for x in g.log_text()[mark:].splitlines() if x]
+    check(any("msg=session-end" in x for x in after), "no text session-end after the reload back")
+    bad = [x for x in after if x.startswith("{") or "level=debug" in x]
+    check(not bad, "JSON or debug lines after the reload back to info/text: %r" % bad[:3])
+
+
 def recv_notify(sock, want, timeout=NOTIFY_TIMEOUT):
     """Datagrams until one contains the line want; returns all received."""
     got = []
@@ -219,6 +297,7 @@ def main():
         ("SIGHUP: new certificate, IDLE across the reload", test_new_certificate),
         ("SIGHUP: broken config changes nothing", test_broken_config),
         ("SIGHUP: listeners added and removed", test_listeners),
+        ("SIGHUP: log level and format while sessions run", test_log_settings),
         ("sd_notify READY/RELOADING/STOPPING", test_sd_notify),
     ])
 
