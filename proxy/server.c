@@ -31,6 +31,7 @@
 #include "server.h"
 #include "session.h"
 #include "stats.h"
+#include "ratelog.h"
 #include "tls.h"
 
 /* How long accepting pauses when the process is out of file descriptors. */
@@ -852,6 +853,7 @@ server_trim_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
+	ratelog_flush();	/* the same tick ends rate-limited seconds */
 	event_base_gettimeofday_cached(g->base, &tv);
 	now = (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
 	if (seen != g->trim_seen) {

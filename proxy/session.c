@@ -23,12 +23,23 @@
 #include "imapcmd.h"
 #include "pool.h"
 #include "proxyproto.h"
+#include "ratelog.h"
 #include "session.h"
 #include "stats.h"
 #include "state.h"
 
 /* How long a closing session may take to hand its last bytes to the client. */
 #define SESSION_FLUSH_TIMEOUT_MS	5000
+/*
+ * Refusals (a connection limit said no) on implicit-TLS listeners: a TLS
+ * handshake to say BYE costs about a millisecond of CPU, so only this many
+ * a second get one, at most REFUSE_HELD at a time, each for at most
+ * REFUSE_MS; the others are closed at accept.  Plaintext and STARTTLS
+ * listeners always get the BYE (one send, no session).
+ */
+#define SESSION_REFUSE_TLS_PER_SEC	20
+#define SESSION_REFUSE_HELD		64
+#define SESSION_REFUSE_MS		1000
 /* Our own replies waiting for the backend to reach a response boundary. */
 #define SESSION_MAX_INJECT		(16 * 1024)
 /* The largest non-synchronizing literal LITERAL- allows (RFC 7888 section 5). */
@@ -184,6 +195,7 @@ struct session {
 	int			 server;	/* pool index of the backend, -1 before one is chosen */
 	uint64_t		 tried;		/* servers tried for this session (bit per pool index) */
 	int			 limited;	/* holds a slot in the connection limits */
+	int			 refusal;	/* only says BYE (a limit said no): counted in session_refusing */
 	struct timeval		 last_activity;	/* last byte either way (timeouts.idle) */
 	struct timeval		 tls_started;	/* accept (implicit TLS) or STARTTLS answered */
 	struct session_half	 client, backend;
@@ -223,6 +235,10 @@ struct session {
 	char			*detail;	/* what went wrong, for the summary (NULL: nothing) */
 };
 
+/* Refusal sessions alive now (all workers), and the TLS refusal budget's second and count. */
+static unsigned session_refusing;
+static uint64_t session_refuse_slot;	/* second << 20 | refusals in it */
+
 static void session_run(struct session *);
 static void session_trace_client(struct session *, const struct imap_line *, const char *,
     uint64_t, int);
@@ -231,6 +247,7 @@ static void session_due_off(struct session *, enum session_due);
 static void session_guard_check(struct session *);
 static void session_backend_setup_line(struct session *);
 static void session_backend_failover(struct session *, const char *);
+static void session_connect_backend(struct session *);
 static void session_response_timer(struct session *, int);
 static void session_readable(struct endpoint *, void *);
 static void session_drained(struct endpoint *, void *);
@@ -364,6 +381,8 @@ session_free(struct session *s)
 		pool_release(s->gen->pool, s->server);
 	if (s->limited)
 		connlimit_release(s->srv->gate->limits, (const struct sockaddr *)&s->client_ss);
+	if (s->refusal)
+		__atomic_fetch_sub(&session_refusing, 1, __ATOMIC_RELAXED);
 	generation_unref(s->gen);
 	free(s);
 }
@@ -402,7 +421,7 @@ void
 session_close(struct session *s, const char *reason)
 {
 	char bk[NETADDR_STRLEN], guards[256] = "", user[4 * IMAP_MAX_ARG + 8];
-	char sni[4 * 256 + 8];
+	char sni[4 * 256 + 8], det[4 * SESSION_DETAIL_MAX + 8];
 	size_t gl = 0;
 
 	if (s->life == SESSION_CLOSED)
@@ -432,28 +451,33 @@ session_close(struct session *s, const char *reason)
 	if (s->backend.ep != NULL)
 		endpoint_read_enable(s->backend.ep, 0);
 
-	log_info("session=%s msg=session-end client=%s backend=%s tls=%s cipher=%s sni=%s%s%s "
-	    "bytes_in=%llu bytes_out=%llu backend_in=%llu backend_out=%llu "
-	    "duration_ms=%lld user=\"%s\" state=%s rewrites=%u guard_events=%u "
-	    "last_guard=%s guards=%s bye=%s rewritten=%s reason=%s%s%s%s",
-	    s->id, s->client_addr,
-	    s->server >= 0 ? netaddr_str((const struct sockaddr *)
-	    &pool_server(s->gen->pool, s->server)->addr.ss, bk, sizeof(bk)) : "-",
-	    s->client.ep && s->client_tls ? endpoint_tls_version(s->client.ep) : "-",
-	    s->client.ep && s->client_tls ? endpoint_tls_cipher(s->client.ep) : "-",
-	    s->client.ep && endpoint_sni(s->client.ep) ? "\"" : "-",
-	    s->client.ep && endpoint_sni(s->client.ep) ?
-	    session_escape(endpoint_sni(s->client.ep), sni, sizeof(sni)) : "",
-	    s->client.ep && endpoint_sni(s->client.ep) ? "\"" : "",
-	    (unsigned long long)(s->client.ep ? endpoint_bytes_in(s->client.ep) : 0),
-	    (unsigned long long)(s->client.ep ? endpoint_bytes_out(s->client.ep) : 0),
-	    (unsigned long long)(s->backend.ep ? endpoint_bytes_in(s->backend.ep) : 0),
-	    (unsigned long long)(s->backend.ep ? endpoint_bytes_out(s->backend.ep) : 0),
-	    session_age_ms(s), session_escape(state_user(&s->st), user, sizeof(user)),
-	    state_name(s->st.proto), s->nrewrites,
-	    s->nguard, s->last_guard ? s->last_guard : "-", guards[0] ? guards : "-",
-	    s->bye ? s->bye : "-", s->rewritten[0] ? s->rewritten : "-", s->reason,
-	    s->detail ? " error=\"" : "", s->detail ? s->detail : "", s->detail ? "\"" : "");
+	/* A refusal is an event a client can cause at will: its line is rate-limited. */
+	if (!s->refusal || ratelog_allow(RATELOG_REFUSAL)) {
+		log_info("session=%s msg=session-end client=%s backend=%s tls=%s cipher=%s sni=%s%s%s "
+		    "bytes_in=%llu bytes_out=%llu backend_in=%llu backend_out=%llu "
+		    "duration_ms=%lld user=\"%s\" state=%s rewrites=%u guard_events=%u "
+		    "last_guard=%s guards=%s bye=%s rewritten=%s reason=%s%s%s%s",
+		    s->id, s->client_addr,
+		    s->server >= 0 ? netaddr_str((const struct sockaddr *)
+		    &pool_server(s->gen->pool, s->server)->addr.ss, bk, sizeof(bk)) : "-",
+		    s->client.ep && s->client_tls ? endpoint_tls_version(s->client.ep) : "-",
+		    s->client.ep && s->client_tls ? endpoint_tls_cipher(s->client.ep) : "-",
+		    s->client.ep && endpoint_sni(s->client.ep) ? "\"" : "-",
+		    s->client.ep && endpoint_sni(s->client.ep) ?
+		    session_escape(endpoint_sni(s->client.ep), sni, sizeof(sni)) : "",
+		    s->client.ep && endpoint_sni(s->client.ep) ? "\"" : "",
+		    (unsigned long long)(s->client.ep ? endpoint_bytes_in(s->client.ep) : 0),
+		    (unsigned long long)(s->client.ep ? endpoint_bytes_out(s->client.ep) : 0),
+		    (unsigned long long)(s->backend.ep ? endpoint_bytes_in(s->backend.ep) : 0),
+		    (unsigned long long)(s->backend.ep ? endpoint_bytes_out(s->backend.ep) : 0),
+		    session_age_ms(s), session_escape(state_user(&s->st), user, sizeof(user)),
+		    state_name(s->st.proto), s->nrewrites,
+		    s->nguard, s->last_guard ? s->last_guard : "-", guards[0] ? guards : "-",
+		    s->bye ? s->bye : "-", s->rewritten[0] ? s->rewritten : "-", s->reason,
+		    s->detail ? " error=\"" : "",
+		    s->detail ? session_escape(s->detail, det, sizeof(det)) : "",
+		    s->detail ? "\"" : "");
+	}
 	event_active(s->srv->ev_reap, EV_TIMEOUT, 0);
 }
 
@@ -485,8 +509,9 @@ session_guard_event(struct session *s, enum stats_guard g)
 	s->last_guard = stats_guard_name(g);
 	if (s->guards[g] < 255)
 		s->guards[g]++;
-	log_info("session=%s msg=guard event=%s state=%s", s->id, stats_guard_name(g),
-	    state_name(s->st.proto));
+	if (ratelog_allow(RATELOG_GUARD))
+		log_info("session=%s msg=guard event=%s state=%s", s->id, stats_guard_name(g),
+		    state_name(s->st.proto));
 }
 
 /*
@@ -839,12 +864,17 @@ session_client_decide(struct session *s, const struct imap_line *l, int lit, int
 
 	if (s->client.replied)
 		return 0;
-	if (l->tag[0] == '\0') {
-		session_client_answer(s, "* BAD Invalid tag");
+	if (l->toolong) {
+		session_guard_event(s, STATS_GUARD_LINE_TOOLONG);
+		session_client_answer(s, "%s BAD Command line too long",
+		    l->tag[0] != '\0' ? l->tag : "*");
 		return 0;
 	}
-	if (l->toolong) {
-		session_client_answer(s, "%s BAD Command line too long", l->tag);
+	if (l->tag[0] == '\0' || l->kind != IMAP_KIND_COMMAND || l->bad != NULL ||
+	    (lit && (!session_literals_allowed(l) || l->strict != NULL)))
+		session_guard_event(s, STATS_GUARD_INVALID_COMMAND);
+	if (l->tag[0] == '\0') {
+		session_client_answer(s, "* BAD Invalid tag");
 		return 0;
 	}
 	if (l->kind != IMAP_KIND_COMMAND) {
@@ -1025,6 +1055,8 @@ session_client_sasl_line(struct session *s, const struct imap_line *l)
 		 * own tagged answer.
 		 */
 		session_drop(h);
+		session_guard_event(s, l->toolong || h->drop ? STATS_GUARD_LINE_TOOLONG :
+		    STATS_GUARD_INVALID_COMMAND);
 		endpoint_write(s->backend.ep, cancel, sizeof(cancel) - 1);
 		session_trace_client(s, l, "sasl-cancel", sizeof(cancel) - 1, 1);
 	} else {
@@ -1059,6 +1091,7 @@ session_client_idle_line(struct session *s, const struct imap_line *l)
 	}
 	session_drop(h);
 	session_client_reset(h);
+	session_guard_event(s, l->toolong ? STATS_GUARD_LINE_TOOLONG : STATS_GUARD_INVALID_COMMAND);
 	session_inject(s, "* BAD Expected DONE");
 }
 
@@ -1901,6 +1934,9 @@ session_event(struct endpoint *ep, enum endpoint_event what, void *arg)
 		    sni ? session_escape(sni, esc, sizeof(esc)) : "");
 		if (s->cl == CLIENT_TLS)
 			session_set_client(s, CLIENT_COMMAND);
+		else if (s->life == SESSION_SETUP && s->bk == BACKEND_NONE && !s->refusal)
+			/* Implicit TLS: the backend only for a client that finished its handshake. */
+			session_connect_backend(s);
 		session_run(s);
 		return;
 	}
@@ -2127,16 +2163,81 @@ session_guard_check(struct session *s)
 	session_due(s, SESSION_DUE_GUARD, next + 1);
 }
 
-/* Start a session that only says BYE (a limit said no) and closes. */
+/*
+ * May one more refused client get a TLS handshake to read its BYE?  Within
+ * SESSION_REFUSE_TLS_PER_SEC a second and SESSION_REFUSE_HELD at a time;
+ * approximate across workers (a race lets a few more through), never
+ * unbounded.
+ */
+static int
+session_refuse_budget(void)
+{
+	struct timespec ts;
+	uint64_t now, cur, next;
+
+	if (__atomic_load_n(&session_refusing, __ATOMIC_RELAXED) >= SESSION_REFUSE_HELD)
+		return 0;
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	now = (uint64_t)ts.tv_sec;
+	cur = __atomic_load_n(&session_refuse_slot, __ATOMIC_RELAXED);
+	next = (cur >> 20) == now ? cur + 1 : now << 20 | 1;
+	if ((next & 0xfffff) > SESSION_REFUSE_TLS_PER_SEC)
+		return 0;
+	return __atomic_compare_exchange_n(&session_refuse_slot, &cur, next, 0,
+	    __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+}
+
+/*
+ * A limit said no, before any work for this client: no backend connection,
+ * no session on plaintext and STARTTLS listeners (the BYE goes out with
+ * one send), a TLS handshake within the refusal budget on implicit-TLS
+ * listeners, and a close at accept past it.  Returns 1 if fd was handled.
+ */
+static int
+session_refuse(struct server *srv, const struct config_listen *lc, int fd,
+    const struct sockaddr *sa, enum connlimit_verdict v)
+{
+	static const char total[] = "* BYE [UNAVAILABLE] Too many connections, try again later\r\n";
+	static const char perip[] = "* BYE [UNAVAILABLE] Too many connections from your address\r\n";
+	const char *bye = v == CONNLIMIT_TOTAL ? total : perip;
+	const char *reason = v == CONNLIMIT_TOTAL ? "limit-total" : "limit-per-ip";
+	char addr[NETADDR_STRLEN];
+
+	(void)srv;
+	if (lc->tls == CONFIG_TLS_IMPLICIT && session_refuse_budget())
+		return 0;	/* a refusal session: handshake, BYE, close */
+	stats_add(&stats.sessions_total, 1);
+	stats_add(&stats.sessions_ended, 1);
+	if (lc->tls != CONFIG_TLS_IMPLICIT) {
+		/* A fresh socket's buffer takes one line: nothing waits, nothing is held. */
+		(void)send(fd, bye, strlen(bye), MSG_DONTWAIT | MSG_NOSIGNAL);
+		stats_add(&stats.bye[STATS_BYE_LIMIT], 1);
+		stats_name_add(&stats.ended, reason);
+	} else
+		stats_name_add(&stats.ended, v == CONNLIMIT_TOTAL ? "limit-total-closed" :
+		    "limit-per-ip-closed");
+	close(fd);
+	if (ratelog_allow(RATELOG_REFUSAL))
+		log_info("msg=refused client=%s listen=%s reason=%s%s", netaddr_str(sa, addr,
+		    sizeof(addr)), lc->address, reason,
+		    lc->tls == CONFIG_TLS_IMPLICIT ? " closed=1" : "");
+	return 1;
+}
+
+/* Start a session that only says BYE (a limit said no) and closes within SESSION_REFUSE_MS. */
 static void
 session_reject(struct session *s, const char *text, const char *reason)
 {
+	s->refusal = 1;
+	__atomic_fetch_add(&session_refusing, 1, __ATOMIC_RELAXED);
 	endpoint_write(s->client.ep, text, strlen(text));
 	session_bye_count(s, STATS_BYE_LIMIT);
 	session_finish(s, reason);
+	session_due(s, SESSION_DUE_PHASE, SESSION_REFUSE_MS);
+	session_due(s, SESSION_DUE_GUARD, SESSION_REFUSE_MS);
 }
 
-/* Accept: wrap the client socket, apply limits, and start the backend connection at once. */
+/* Accept: apply the limits first, wrap the client socket, and start the backend connection. */
 void
 session_start(struct server *srv, const struct config_listen *lc, int fd,
     const struct sockaddr *sa, socklen_t salen, const struct sockaddr *local,
@@ -2144,12 +2245,19 @@ session_start(struct server *srv, const struct config_listen *lc, int fd,
 {
 	struct generation *gen = srv->gen;
 	const struct config *cf = gen->cf;
+	enum connlimit_verdict v;
 	struct session *s;
 
+	v = connlimit_acquire(srv->gate->limits, sa);
+	if (v != CONNLIMIT_OK && session_refuse(srv, lc, fd, sa, v))
+		return;
 	if ((s = calloc(1, sizeof(*s))) == NULL) {
+		if (v == CONNLIMIT_OK)
+			connlimit_release(srv->gate->limits, sa);
 		close(fd);
 		return;
 	}
+	s->limited = v == CONNLIMIT_OK;
 	s->srv = srv;
 	s->gen = generation_ref(gen);
 	s->lc = lc;
@@ -2204,7 +2312,7 @@ session_start(struct server *srv, const struct config_listen *lc, int fd,
 	    lc->tls == CONFIG_TLS_IMPLICIT && cf->tls_handshake_ms < cf->preauth_ms ?
 	    cf->tls_handshake_ms : cf->preauth_ms);
 
-	switch (connlimit_acquire(srv->gate->limits, sa)) {
+	switch (v) {
 	case CONNLIMIT_TOTAL:
 		session_reject(s, "* BYE [UNAVAILABLE] Too many connections, try again later\r\n",
 		    "limit-total");
@@ -2214,8 +2322,13 @@ session_start(struct server *srv, const struct config_listen *lc, int fd,
 		    "limit-per-ip");
 		return;
 	case CONNLIMIT_OK:
-		s->limited = 1;
 		break;
 	}
-	session_connect_backend(s);
+	/*
+	 * Plaintext and STARTTLS clients see the greeting at once; an
+	 * implicit-TLS client gets a backend once its handshake is done, so
+	 * a flood of silent connections opens none.
+	 */
+	if (lc->tls != CONFIG_TLS_IMPLICIT)
+		session_connect_backend(s);
 }

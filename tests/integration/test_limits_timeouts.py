@@ -41,7 +41,7 @@ BYE_IDLE = b"* BYE Autologout; idle for too long\r\n"
 
 def t_limit_total(env):
     """max_connections: 3: a fourth client gets the exact BYE and a close
-    (reason limit-total); the three open sessions go on; a slot freed is
+    (a msg=refused line with reason limit-total, no session); the three open sessions go on; a slot freed is
     usable again."""
     b = pc.named_backend(env, "b")
     g = pc.pool_gate(env, [b.port], backend=pc.QUIET_HEALTH,
@@ -50,12 +50,14 @@ def t_limit_total(env):
     for c in held:
         pc.backend_of(c)
     pc.expect_bye(pc.client(g), pc.BYE_LIMIT_TOTAL, "fourth connection")
-    e = pc.session_ends(g, 1)[-1]
-    check(e["reason"] == "limit-total" and e["backend"] == "-", "session-end %s" % e)
+    # Refused before any work: one msg=refused line, no session, no backend.
+    e = pc.refusals(g, 1)[-1]
+    check(e["reason"] == "limit-total", "refused %s" % e)
+    check(pc.count_lines(g, "msg=session-end") == 0, "a refusal made a session")
     for c in held:
         c.cmd("NOOP")
     held.pop().logout()
-    pc.session_ends(g, 2)
+    pc.session_ends(g, 1)
     time.sleep(0.2)         # the slot is released when the session is freed
     c = pc.client(g)
     check(pc.backend_of(c) == "b", "after a slot freed: %r" % c.greeting)
@@ -75,9 +77,9 @@ def t_limit_per_ip(env):
         pc.backend_of(c)
     pc.expect_bye(pc.client(g, pc.proxy_v1("192.0.2.1", 5002)), pc.BYE_LIMIT_IP,
                   "third from 192.0.2.1")
-    e = pc.session_ends(g, 1)[-1]
+    e = pc.refusals(g, 1)[-1]
     check(e["reason"] == "limit-per-ip" and e["client"] == "192.0.2.1:5002",
-          "session-end %s" % e)
+          "refused %s" % e)
     other = pc.client(g, pc.proxy_v1("192.0.2.2", 5003))
     check(pc.backend_of(other) == "b", "192.0.2.2 refused: %r" % other.greeting)
     for c in held + [other]:

@@ -166,6 +166,19 @@ def session_ends(g, count, timeout=5.0):
     return [dict(re.findall(r'(\w+)=("[^"]*"|\S+)', x)) for x in lines]
 
 
+def refusals(g, count, timeout=5.0):
+    """The msg=refused lines (a limit said no before any session) after g.mark as dicts."""
+    end = time.monotonic() + timeout
+    while True:
+        lines = [x for x in tc.log_since(g).splitlines() if "msg=refused" in x]
+        if len(lines) >= count or time.monotonic() >= end:
+            break
+        time.sleep(0.05)
+    check(len(lines) >= count, "%d refused lines, want %d:\n%s"
+          % (len(lines), count, tc.log_since(g)[-2000:]))
+    return [dict(re.findall(r'(\w+)=("[^"]*"|\S+)', x)) for x in lines]
+
+
 def count_lines(g, pattern):
     """How many log lines after g.mark match pattern."""
     rx = re.compile(pattern)
