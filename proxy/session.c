@@ -1805,7 +1805,8 @@ session_flow(struct session *s)
 {
 	if (!session_live(s))
 		return;
-	session_read(&s->client, !session_client_blocked(s) && s->cl != CLIENT_TLS);
+	/* Reading stays on in CLIENT_TLS: the handshake needs it (nothing is parsed then). */
+	session_read(&s->client, !session_client_blocked(s));
 	if (s->backend.ep != NULL)
 		session_read(&s->backend, s->bk != BACKEND_READY ||
 		    !endpoint_output_full(s->client.ep));
