@@ -141,9 +141,11 @@ metrics_render(struct metrics *m, struct evbuffer *b)
 		metrics_sample1(b, "imapgate_backend_up", "server", pool_name(p, i),
 		    (uint64_t)pool_is_up(p, i));
 	metrics_family(b, "imapgate_backend_sessions", "gauge", "Sessions on each backend server now.");
-	for (int i = 0; i < pool_size(p); i++)
-		metrics_sample1(b, "imapgate_backend_sessions", "server", pool_name(p, i),
-		    pool_active(p, i));
+	/* Every generation's sessions: servers a reload removed stay while they have some. */
+	for (int i = 0; i < pool_size_all(p); i++)
+		if (i < pool_size(p) || pool_active(p, i) > 0)
+			metrics_sample1(b, "imapgate_backend_sessions", "server", pool_name(p, i),
+			    pool_active(p, i));
 	metrics_family(b, "imapgate_backend_connects_total", "counter",
 	    "Sessions sent to each backend server.");
 	for (int i = 0; i < pool_size(p); i++)

@@ -1,9 +1,10 @@
-/* pool: backend selection, passive and active health. */
+/* pool: backend selection, passive and active health, state kept across reloads. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <netinet/in.h>
 
 #include <event2/event.h>
@@ -13,42 +14,190 @@
 #include "log.h"
 #include "netaddr.h"
 #include "pool.h"
+#include "proxyproto.h"
 
-/* Bytes of a health-check greeting we look at. */
-#define POOL_GREETING_MAX	512
+/* Longest line a health check reads (greeting, STARTTLS and LOGOUT answers). */
+#define POOL_LINE_MAX		1024
+/* Room for the PROXY header a health check sends (v1 UNKNOWN or v2 LOCAL). */
+#define POOL_PROXY_MAX		32
+/* Tags of the health check's commands. */
+#define POOL_TAG_STARTTLS	"hc1"
+#define POOL_TAG_LOGOUT		"hc2"
 
-struct pool_server {
-	struct pool			*pool;
-	int				 index;
-	const struct config_server	*cf;
+/* Where a health check is. */
+enum pool_hc_step {
+	POOL_HC_CONNECT,	/* TCP connect under way */
+	POOL_HC_TLS,		/* implicit TLS handshake */
+	POOL_HC_GREETING,	/* waiting for the greeting */
+	POOL_HC_STARTTLS,	/* STARTTLS sent, waiting for its tagged answer */
+	POOL_HC_UPGRADE,	/* TLS handshake after STARTTLS */
+	POOL_HC_LOGOUT,		/* LOGOUT sent, waiting for its tagged OK */
+};
+
+/*
+ * A server's runtime state, shared by every pool (generation) that names
+ * the same address: reference-counted, found by (address, nth) where nth
+ * counts earlier entries with the same address in the file.
+ */
+struct pool_state {
+	atomic_int			 refs;
+	char				*address;
+	unsigned			 nth;
 	atomic_int			 up;
 	atomic_uint			 active;
 	atomic_uint			 fails;		/* consecutive failures */
 	atomic_uint			 oks;		/* consecutive successes while down */
 	atomic_uint_fast64_t		 connects;
 	atomic_uint_fast64_t		 failures;
+	pthread_mutex_t			 lock;		/* check_now */
+	struct event			*check_now;	/* the checking pool's "check now" event */
+};
+
+struct pool_server {
+	struct pool			*pool;
+	int				 index;
+	const struct config_server	*cf;
+	struct pool_state		*st;
 	int				 current_weight;	/* smooth weighted round robin */
 	/* active health check, main thread only */
 	struct endpoint			*hc_ep;
 	struct event			*hc_timer;
 	struct event			*hc_now;	/* a session saw failures: check at once */
 	int				 hc_running;
+	enum pool_hc_step		 hc_step;
+	int				 hc_bye;	/* the LOGOUT's * BYE arrived */
 };
 
 struct pool {
 	const struct config	*cf;
 	struct pool_server	*servers;
 	int			 n;
+	struct pool_state	**retired;	/* removed by a reload, maybe still in use */
+	int			 nretired;
+	int			 nlisted;	/* retired[0 .. nlisted): listed for metrics */
 	pthread_mutex_t		 lock;		/* round-robin weights */
 	struct event_base	*base;
 	struct tls_ctx		*btls;
-	int			 checking;	/* active checks run (under lock: hc_now may be activated) */
 };
 
-/* Build the pool. */
-struct pool *
-pool_new(const struct config *cf, char *err, size_t errlen)
+/* A fresh state for address (up until shown otherwise). */
+static struct pool_state *
+pool_state_new(const char *address, unsigned nth)
 {
+	struct pool_state *st;
+
+	if ((st = calloc(1, sizeof(*st))) == NULL)
+		return NULL;
+	if ((st->address = strdup(address)) == NULL) {
+		free(st);
+		return NULL;
+	}
+	atomic_init(&st->refs, 1);
+	st->nth = nth;
+	atomic_init(&st->up, 1);
+	pthread_mutex_init(&st->lock, NULL);
+	return st;
+}
+
+/* One more pool holds st. */
+static struct pool_state *
+pool_state_ref(struct pool_state *st)
+{
+	atomic_fetch_add(&st->refs, 1);
+	return st;
+}
+
+/* One pool fewer holds st; the last frees it (on any thread). */
+static void
+pool_state_unref(struct pool_state *st)
+{
+	if (st == NULL || atomic_fetch_sub(&st->refs, 1) != 1)
+		return;
+	pthread_mutex_destroy(&st->lock);
+	free(st->address);
+	free(st);
+}
+
+/* Index in prev's servers, then retired (offset by prev->n), of (address, nth); -1 if none. */
+static int
+pool_state_find(const struct pool *prev, const char *address, unsigned nth)
+{
+	if (prev == NULL)
+		return -1;
+	for (int i = 0; i < prev->n; i++)
+		if (prev->servers[i].st->nth == nth &&
+		    strcmp(prev->servers[i].st->address, address) == 0)
+			return i;
+	for (int i = 0; i < prev->nretired; i++)
+		if (prev->retired[i]->nth == nth && strcmp(prev->retired[i]->address, address) == 0)
+			return prev->n + i;
+	return -1;
+}
+
+/* prev's state number k (servers, then retired). */
+static struct pool_state *
+pool_prev_state(const struct pool *prev, int k)
+{
+	return k < prev->n ? prev->servers[k].st : prev->retired[k - prev->n];
+}
+
+/* Does any configured server of p, or a listed retired one, carry address? */
+static int
+pool_name_taken(const struct pool *p, const char *address)
+{
+	for (int i = 0; i < p->n; i++)
+		if (strcmp(p->servers[i].cf->address, address) == 0)
+			return 1;
+	for (int i = 0; i < p->nlisted; i++)
+		if (strcmp(p->retired[i]->address, address) == 0)
+			return 1;
+	return 0;
+}
+
+/*
+ * Keep the states of prev that p's servers did not take: every server prev
+ * itself named (sessions of prev's generation may still pick it), and
+ * those prev kept that an older pool still holds or sessions still use.
+ * Listed ones (a name no configured server has) go first.
+ */
+static int
+pool_keep_retired(struct pool *p, const struct pool *prev, const unsigned char *taken)
+{
+	int total = prev->n + prev->nretired, nkeep = 0;
+	struct pool_state **keep;
+
+	if (total == 0)
+		return 0;
+	if ((keep = calloc((size_t)total, sizeof(*keep))) == NULL)
+		return -1;
+	for (int k = 0; k < total; k++) {
+		struct pool_state *st = pool_prev_state(prev, k);
+
+		if (taken[k])
+			continue;
+		if (k >= prev->n && atomic_load(&st->refs) <= 1 && atomic_load(&st->active) == 0)
+			continue;
+		keep[nkeep++] = pool_state_ref(st);
+	}
+	p->retired = keep;
+	p->nretired = nkeep;
+	/* Listed first: a stable partition by "has a name of its own". */
+	for (int i = 0; i < nkeep; i++)
+		if (!pool_name_taken(p, keep[i]->address)) {
+			struct pool_state *t = keep[i];
+
+			memmove(&keep[p->nlisted + 1], &keep[p->nlisted],
+			    (size_t)(i - p->nlisted) * sizeof(*keep));
+			keep[p->nlisted++] = t;
+		}
+	return 0;
+}
+
+/* Build the pool, taking over prev's states by address. */
+struct pool *
+pool_new(const struct config *cf, const struct pool *prev, char *err, size_t errlen)
+{
+	unsigned char *taken = NULL;
 	struct pool *p;
 
 	if (cf->nservers == 0 || cf->nservers > POOL_MAX_SERVERS) {
@@ -56,7 +205,11 @@ pool_new(const struct config *cf, char *err, size_t errlen)
 		return NULL;
 	}
 	if ((p = calloc(1, sizeof(*p))) == NULL ||
-	    (p->servers = calloc(cf->nservers, sizeof(*p->servers))) == NULL) {
+	    (p->servers = calloc(cf->nservers, sizeof(*p->servers))) == NULL ||
+	    (prev != NULL &&
+	    (taken = calloc((size_t)(prev->n + prev->nretired) + 1, 1)) == NULL)) {
+		if (p != NULL)
+			free(p->servers);
 		free(p);
 		snprintf(err, errlen, "out of memory");
 		return NULL;
@@ -65,12 +218,31 @@ pool_new(const struct config *cf, char *err, size_t errlen)
 	p->n = (int)cf->nservers;
 	pthread_mutex_init(&p->lock, NULL);
 	for (int i = 0; i < p->n; i++) {
-		p->servers[i].pool = p;
-		p->servers[i].index = i;
-		p->servers[i].cf = &cf->servers[i];
-		atomic_init(&p->servers[i].up, 1);	/* up until shown otherwise */
+		struct pool_server *s = &p->servers[i];
+		unsigned nth = 0;
+		int k;
+
+		s->pool = p;
+		s->index = i;
+		s->cf = &cf->servers[i];
+		for (int j = 0; j < i; j++)
+			nth += strcmp(cf->servers[j].address, s->cf->address) == 0;
+		k = pool_state_find(prev, s->cf->address, nth);
+		if (k >= 0 && !taken[k]) {
+			taken[k] = 1;
+			s->st = pool_state_ref(pool_prev_state(prev, k));
+		} else if ((s->st = pool_state_new(s->cf->address, nth)) == NULL)
+			goto nomem;
 	}
+	if (prev != NULL && pool_keep_retired(p, prev, taken) != 0)
+		goto nomem;
+	free(taken);
 	return p;
+nomem:
+	free(taken);
+	pool_free(p);
+	snprintf(err, errlen, "out of memory");
+	return NULL;
 }
 
 /* Stop the checks: their events belong to the main thread's loop. */
@@ -79,19 +251,23 @@ pool_health_stop(struct pool *p)
 {
 	if (p == NULL)
 		return;
-	pthread_mutex_lock(&p->lock);
-	p->checking = 0;
-	pthread_mutex_unlock(&p->lock);
 	for (int i = 0; i < p->n; i++) {
-		endpoint_free(p->servers[i].hc_ep);
-		p->servers[i].hc_ep = NULL;
-		p->servers[i].hc_running = 0;
-		if (p->servers[i].hc_timer != NULL)
-			event_free(p->servers[i].hc_timer);
-		p->servers[i].hc_timer = NULL;
-		if (p->servers[i].hc_now != NULL)
-			event_free(p->servers[i].hc_now);
-		p->servers[i].hc_now = NULL;
+		struct pool_server *s = &p->servers[i];
+
+		/* Sessions ask the state for a check: forget our event there first. */
+		pthread_mutex_lock(&s->st->lock);
+		if (s->hc_now != NULL && s->st->check_now == s->hc_now)
+			s->st->check_now = NULL;
+		pthread_mutex_unlock(&s->st->lock);
+		endpoint_free(s->hc_ep);
+		s->hc_ep = NULL;
+		s->hc_running = 0;
+		if (s->hc_timer != NULL)
+			event_free(s->hc_timer);
+		s->hc_timer = NULL;
+		if (s->hc_now != NULL)
+			event_free(s->hc_now);
+		s->hc_now = NULL;
 	}
 }
 
@@ -101,6 +277,11 @@ pool_free(struct pool *p)
 {
 	if (p == NULL)
 		return;
+	for (int i = 0; i < p->n; i++)
+		pool_state_unref(p->servers[i].st);
+	for (int i = 0; i < p->nretired; i++)
+		pool_state_unref(p->retired[i]);
+	free(p->retired);
 	pthread_mutex_destroy(&p->lock);
 	free(p->servers);
 	free(p);
@@ -125,9 +306,10 @@ pool_usable(const struct pool_server *s, uint64_t tried)
 	 * is merely slow would turn an overload into an outage.  Sessions try
 	 * it and get BYE only when their own connect fails.
 	 */
-	if (!atomic_load(&s->up) && s->pool->n > 1)
+	if (!atomic_load(&s->st->up) && s->pool->n > 1)
 		return 0;
-	if (s->cf->max_connections > 0 && atomic_load(&s->active) >= s->cf->max_connections)
+	/* The count covers every generation's sessions on this server. */
+	if (s->cf->max_connections > 0 && atomic_load(&s->st->active) >= s->cf->max_connections)
 		return 0;
 	return 1;
 }
@@ -192,8 +374,9 @@ pool_pick(struct pool *p, const struct sockaddr *addr, uint64_t tried)
 			if (!pool_usable(s, tried))
 				continue;
 			/* active/weight compared without division */
-			if (best == NULL || (uint64_t)atomic_load(&s->active) * (uint64_t)pool_weight(best) <
-			    (uint64_t)atomic_load(&best->active) * (uint64_t)pool_weight(s))
+			if (best == NULL || (uint64_t)atomic_load(&s->st->active) *
+			    (uint64_t)pool_weight(best) <
+			    (uint64_t)atomic_load(&best->st->active) * (uint64_t)pool_weight(s))
 				best = s;
 		}
 		break;
@@ -217,30 +400,30 @@ pool_pick(struct pool *p, const struct sockaddr *addr, uint64_t tried)
 	}
 	if (best == NULL)
 		return -1;
-	atomic_fetch_add(&best->active, 1);
-	atomic_fetch_add(&best->connects, 1);
+	atomic_fetch_add(&best->st->active, 1);
+	atomic_fetch_add(&best->st->connects, 1);
 	return best->index;
 }
 
-/* One fewer session on server i. */
+/* One fewer session on server i (of any generation's pool: the state is shared). */
 void
 pool_release(struct pool *p, int i)
 {
 	if (i >= 0 && i < p->n)
-		atomic_fetch_sub(&p->servers[i].active, 1);
+		atomic_fetch_sub(&p->servers[i].st->active, 1);
 }
 
-/* Mark s up or down, logging the change once. */
+/* Mark st up or down, logging the change once. */
 static void
-pool_set_up(struct pool_server *s, int up, const char *why)
+pool_set_up(struct pool_state *st, int up, const char *why)
 {
 	int old = !up;
 
-	if (atomic_compare_exchange_strong(&s->up, &old, up)) {
+	if (atomic_compare_exchange_strong(&st->up, &old, up)) {
 		if (up)
-			log_info("msg=backend-up server=%s", s->cf->address);
+			log_info("msg=backend-up server=%s", st->address);
 		else
-			log_warn("msg=backend-down server=%s error=\"%s\"", s->cf->address,
+			log_warn("msg=backend-down server=%s error=\"%s\"", st->address,
 			    why ? why : "-");
 	}
 }
@@ -250,36 +433,39 @@ pool_set_up(struct pool_server *s, int up, const char *why)
  * session (passive) does not take a server down by itself while active
  * checks run: a burst of sessions timing out together on a busy server
  * would otherwise mark it down although it answers.  It asks for a check
- * now instead, and the check's failure decides.
+ * now instead, and the check's failure decides.  The request goes through
+ * the shared state, so a session of an older generation reaches the
+ * checks of the current one.
  */
 static void
 pool_result(struct pool_server *s, int ok, int active, const char *why)
 {
-	struct pool *p = s->pool;
+	struct pool_state *st = s->st;
+	const struct config *cf = s->pool->cf;
 
 	if (ok) {
-		atomic_store(&s->fails, 0);
-		if (!atomic_load(&s->up) &&
-		    atomic_fetch_add(&s->oks, 1) + 1 >= p->cf->health_rise) {
-			atomic_store(&s->oks, 0);
-			pool_set_up(s, 1, NULL);
+		atomic_store(&st->fails, 0);
+		if (!atomic_load(&st->up) &&
+		    atomic_fetch_add(&st->oks, 1) + 1 >= cf->health_rise) {
+			atomic_store(&st->oks, 0);
+			pool_set_up(st, 1, NULL);
 		}
 		return;
 	}
-	atomic_fetch_add(&s->failures, 1);
-	atomic_store(&s->oks, 0);
-	if (atomic_fetch_add(&s->fails, 1) + 1 < p->cf->health_fall)
+	atomic_fetch_add(&st->failures, 1);
+	atomic_store(&st->oks, 0);
+	if (atomic_fetch_add(&st->fails, 1) + 1 < cf->health_fall)
 		return;
 	if (!active) {
-		pthread_mutex_lock(&p->lock);
-		if (p->checking && s->hc_now != NULL) {
-			event_active(s->hc_now, EV_TIMEOUT, 0);
-			pthread_mutex_unlock(&p->lock);
+		pthread_mutex_lock(&st->lock);
+		if (st->check_now != NULL) {
+			event_active(st->check_now, EV_TIMEOUT, 0);
+			pthread_mutex_unlock(&st->lock);
 			return;
 		}
-		pthread_mutex_unlock(&p->lock);
+		pthread_mutex_unlock(&st->lock);
 	}
-	pool_set_up(s, 0, why);
+	pool_set_up(st, 0, why);
 }
 
 /* A session's connect or greeting on server i went well or not. */
@@ -304,28 +490,123 @@ pool_hc_done(struct pool_server *s, int ok, const char *why)
 	pool_hc_arm(s);
 }
 
-/* Greeting bytes from a checked server: "* OK" or "* PREAUTH" is healthy. */
+/* Does line start with word (any case) followed by a space or the line end? */
+static int
+pool_hc_word(const char *line, size_t len, const char *word)
+{
+	size_t n = strlen(word);
+
+	return len > n && strncasecmp(line, word, n) == 0 &&
+	    (line[n] == ' ' || line[n] == '\r' || line[n] == '\n');
+}
+
+/* A tagged answer to tag: 1 if OK, 0 if another status, -1 if not ours. */
+static int
+pool_hc_tagged(const char *line, size_t len, const char *tag)
+{
+	size_t n = strlen(tag);
+
+	if (len <= n || strncmp(line, tag, n) != 0 || line[n] != ' ')
+		return -1;
+	return pool_hc_word(line + n + 1, len - n - 1, "OK");
+}
+
+/* Send LOGOUT: the check ends at its tagged OK. */
+static void
+pool_hc_logout(struct pool_server *s)
+{
+	static const char cmd[] = POOL_TAG_LOGOUT " LOGOUT\r\n";
+
+	endpoint_write(s->hc_ep, cmd, sizeof(cmd) - 1);
+	s->hc_step = POOL_HC_LOGOUT;
+	s->hc_bye = 0;
+}
+
+/*
+ * One line from a checked server.  Returns 1 when the check ended or
+ * stopped reading lines (TLS under way), 0 to read on.
+ */
+static int
+pool_hc_line(struct pool_server *s, const char *line, size_t len)
+{
+	struct pool *p = s->pool;
+	int r;
+
+	switch (s->hc_step) {
+	case POOL_HC_GREETING:
+		if (len < 2 || line[0] != '*' || line[1] != ' ' ||
+		    (!pool_hc_word(line + 2, len - 2, "OK") &&
+		    !pool_hc_word(line + 2, len - 2, "PREAUTH"))) {
+			pool_hc_done(s, 0, len >= 2 && pool_hc_word(line + 2, len - 2, "BYE") ?
+			    "greeted with BYE" : "bad greeting");
+			return 1;
+		}
+		if (p->cf->backend_tls == CONFIG_TLS_STARTTLS) {
+			static const char cmd[] = POOL_TAG_STARTTLS " STARTTLS\r\n";
+
+			endpoint_write(s->hc_ep, cmd, sizeof(cmd) - 1);
+			s->hc_step = POOL_HC_STARTTLS;
+			return 0;
+		}
+		pool_hc_logout(s);
+		return 0;
+	case POOL_HC_STARTTLS:
+		if ((r = pool_hc_tagged(line, len, POOL_TAG_STARTTLS)) < 0)
+			return 0;
+		if (r == 0) {
+			pool_hc_done(s, 0, "STARTTLS refused");
+			return 1;
+		}
+		s->hc_step = POOL_HC_UPGRADE;
+		if (p->btls == NULL || endpoint_start_tls(s->hc_ep, p->btls) != 0)
+			pool_hc_done(s, 0, "tls setup failed");
+		return 1;
+	case POOL_HC_LOGOUT:
+		if (len >= 2 && line[0] == '*' && line[1] == ' ' &&
+		    pool_hc_word(line + 2, len - 2, "BYE")) {
+			s->hc_bye = 1;
+			return 0;
+		}
+		if ((r = pool_hc_tagged(line, len, POOL_TAG_LOGOUT)) < 0)
+			return 0;
+		pool_hc_done(s, r == 1, r == 1 ? NULL : "LOGOUT refused");
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+/* Input from a checked server: take it line by line. */
 static void
 pool_hc_readable(struct endpoint *ep, void *arg)
 {
 	struct pool_server *s = arg;
-	size_t len, n = endpoint_input_len(ep);
-	const unsigned char *b;
+	char line[POOL_LINE_MAX];
 
-	if (n > POOL_GREETING_MAX)
-		n = POOL_GREETING_MAX;
-	b = endpoint_pullup(ep, n);
-	if (b == NULL || memchr(b, '\n', n) == NULL) {
-		if (n >= POOL_GREETING_MAX)
-			pool_hc_done(s, 0, "greeting too long");
-		return;
+	for (;;) {
+		size_t n = endpoint_input_len(ep), len;
+		const unsigned char *b, *nl;
+
+		if (n == 0 || (s->hc_step != POOL_HC_GREETING && s->hc_step != POOL_HC_STARTTLS &&
+		    s->hc_step != POOL_HC_LOGOUT))
+			return;
+		if (n > sizeof(line))
+			n = sizeof(line);
+		if ((b = endpoint_pullup(ep, n)) == NULL) {
+			pool_hc_done(s, 0, "out of memory");
+			return;
+		}
+		if ((nl = memchr(b, '\n', n)) == NULL) {
+			if (n >= sizeof(line))
+				pool_hc_done(s, 0, "line too long");
+			return;
+		}
+		len = (size_t)(nl - b) + 1;
+		memcpy(line, b, len);
+		endpoint_drop(ep, len);
+		if (pool_hc_line(s, line, len) != 0)
+			return;
 	}
-	len = n;
-	if ((len >= 4 && memcmp(b, "* OK", 4) == 0) ||
-	    (len >= 9 && memcmp(b, "* PREAUTH", 9) == 0))
-		pool_hc_done(s, 1, NULL);
-	else
-		pool_hc_done(s, 0, "bad greeting");
 }
 
 /* Nothing to do when a check's output drains. */
@@ -336,24 +617,68 @@ pool_hc_drained(struct endpoint *ep, void *arg)
 	(void)arg;
 }
 
+/* Connected (TCP, or a TLS handshake done): PROXY header and TLS as configured. */
+static void
+pool_hc_connected(struct pool_server *s)
+{
+	struct pool *p = s->pool;
+	unsigned char hdr[POOL_PROXY_MAX];
+	size_t n = 0;
+
+	switch (s->hc_step) {
+	case POOL_HC_CONNECT:
+		/* A header without addresses: the check is no client's connection. */
+		if (p->cf->client_ip == CONFIG_CLIENT_IP_PROXY_V1)
+			n = proxyproto_build_local(1, hdr, sizeof(hdr));
+		else if (p->cf->client_ip == CONFIG_CLIENT_IP_PROXY_V2)
+			n = proxyproto_build_local(2, hdr, sizeof(hdr));
+		if (n > 0)
+			endpoint_write(s->hc_ep, hdr, n);
+		if (p->cf->backend_tls == CONFIG_TLS_IMPLICIT) {
+			s->hc_step = POOL_HC_TLS;
+			if (p->btls == NULL || endpoint_start_tls(s->hc_ep, p->btls) != 0)
+				pool_hc_done(s, 0, "tls setup failed");
+			return;
+		}
+		s->hc_step = POOL_HC_GREETING;
+		return;
+	case POOL_HC_TLS:
+		s->hc_step = POOL_HC_GREETING;
+		/* The greeting may have come with the handshake's last bytes. */
+		pool_hc_readable(s->hc_ep, s);
+		return;
+	case POOL_HC_UPGRADE:
+		pool_hc_logout(s);
+		return;
+	default:
+		return;
+	}
+}
+
 /* Connection events of a health check. */
 static void
 pool_hc_event(struct endpoint *ep, enum endpoint_event what, void *arg)
 {
 	struct pool_server *s = arg;
-	struct pool *p = s->pool;
 
 	if (what == ENDPOINT_CONNECTED) {
-		if (p->cf->backend_tls == CONFIG_TLS_IMPLICIT && p->btls != NULL &&
-		    !endpoint_is_tls(ep)) {
-			if (endpoint_start_tls(ep, p->btls) != 0)
-				pool_hc_done(s, 0, "tls setup failed");
-		}
+		pool_hc_connected(s);
 		return;
 	}
 	if (what == ENDPOINT_FLUSHED)
 		return;
-	pool_hc_done(s, 0, what == ENDPOINT_EOF ? "closed before greeting" : endpoint_error(ep));
+	if (what == ENDPOINT_EOF && s->hc_step == POOL_HC_LOGOUT && s->hc_bye) {
+		/* BYE and a close without the tagged OK: still a clean goodbye. */
+		pool_hc_done(s, 1, NULL);
+		return;
+	}
+	if (what != ENDPOINT_EOF) {
+		pool_hc_done(s, 0, endpoint_error(ep));
+		return;
+	}
+	pool_hc_done(s, 0, s->hc_step == POOL_HC_STARTTLS ? "closed during STARTTLS" :
+	    s->hc_step == POOL_HC_LOGOUT ? "closed before the LOGOUT answer" :
+	    "closed before greeting");
 }
 
 static const struct endpoint_cbs pool_hc_cbs = {
@@ -374,6 +699,8 @@ pool_hc_timer_cb(evutil_socket_t fd, short what, void *arg)
 		pool_hc_done(s, 0, "health check timeout");
 		return;
 	}
+	s->hc_step = POOL_HC_CONNECT;
+	s->hc_bye = 0;
 	s->hc_ep = endpoint_connect(p->base, &s->cf->addr, &pool_hc_cbs, s);
 	if (s->hc_ep == NULL) {
 		pool_result(s, 0, 1, "connect failed");
@@ -417,27 +744,47 @@ pool_health_start(struct pool *p, struct event_base *base, struct tls_ctx *btls)
 	if (p->cf->health_interval_ms == 0)
 		return;
 	for (int i = 0; i < p->n; i++) {
-		p->servers[i].hc_timer = evtimer_new(base, pool_hc_timer_cb, &p->servers[i]);
-		p->servers[i].hc_now = event_new(base, -1, 0, pool_hc_now_cb, &p->servers[i]);
-		pool_hc_arm(&p->servers[i]);
+		struct pool_server *s = &p->servers[i];
+
+		s->hc_timer = evtimer_new(base, pool_hc_timer_cb, s);
+		s->hc_now = event_new(base, -1, 0, pool_hc_now_cb, s);
+		if (s->hc_timer == NULL || s->hc_now == NULL) {
+			log_error("msg=\"health check setup failed\" server=%s", s->cf->address);
+			continue;
+		}
+		pool_hc_arm(s);
+		pthread_mutex_lock(&s->st->lock);
+		s->st->check_now = s->hc_now;
+		pthread_mutex_unlock(&s->st->lock);
 	}
-	pthread_mutex_lock(&p->lock);
-	p->checking = 1;
-	pthread_mutex_unlock(&p->lock);
 }
 
-/* Accessors for logs and metrics. */
+/* State number i: configured servers, then retired ones. */
+static struct pool_state *
+pool_state_at(const struct pool *p, int i)
+{
+	return i < p->n ? p->servers[i].st : p->retired[i - p->n];
+}
+
+/* Configured servers. */
 int
 pool_size(const struct pool *p)
 {
 	return p->n;
 }
 
+/* Configured servers plus the listed retired ones. */
+int
+pool_size_all(const struct pool *p)
+{
+	return p->n + p->nlisted;
+}
+
 /* Server i's address as configured. */
 const char *
 pool_name(const struct pool *p, int i)
 {
-	return p->servers[i].cf->address;
+	return i < p->n ? p->servers[i].cf->address : p->retired[i - p->n]->address;
 }
 
 /* Server i's configuration. */
@@ -451,26 +798,26 @@ pool_server(const struct pool *p, int i)
 int
 pool_is_up(const struct pool *p, int i)
 {
-	return atomic_load(&p->servers[i].up);
+	return atomic_load(&pool_state_at(p, i)->up);
 }
 
-/* Sessions on server i now. */
+/* Sessions on server i now, of every generation. */
 unsigned
 pool_active(const struct pool *p, int i)
 {
-	return atomic_load(&p->servers[i].active);
+	return atomic_load(&pool_state_at(p, i)->active);
 }
 
 /* Sessions ever sent to server i. */
 uint64_t
 pool_connects(const struct pool *p, int i)
 {
-	return atomic_load(&p->servers[i].connects);
+	return atomic_load(&pool_state_at(p, i)->connects);
 }
 
 /* Failures ever counted for server i. */
 uint64_t
 pool_failures(const struct pool *p, int i)
 {
-	return atomic_load(&p->servers[i].failures);
+	return atomic_load(&pool_state_at(p, i)->failures);
 }

@@ -3,8 +3,17 @@
  *
  * Shared by every worker thread: the up/down state and connection counts are
  * atomics, the weighted round-robin state sits behind a mutex.  Active
- * health checks run on the main thread's event loop; workers report connect
- * failures and good greetings (passive checks).
+ * health checks run on the main thread's event loop and connect as a client
+ * would (PROXY header, TLS or STARTTLS, greeting, LOGOUT); workers report
+ * connect failures and good greetings (passive checks).
+ *
+ * Each generation has its own pool, but a server's runtime state (session
+ * count, up/down, consecutive results, totals) lives in a reference-counted
+ * record keyed by its configured address: a pool built for a reload takes
+ * the records of the previous one, so a reload carries the state over, and
+ * sessions of the old generation releasing their server count down the
+ * same record.  A server the reload removed stays listed (for metrics)
+ * while sessions still use it.
  */
 #ifndef IMAPGATE_POOL_H
 #define IMAPGATE_POOL_H
@@ -20,8 +29,12 @@ struct event_base;
 struct pool;
 struct tls_ctx;
 
-/* Build the pool for cf's backend.servers; NULL with err on failure. */
-struct pool	*pool_new(const struct config *cf, char *err, size_t errlen);
+/*
+ * Build the pool for cf's backend.servers, taking over prev's per-server
+ * state (prev NULL: all fresh); NULL with err on failure.
+ */
+struct pool	*pool_new(const struct config *cf, const struct pool *prev, char *err,
+		    size_t errlen);
 /* Stop health checks and free the pool. */
 void		 pool_free(struct pool *p);
 /* Start active health checks on base (TLS through btls when backend.tls is implicit). */
@@ -38,8 +51,15 @@ int		 pool_pick(struct pool *p, const struct sockaddr *addr, uint64_t tried);
 void		 pool_release(struct pool *p, int i);
 /* A session's connect or greeting on server i went well (ok) or not (why). */
 void		 pool_report(struct pool *p, int i, int ok, const char *why);
-/* Server i's configuration entry index, up state, open connections and totals. */
+/*
+ * Servers in the configuration (0 .. pool_size - 1), then servers a reload
+ * removed while sessions may still use them (up to pool_size_all - 1).
+ * The accessors below take any index below pool_size_all, except
+ * pool_server (configured servers only).
+ */
 int		 pool_size(const struct pool *p);
+int		 pool_size_all(const struct pool *p);
+/* Server i's address as configured, configuration entry, up state, open sessions and totals. */
 const char	*pool_name(const struct pool *p, int i);
 const struct config_server *pool_server(const struct pool *p, int i);
 int		 pool_is_up(const struct pool *p, int i);

@@ -264,3 +264,25 @@ proxyproto_build_v2(const struct sockaddr *src, const struct sockaddr *dst,
 	out[15] = 0;
 	return 16;
 }
+
+/* Build a header without addresses: v1 UNKNOWN, v2 LOCAL. */
+size_t
+proxyproto_build_local(int version, unsigned char *out, size_t outlen)
+{
+	static const char v1[] = "PROXY UNKNOWN\r\n";
+
+	if (version == 1) {
+		if (outlen < sizeof(v1) - 1)
+			return 0;
+		memcpy(out, v1, sizeof(v1) - 1);
+		return sizeof(v1) - 1;
+	}
+	if (version != 2 || outlen < sizeof(proxyproto_sig) + 4)
+		return 0;
+	memcpy(out, proxyproto_sig, sizeof(proxyproto_sig));
+	out[12] = 0x20;		/* version 2, LOCAL */
+	out[13] = 0x00;		/* UNSPEC */
+	out[14] = 0;
+	out[15] = 0;
+	return sizeof(proxyproto_sig) + 4;
+}

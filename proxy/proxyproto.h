@@ -32,5 +32,11 @@ size_t	proxyproto_build_v1(const struct sockaddr *src, const struct sockaddr *ds
 /* Write a v2 header for src -> dst into out (>= 52 bytes); returns its length. */
 size_t	proxyproto_build_v2(const struct sockaddr *src, const struct sockaddr *dst,
 	    unsigned char *out, size_t outlen);
+/*
+ * Write a header that carries no addresses (a health check, not a client):
+ * version 1 "PROXY UNKNOWN\r\n", version 2 the LOCAL command.  Returns its
+ * length, 0 if out is too small or the version unknown.
+ */
+size_t	proxyproto_build_local(int version, unsigned char *out, size_t outlen);
 
 #endif

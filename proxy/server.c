@@ -299,9 +299,10 @@ server_accept_error_cb(struct evconnlistener *evl, void *arg)
 	evtimer_add(l->ev_resume, &tv);
 }
 
-/* Build everything a configuration implies, on the side. */
+/* Build everything a configuration implies, on the side (pool state taken over from prev). */
 struct generation *
-generation_new(struct config *cf, unsigned id, char *err, size_t errlen)
+generation_new(struct config *cf, unsigned id, const struct generation *prev, char *err,
+    size_t errlen)
 {
 	struct generation *g;
 	size_t i;
@@ -321,7 +322,7 @@ generation_new(struct config *cf, unsigned id, char *err, size_t errlen)
 	if (cf->backend_tls != CONFIG_TLS_NONE &&
 	    (g->btls = tls_ctx_new_backend(cf, err, errlen)) == NULL)
 		goto fail;
-	if ((g->pool = pool_new(cf, err, errlen)) == NULL)
+	if ((g->pool = pool_new(cf, prev != NULL ? prev->pool : NULL, err, errlen)) == NULL)
 		goto fail;
 	return g;
 fail:
@@ -640,7 +641,7 @@ server_reload(struct gate *g)
 		goto done;
 	}
 	if (server_check_new_listeners(g, cf, err, sizeof(err)) != 0 ||
-	    (gen = generation_new(cf, g->next_gen + 1, err, sizeof(err))) == NULL) {
+	    (gen = generation_new(cf, g->next_gen + 1, old, err, sizeof(err))) == NULL) {
 		log_error("msg=reload-failed error=\"%s\"", err);
 		config_free(cf);
 		goto done;
@@ -882,7 +883,7 @@ server_gate_open(struct gate *g, struct config *cf)
 	signal(SIGPIPE, SIG_IGN);
 	pthread_mutex_init(&g->reload_lock, NULL);
 	pthread_cond_init(&g->reload_cond, NULL);
-	if ((g->gen = generation_new(cf, ++g->next_gen, err, sizeof(err))) == NULL) {
+	if ((g->gen = generation_new(cf, ++g->next_gen, NULL, err, sizeof(err))) == NULL) {
 		log_error("msg=\"setup failed\" error=\"%s\"", err);
 		config_free(cf);
 		return -1;

@@ -87,8 +87,12 @@ struct gate {
 	unsigned		 next_gen;
 };
 
-/* Build a generation from cf (TLS contexts, pool); NULL after logging why. */
-struct generation *generation_new(struct config *cf, unsigned id, char *err, size_t errlen);
+/*
+ * Build a generation from cf (TLS contexts, pool); the pool takes over the
+ * per-server state of prev's (NULL: fresh).  NULL with err on failure.
+ */
+struct generation *generation_new(struct config *cf, unsigned id,
+	    const struct generation *prev, char *err, size_t errlen);
 /* Take a reference. */
 struct generation *generation_ref(struct generation *g);
 /* Drop a reference; the last one frees everything. */

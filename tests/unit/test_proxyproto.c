@@ -344,6 +344,24 @@ test_roundtrip(void)
 	    "build_v2 into 20 bytes should fail");
 }
 
+/* build_local: v1 UNKNOWN and v2 LOCAL parse back as local, never truncated. */
+static void
+test_local(void)
+{
+	unsigned char out[64];
+	size_t n;
+
+	n = proxyproto_build_local(1, out, sizeof(out));
+	CHECK(n == 15 && memcmp(out, "PROXY UNKNOWN\r\n", 15) == 0, "build_local v1 length %zu", n);
+	check_valid("build_local v1", out, n, 1, 1, NULL, NULL);
+	n = proxyproto_build_local(2, out, sizeof(out));
+	CHECK(n == 16 && out[12] == 0x20 && out[13] == 0x00, "build_local v2 length %zu", n);
+	check_valid("build_local v2 (LOCAL)", out, n, 2, 1, NULL, NULL);
+	CHECK(proxyproto_build_local(1, out, 14) == 0, "build_local v1 into 14 bytes should fail");
+	CHECK(proxyproto_build_local(2, out, 15) == 0, "build_local v2 into 15 bytes should fail");
+	CHECK(proxyproto_build_local(3, out, sizeof(out)) == 0, "build_local v3 should fail");
+}
+
 /* Nothing at all, and an empty parse result on error. */
 static void
 test_edges(void)
@@ -368,6 +386,7 @@ main(void)
 	test_v2_valid();
 	test_v2_bad();
 	test_roundtrip();
+	test_local();
 	test_edges();
 	printf("%d checks, %d failures\n", checks, failures);
 	return failures ? 1 : 0;
