@@ -53,8 +53,10 @@ def t_never_greets(env):
     """A backend that accepts and never greets: the client gets
     `* BYE [UNAVAILABLE]` within backend_connect + a margin (the session
     does not hang), and imapgate serves others meanwhile."""
+    # The start-up probe ends before a TLS handshake, so (implicit TLS: the
+    # backend is connected after the client's handshake) it opens no
+    # backend connection: the watcher's is the first.
     fb = pc.named_backend(env, "b", {"connections": [
-        {"greeting": "* OK fake-b ready\r\n"},          # the start-up probe
         {"greeting": "* OK fake-b ready\r\n"},          # the watcher
         {"greeting": [{"hang": True}]}]})
     g, base = setup(env, fb.port, "  backend_connect: 1s\n  preauth: 4s\n")
