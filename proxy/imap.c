@@ -179,6 +179,7 @@ imap_cur_reset(struct imap_parser *p)
 	c->kind = IMAP_KIND_NONE;
 	c->tag[0] = c->name[0] = c->subname[0] = c->status_word[0] = '\0';
 	c->code[0] = c->arg[0] = c->user[0] = '\0';
+	c->command = NULL;
 	c->number = 0;
 	c->has_number = 0;
 	c->status = IMAP_STATUS_NONE;
@@ -272,12 +273,10 @@ imap_argi(const struct imap_parser *p)
 	return p->field < first ? -1 : (int)(p->field - first);
 }
 
-/* Classify a command name (upper case) for the head scanner, from the command table. */
+/* Classify a command (its table entry, NULL if unknown) for the head scanner. */
 static int
-imap_cmd_class(const char *name)
+imap_cmd_class(const struct imapcmd *c)
 {
-	const struct imapcmd *c = imapcmd_find(name);
-
 	if (c == NULL)
 		return CMD_OTHER;
 	switch (c->args) {
@@ -394,7 +393,8 @@ imap_client_token_done(struct imap_parser *p)
 		}
 		imap_tok_copy(p, p->w->cur.name, sizeof(p->w->cur.name), 1);
 		p->w->cur.kind = IMAP_KIND_COMMAND;
-		p->cmd = imap_cmd_class(p->w->cur.name);
+		p->w->cur.command = imapcmd_find(p->w->cur.name);
+		p->cmd = imap_cmd_class(p->w->cur.command);
 		p->is_uid = p->cmd == CMD_UID;
 		return;
 	}
@@ -838,6 +838,22 @@ imap_frame_atomish(unsigned char c)
 }
 
 /*
+ * Bytes that only continue or start an atom, whatever the framing lexer's
+ * state among FR_START, FR_SPACE and FR_ATOM: imap_frame_atomish, less "~"
+ * (it may start a literal8 header).  Constant, so workers share it freely.
+ */
+static const unsigned char imap_frame_plain[256] = {
+	0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+	0, 1, 0, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+	1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+	1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 0, 0,
+	0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+	0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+	0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+	0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+};
+
+/*
  * One byte of a client command line, outside literals (CR and LF of the
  * line end excluded).  Follows RFC 3501/9051 quoted strings exactly and
  * notes everything that is not canonical; a literal header counts only
@@ -968,9 +984,16 @@ imap_scan(struct imap_parser *p, const unsigned char *s, size_t n)
 	uint64_t base = p->w->cur.len;
 	size_t i;
 
-	if (p->dir == IMAP_DIR_CLIENT && p->mode == IMAP_MODE_COMMAND)
-		for (i = 0; i < n; i++)
+	if (p->dir == IMAP_DIR_CLIENT && p->mode == IMAP_MODE_COMMAND) {
+		for (i = 0; i < n; i++) {
+			/* The common byte: an atom character outside anything special. */
+			if (imap_frame_plain[s[i]] && p->fr <= FR_ATOM && !p->fr_cr) {
+				p->fr = FR_ATOM;
+				continue;
+			}
 			imap_frame_byte(p, s[i]);
+		}
+	}
 	else if (p->dir == IMAP_DIR_CLIENT && p->mode == IMAP_MODE_SASL)
 		for (i = 0; i < n; i++)
 			imap_frame_sasl_byte(p, s[i]);

@@ -22,6 +22,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct imapcmd;
+
 #define IMAP_MAX_TAG		64	/* longest tag we accept (RFC: no limit; real ones < 20) */
 #define IMAP_MAX_ATOM		32	/* longest command name / status / code atom kept */
 #define IMAP_MAX_ARG		255	/* longest user name / mailbox / mechanism kept */
@@ -83,6 +85,7 @@ struct imap_line {
 								   server untagged: response name
 								   ("OK", "CAPABILITY", "EXISTS", "FETCH") */
 	char			subname[IMAP_MAX_ATOM + 1];	/* client UID: "FETCH" etc. */
+	const struct imapcmd	*command;	/* client: the command table entry of name, NULL if unknown */
 	uint32_t		number;		/* server "* 5 EXISTS": 5 */
 	int			has_number;
 	enum imap_status	status;

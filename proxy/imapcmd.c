@@ -74,8 +74,9 @@ static const struct imapcmd imapcmd_table[] = {
 const struct imapcmd *
 imapcmd_find(const char *name)
 {
+	/* Once per command line (the tokenizer keeps the result); the first byte sorts most out. */
 	for (size_t i = 0; i < sizeof(imapcmd_table) / sizeof(imapcmd_table[0]); i++)
-		if (strcmp(name, imapcmd_table[i].name) == 0)
+		if (name[0] == imapcmd_table[i].name[0] && strcmp(name, imapcmd_table[i].name) == 0)
 			return &imapcmd_table[i];
 	return NULL;
 }

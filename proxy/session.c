@@ -830,8 +830,9 @@ session_has_cap(const char *line, size_t len, const char *cap)
 static void
 session_note_caps(struct session *s, const struct imap_line *l, const char *line, size_t len)
 {
-	if (strcmp(l->code, "CAPABILITY") != 0 &&
-	    !(l->kind == IMAP_KIND_UNTAGGED && strcasecmp(l->name, "CAPABILITY") == 0))
+	if ((l->code[0] != 'C' || strcmp(l->code, "CAPABILITY") != 0) &&
+	    !(l->kind == IMAP_KIND_UNTAGGED && (l->name[0] == 'C' || l->name[0] == 'c') &&
+	    strcasecmp(l->name, "CAPABILITY") == 0))
 		return;
 	s->nonsync = session_has_cap(line, len, "LITERAL+") ? 2 :
 	    session_has_cap(line, len, "LITERAL-") ? 1 : 0;
@@ -841,7 +842,7 @@ session_note_caps(struct session *s, const struct imap_line *l, const char *line
 static int
 session_literals_allowed(const struct imap_line *l)
 {
-	const struct imapcmd *c = imapcmd_find(l->name);
+	const struct imapcmd *c = l->command;
 
 	if (c != NULL && c->args == IMAPCMD_ARGS_SUBCMD)
 		c = imapcmd_find(l->subname);
@@ -895,7 +896,7 @@ session_client_decide(struct session *s, const struct imap_line *l, int lit, int
 		session_client_answer(s, "%s BAD %s", l->tag, l->strict);
 		return 0;
 	}
-	c = imapcmd_find(l->name);
+	c = l->command;
 	kind = c != NULL ? c->cls : IMAPCMD_UNKNOWN;
 	if ((sync || (c != NULL && (c->starts == IMAPCMD_STARTS_SASL ||
 	    c->starts == IMAPCMD_STARTS_IDLE))) && state_lookup(&s->st, l->tag, &kind)) {
@@ -1129,7 +1130,7 @@ session_client_command_line(struct session *s, const struct imap_line *l)
 	}
 	state_stamp_last(&s->st, session_now_us(s));
 	session_client_reset(h);
-	c = imapcmd_find(l->name);
+	c = l->command;
 	if (c != NULL && (c->starts == IMAPCMD_STARTS_SASL || c->starts == IMAPCMD_STARTS_IDLE)) {
 		memcpy(h->wait_tag, l->tag, sizeof(h->wait_tag));
 		session_set_client(s, c->starts == IMAPCMD_STARTS_SASL ? CLIENT_WAIT_SASL :
@@ -1231,25 +1232,23 @@ session_client_blocked(const struct session *s)
 /*
  * Parse what the client sent and act on it: forward, answer, or hold.
  * Lines are parsed in place and moved whole once judged; literal bytes
- * are moved by count, without being looked at.  Returns 1 if anything
- * was consumed.
+ * are moved by count, without being looked at.
  */
-static int
+static void
 session_client_run(struct session *s)
 {
 	struct session_half *h = &s->client;
 	struct imap_event ev;
-	int progress = 0, r;
+	int r;
 
 	while (s->life == SESSION_RELAY) {
 		if (s->cl != CLIENT_COMMAND && s->cl != CLIENT_SASL && s->cl != CLIENT_IDLE &&
 		    s->cl != CLIENT_STALE)
-			return progress;	/* held until the backend answers */
+			return;	/* held until the backend answers */
 		if (session_client_blocked(s))
-			return progress;
+			return;
 		if ((r = session_step(h, !h->drop, &ev)) < 0)
-			return progress;
-		progress = 1;
+			return;
 		if (r == 0)
 			continue;
 		switch (ev.type) {
@@ -1274,10 +1273,9 @@ session_client_run(struct session *s)
 			break;
 		case IMAP_EV_ERROR:
 			session_client_unframeable(s, h->parser.error);
-			return progress;
+			return;
 		}
 	}
-	return progress;
 }
 
 /*
@@ -1394,8 +1392,9 @@ static void
 session_client_decided(struct session *s, const struct imap_line *l)
 {
 	struct imap_parser *cp = &s->client.parser;
-	int tagged = l->kind == IMAP_KIND_TAGGED && strcmp(l->tag, s->client.wait_tag) == 0;
 
+	if (s->cl == CLIENT_COMMAND || s->cl == CLIENT_TLS || s->cl == CLIENT_STALE)
+		return;		/* nothing waits for the backend's word */
 	if (l->kind == IMAP_KIND_CONTINUATION) {
 		switch (s->cl) {
 		case CLIENT_WAIT_LITERAL:
@@ -1414,7 +1413,7 @@ session_client_decided(struct session *s, const struct imap_line *l)
 		}
 		return;
 	}
-	if (!tagged)
+	if (l->kind != IMAP_KIND_TAGGED || strcmp(l->tag, s->client.wait_tag) != 0)
 		return;
 	switch (s->cl) {
 	case CLIENT_WAIT_LITERAL:
@@ -1461,6 +1460,8 @@ session_backend_line(struct session *s)
 	if (line != NULL)
 		session_note_caps(s, l, line, h->pending);
 
+	if (state_inflight_full(&s->st))
+		s->rerun = 1;	/* this answer frees a slot: the client may be read again */
 	state_server_response(&s->st, l, &res);
 	if (res.completed && res.started_us > 0) {
 		uint64_t now = session_now_us(s);
@@ -1731,22 +1732,21 @@ session_backend_parsing(const struct session *s)
 /*
  * Parse what the backend sent and relay it, or, while imapgate sets the
  * backend up, read it itself: nothing of it reaches the client then but
- * the greeting it holds.  Returns 1 if anything was consumed.
+ * the greeting it holds.
  */
-static int
+static void
 session_backend_run(struct session *s)
 {
 	struct session_half *h = &s->backend;
 	struct imap_event ev;
-	int progress = 0, relay, r;
+	int relay, r;
 
 	while (session_backend_parsing(s)) {
 		relay = s->bk == BACKEND_READY;
 		if (relay && endpoint_output_full(s->client.ep) && !h->eof)
-			return progress;
+			return;
 		if ((r = session_step(h, relay, &ev)) < 0)
-			return progress;
-		progress = 1;
+			return;
 		if (r == 0)
 			continue;
 		switch (ev.type) {
@@ -1776,10 +1776,9 @@ session_backend_run(struct session *s)
 		case IMAP_EV_ERROR:
 			session_detail(s, "backend: %s", h->parser.error);
 			session_close(s, "backend-protocol-error");
-			return progress;
+			return;
 		}
 	}
-	return progress;
 }
 
 /* Turn reading of h on or off, through the endpoint only when it changes. */
@@ -1821,22 +1820,24 @@ session_flow(struct session *s)
 static void
 session_run(struct session *s)
 {
-	int progress;
-
 	if (s->running) {
 		s->rerun = 1;
 		return;
 	}
 	s->running = 1;
+	/*
+	 * Each side is read until it blocks; another round is needed only
+	 * when one side's work may have unblocked the other (rerun: a
+	 * lifecycle change, our replies written, room in the in-flight table).
+	 */
 	do {
 		s->rerun = 0;
-		progress = 0;
 		if (session_backend_parsing(s))
-			progress |= session_backend_run(s);
+			session_backend_run(s);
 		if (s->life == SESSION_RELAY)
-			progress |= session_client_run(s);
+			session_client_run(s);
 		session_drain_check(s);
-	} while ((progress || s->rerun) && session_live(s));
+	} while (s->rerun && session_live(s));
 	session_flow(s);
 	s->running = 0;
 	/* Idle sessions hold no parser buffers. */

@@ -203,7 +203,7 @@ state_client_command(struct state *st, const struct imap_line *l)
 	memset(c, 0, sizeof(*c));
 	memcpy(c->tag, l->tag, sizeof(c->tag));
 	memcpy(c->name, l->name, sizeof(c->name));
-	c->kind = imapcmd_class_of(l->name);
+	c->kind = l->command != NULL ? l->command->cls : IMAPCMD_UNKNOWN;
 	switch (c->kind) {
 	case IMAPCMD_SELECT:
 		c->examine = strcmp(l->name, "EXAMINE") == 0;
