@@ -30,6 +30,17 @@
 #define CONFIG_MSGLEN		512	/* bytes in one error message */
 #define CONFIG_MAX_ATOM		128	/* bytes in one response code or capability atom */
 #define CONFIG_MAX_REGEX	1024	/* bytes in one regular expression */
+#define CONFIG_MAX_DEPTH	16	/* YAML mappings and lists nested in one another */
+#define CONFIG_MAX_NODES	262144	/* YAML scalars, mappings and lists in the file */
+#define CONFIG_REGEX_MAX_COUNT	100	/* largest m or n of a {m,n} repetition */
+#define CONFIG_REGEX_MAX_DEPTH	16	/* parentheses nested in one regular expression */
+#define CONFIG_REGEX_MAX_ANCHORS	8	/* ^ $ \b ... in one expression, copies counted */
+#define CONFIG_REGEX_ANCHOR_UNITS	16	/* what one anchor adds to the compiled size */
+#define CONFIG_REGEX_MAX_NESTED	128	/* units of nested optional parts beside an anchor */
+#define CONFIG_REGEX_MAX_COST	2048	/* compiled size of one expression (see config_regex_cost) */
+#define CONFIG_REGEX_MAX_TOTAL	32768	/* compiled size of all expressions of one load */
+#define CONFIG_REGEX_COST_CAP	((uint64_t)UINT32_MAX)	/* estimates saturate here */
+#define CONFIG_REGEX_ECHO	48	/* bytes of an expression quoted in its message */
 #define CONFIG_MAX_HOSTNAME	253	/* bytes in backend.server_name (RFC 1035) */
 #define CONFIG_MAX_CIDR		64	/* bytes in one trusted_proxies entry */
 #define CONFIG_NOPOS		((size_t)-1)
@@ -269,8 +280,9 @@ static const struct config_key config_keys[] = {
 	  .off2 = offsetof(struct config_listen, ntrusted_proxies),
 	  .off3 = offsetof(struct config_listen, trusted) },
 
+	/* Each entry's files are read and checked at load: at most TLS_MAX_CERTS. */
 	{ .path = "tls.certificates", .type = CFT_LIST, .min = 1,
-	  .max = CONFIG_MAX_ENTRIES, .check = config_cert_check,
+	  .max = TLS_MAX_CERTS, .check = config_cert_check,
 	  LIST_OF(struct config, certs, ncerts, struct config_cert) },
 	{ .path = "tls.certificates[].cert", .type = CFT_PATH, .required = 1,
 	  AT(struct config_cert, cert) },
@@ -407,6 +419,7 @@ struct config_loader {
 	yaml_document_t		*doc;
 	struct config		*cf;
 	struct config_errors	*errs;
+	uint64_t		 regex_cost;	/* compiled size of the expressions so far */
 	int			 oom;
 };
 
@@ -483,6 +496,17 @@ config_error_at(struct config_loader *ld, int line, int col, const char *fmt, ..
 	va_start(ap, fmt);
 	config_errorv(ld, line, col, fmt, ap);
 	va_end(ap);
+}
+
+/*
+ * Whether the walk should stop: memory ran out, or CONFIG_MAX_ERRORS were
+ * collected.  Aliases let a small file name one mapping from every entry
+ * of a list, so an unchecked walk could repeat its errors at length.
+ */
+static int
+config_gave_up(const struct config_loader *ld)
+{
+	return ld->oom || ld->errs->n >= CONFIG_MAX_ERRORS;
 }
 
 /* strdup that records an allocation failure in the loader. */
@@ -801,6 +825,346 @@ config_atom_upper(struct config_loader *ld, const char *v)
 	return s;
 }
 
+/* a + b, held at CONFIG_REGEX_COST_CAP (both are at most the cap). */
+static uint64_t
+config_cost_add(uint64_t a, uint64_t b)
+{
+	return a + b > CONFIG_REGEX_COST_CAP ? CONFIG_REGEX_COST_CAP : a + b;
+}
+
+/* a * b, held at CONFIG_REGEX_COST_CAP. */
+static uint64_t
+config_cost_mul(uint64_t a, uint64_t b)
+{
+	return b != 0 && a > CONFIG_REGEX_COST_CAP / b ? CONFIG_REGEX_COST_CAP : a * b;
+}
+
+/*
+ * Read an interval "{m}", "{m,}", "{m,n}" or "{,n}" (glibc's "{0,n}") at p,
+ * which points at the "{".  Returns its length, or 0 if p holds none of
+ * these (regcomp then reports the "{").  *hi is -1 for no upper bound;
+ * numbers saturate at CONFIG_REGEX_COST_CAP.
+ */
+static size_t
+config_regex_interval(const char *p, uint64_t *lo, int64_t *hi)
+{
+	const char *q = p + 1;
+	uint64_t n = 0;
+	int digits = 0;
+
+	for (; *q >= '0' && *q <= '9'; q++, digits = 1)
+		n = config_cost_add(config_cost_mul(n, 10), (uint64_t)(*q - '0'));
+	*lo = n;
+	if (*q == '}' && digits) {
+		*hi = (int64_t)n;
+		return (size_t)(q - p) + 1;
+	}
+	if (*q != ',')
+		return 0;
+	n = 0;
+	digits = 0;
+	for (q++; *q >= '0' && *q <= '9'; q++, digits = 1)
+		n = config_cost_add(config_cost_mul(n, 10), (uint64_t)(*q - '0'));
+	if (*q != '}')
+		return 0;
+	*hi = digits ? (int64_t)n : -1;
+	return (size_t)(q - p) + 1;
+}
+
+/*
+ * The end of the bracket expression opening at p ("[...]", "[^]...]",
+ * with "[:alpha:]", "[=e=]" and "[.x.]" inside), just past its "]"; NULL
+ * if it is not closed (regcomp then reports it, having read to the end).
+ */
+static const char *
+config_regex_bracket(const char *p)
+{
+	p++;
+	if (*p == '^')
+		p++;
+	if (*p == ']')
+		p++;
+	for (; *p != '\0'; p++) {
+		if (*p == ']')
+			return p + 1;
+		if (*p == '[' && (p[1] == ':' || p[1] == '=' || p[1] == '.')) {
+			char delim = p[1];
+			for (p += 2; *p != '\0' && !(*p == delim && p[1] == ']'); p++)
+				;
+			if (*p == '\0')
+				return NULL;
+			p++;
+		}
+	}
+	return NULL;
+}
+
+/* What part of an expression costs: units, anchors, optional and nested optional units. */
+struct config_re_size {
+	uint64_t	 units;
+	uint64_t	 anchors;
+	uint64_t	 optional;	/* units of the parts that can match the empty text */
+	uint64_t	 nested;	/* units of optional parts inside optional parts */
+};
+
+/* One level of parentheses while config_regex_cost reads an expression. */
+struct config_re_frame {
+	struct config_re_size	 alts;		/* the finished branches */
+	struct config_re_size	 branch;	/* the current branch, its last piece included */
+	struct config_re_size	 pre;		/* the current branch before its last piece */
+	struct config_re_size	 last;		/* the last piece; units 0 = none yet */
+	int			 alts_empty;	/* a finished branch can match the empty text */
+	int			 branch_empty;	/* the current branch can */
+	int			 pre_empty;	/* it could before its last piece */
+	int			 last_empty;	/* the last piece can */
+	int			 last_counted;	/* the last piece holds a {m,n} */
+	int			 counted;	/* the group holds a {m,n} */
+};
+
+/* a + b, each count held at CONFIG_REGEX_COST_CAP. */
+static struct config_re_size
+config_re_add(struct config_re_size a, struct config_re_size b)
+{
+	a.units = config_cost_add(a.units, b.units);
+	a.anchors = config_cost_add(a.anchors, b.anchors);
+	a.optional = config_cost_add(a.optional, b.optional);
+	a.nested = config_cost_add(a.nested, b.nested);
+	return a;
+}
+
+/* Start a branch in f: empty, so it matches the empty text. */
+static void
+config_re_branch(struct config_re_frame *f)
+{
+	memset(&f->branch, 0, sizeof(f->branch));
+	f->pre = f->last = f->branch;
+	f->branch_empty = f->pre_empty = 1;
+	f->last_empty = f->last_counted = 0;
+}
+
+/* Open a group (or the whole expression) in f: one empty branch. */
+static void
+config_re_open(struct config_re_frame *f)
+{
+	memset(f, 0, sizeof(*f));
+	config_re_branch(f);
+}
+
+/* Append a piece to f's current branch. */
+static void
+config_re_piece(struct config_re_frame *f, struct config_re_size sz, int empty, int counted)
+{
+	f->pre = f->branch;
+	f->pre_empty = f->branch_empty;
+	f->last = sz;
+	f->last_empty = empty;
+	f->last_counted = counted;
+	f->branch = config_re_add(f->pre, sz);
+	f->branch_empty = f->pre_empty && empty;
+}
+
+/* Replace f's last piece by its repetition. */
+static void
+config_re_repeat(struct config_re_frame *f, struct config_re_size sz, int empty, int counted)
+{
+	f->last = sz;
+	f->last_empty = empty;
+	f->last_counted = counted;
+	f->branch = config_re_add(f->pre, sz);
+	f->branch_empty = f->pre_empty && empty;
+}
+
+/* Close the group in f: its branches, plus one unit for the group. */
+static struct config_re_size
+config_re_close(const struct config_re_frame *f)
+{
+	struct config_re_size one = { 1, 0, 0, 0 }, sz;
+
+	sz = config_re_add(config_re_add(f->alts, f->branch), one);
+	if (f->alts_empty || f->branch_empty)
+		sz.optional = sz.units;
+	return sz;
+}
+
+/*
+ * Estimate what POSIX extended expression v (glibc's dialect, C locale)
+ * costs regcomp, before regcomp runs.  Units: one per character, bracket
+ * expression or group, CONFIG_REGEX_ANCHOR_UNITS per anchor (^ $ \b \B
+ * \< \> \` \'); a repetition copies what it repeats (glibc expands x{m,n}
+ * into n copies of x, x{m,} into m+1, x+ into 2), so a repeated piece's
+ * units and anchors are multiplied by its copies.
+ *
+ * Refuses, with the reason in why: a {m,n} count above
+ * CONFIG_REGEX_MAX_COUNT; a {m,n} applied to something holding another
+ * (the copies multiply); a loop (*, +, {m,}) over something that can
+ * match the empty text, such as (a*)* or (x?|y)+: glibc's closure over
+ * empty paths is exponential once they form cycles ((()+|) twenty times
+ * took 3 s, ((a*)?(a*)?...)+ 5 s); more than CONFIG_REGEX_MAX_ANCHORS
+ * anchors, copies counted (glibc's work grows with a high power of their
+ * number: (^$|) a hundred times took 15 s); anchors beside more than
+ * CONFIG_REGEX_MAX_NESTED units of optional parts inside optional parts
+ * (glibc copies what can follow an anchor without consuming text, path by
+ * path: ^(b?([a-z]?|b+)?a?){1,96} took 0.9 s, ^(a?b?)? a hundred times
+ * 64 ms, and the time grows with about the fourth power; flat optional
+ * parts such as ^a?a?a? or ^.{0,80}$ stay cheap and are not counted);
+ * parentheses deeper than CONFIG_REGEX_MAX_DEPTH; back-references
+ * (matching them backtracks, in time exponential in the text).  Returns 0
+ * with the units in *cost, or -1.  A malformed expression is costed as
+ * far as it reads; regcomp reports it.
+ */
+static int
+config_regex_cost(const char *v, uint64_t *cost, char *why, size_t whylen)
+{
+	static const struct config_re_size one = { 1, 0, 0, 0 }, anchor = { 1, 1, 0, 0 };
+	struct config_re_frame st[CONFIG_REGEX_MAX_DEPTH + 1], *f = st;
+	struct config_re_size sz;
+	const char *p = v, *end;
+	uint64_t lo, copies, oc;
+	int64_t hi;
+	size_t n;
+	int counted, empty;
+
+	config_re_open(f);
+	while (*p != '\0') {
+		size_t at = (size_t)(p - v) + 1;
+
+		switch (*p) {
+		case '(':
+			if (f == &st[CONFIG_REGEX_MAX_DEPTH]) {
+				snprintf(why, whylen, "nests parentheses deeper than %d levels "
+				    "(at byte %zu)", CONFIG_REGEX_MAX_DEPTH, at);
+				return -1;
+			}
+			config_re_open(++f);
+			p++;
+			continue;
+		case ')':
+			if (f == st)
+				break;		/* an unmatched ")" is an ordinary character */
+			sz = config_re_close(f);
+			empty = f->alts_empty || f->branch_empty;
+			counted = f->counted;
+			f--;
+			config_re_piece(f, sz, empty, counted);
+			f->counted |= counted;
+			p++;
+			continue;
+		case '|':
+			f->alts = config_re_add(config_re_add(f->alts, f->branch), one);
+			f->alts_empty |= f->branch_empty;
+			config_re_branch(f);
+			p++;
+			continue;
+		case '*':
+		case '+':
+		case '?':
+		case '{':
+			if (f->last.units == 0)
+				break;		/* nothing to repeat: regcomp refuses it */
+			lo = *p == '+' ? 1 : 0;
+			hi = *p == '?' ? 1 : -1;
+			n = 1;
+			if (*p == '{') {
+				if ((n = config_regex_interval(p, &lo, &hi)) == 0)
+					break;
+				if (lo > CONFIG_REGEX_MAX_COUNT ||
+				    (hi >= 0 && (uint64_t)hi > CONFIG_REGEX_MAX_COUNT)) {
+					snprintf(why, whylen, "repeats %" PRIu64 " times (at byte %zu); "
+					    "a count may be at most %d", lo > CONFIG_REGEX_MAX_COUNT ?
+					    lo : (uint64_t)hi, at, CONFIG_REGEX_MAX_COUNT);
+					return -1;
+				}
+				if (f->last_counted) {
+					snprintf(why, whylen, "repeats a counted repetition with "
+					    "another count (at byte %zu): the copies multiply; write "
+					    "the inner one out, or use *, + or ?", at);
+					return -1;
+				}
+				f->counted = 1;
+			}
+			if (hi < 0 && f->last_empty) {
+				snprintf(why, whylen, "repeats without bound (at byte %zu) something "
+				    "that can match the empty text, which can make compiling take "
+				    "exponential time; repeat what cannot match empty, e.g. (a|b)* "
+				    "rather than (a*|b)*", at);
+				return -1;
+			}
+			copies = hi > 0 ? (uint64_t)hi : hi == 0 ? 1 : lo + 1;
+			oc = copies > lo ? copies - lo : 0;	/* the optional copies */
+			sz.units = config_cost_mul(copies, config_cost_add(f->last.units, 1));
+			sz.anchors = config_cost_mul(copies, f->last.anchors);
+			empty = lo == 0 || f->last_empty;
+			sz.optional = empty ? sz.units : config_cost_add(config_cost_mul(lo,
+			    f->last.optional), config_cost_mul(oc, config_cost_add(f->last.units, 1)));
+			/*
+			 * Each optional copy wraps the optional parts the piece holds;
+			 * copies of a piece that matches empty nest in one another
+			 * (x{1,3} is x(x(x)?)?) with every level reachable.
+			 */
+			sz.nested = config_cost_add(config_cost_mul(copies, f->last.nested),
+			    f->last_empty ? config_cost_mul(f->last.units,
+			    config_cost_mul(oc, oc + 1) / 2) : config_cost_mul(oc, f->last.optional));
+			config_re_repeat(f, sz, empty, f->last_counted || *p == '{');
+			p += n;
+			continue;
+		case '[':
+			if ((end = config_regex_bracket(p)) == NULL) {
+				p += strlen(p);
+				continue;
+			}
+			config_re_piece(f, one, 0, 0);
+			p = end;
+			continue;
+		case '^':
+		case '$':
+			/* Anchors match the empty text (where they hold). */
+			config_re_piece(f, anchor, 1, 0);
+			p++;
+			continue;
+		case '\\':
+			if (p[1] >= '1' && p[1] <= '9') {
+				snprintf(why, whylen, "uses the back-reference \\%c (at byte %zu); "
+				    "back-references are refused: matching them can take time "
+				    "exponential in the length of the text", p[1], at);
+				return -1;
+			}
+			if (p[1] == '\0')
+				break;
+			/* GNU's word-boundary and buffer anchors, like ^ and $. */
+			if (strchr("bB<>`'", p[1]) != NULL)
+				config_re_piece(f, anchor, 1, 0);
+			else
+				config_re_piece(f, one, 0, 0);
+			p += 2;
+			continue;
+		default:
+			break;
+		}
+		/* An ordinary character or ".". */
+		config_re_piece(f, one, 0, 0);
+		p++;
+	}
+	/* Groups left open (regcomp refuses them) are costed as if closed. */
+	for (; f > st; f--)
+		config_re_piece(f - 1, config_re_close(f), 0, 0);
+	sz = config_re_add(st[0].alts, st[0].branch);
+	if (sz.anchors > CONFIG_REGEX_MAX_ANCHORS) {
+		snprintf(why, whylen, "holds %" PRIu64 "%s anchors (^ $ \\b \\B \\< \\> \\` \\'), "
+		    "copies made by repetitions counted; at most %d are allowed", sz.anchors,
+		    sz.anchors == CONFIG_REGEX_COST_CAP ? "+" : "", CONFIG_REGEX_MAX_ANCHORS);
+		return -1;
+	}
+	if (sz.anchors > 0 && sz.nested > CONFIG_REGEX_MAX_NESTED) {
+		snprintf(why, whylen, "holds anchors (^ $ \\b ...) and about %" PRIu64 "%s units "
+		    "of optional parts inside optional parts (such as (a?b)? or (x?){1,9}); "
+		    "with an anchor at most %d are allowed", sz.nested,
+		    sz.nested == CONFIG_REGEX_COST_CAP ? "+" : "", CONFIG_REGEX_MAX_NESTED);
+		return -1;
+	}
+	*cost = config_cost_add(sz.units, config_cost_mul(sz.anchors, CONFIG_REGEX_ANCHOR_UNITS));
+	return 0;
+}
+
 /*
  * Compile v as a case-insensitive POSIX extended expression into re.
  * Returns 0, or -1 after reporting the problem at m as name's error.
@@ -810,6 +1174,7 @@ config_regex(struct config_loader *ld, regex_t *re, const char *name, const char
     const yaml_mark_t *m)
 {
 	char err[CONFIG_MSGLEN];
+	uint64_t cost;
 	int rc;
 
 	if (v[0] == '\0') {
@@ -822,6 +1187,27 @@ config_regex(struct config_loader *ld, regex_t *re, const char *name, const char
 		    CONFIG_MAX_REGEX);
 		return -1;
 	}
+	/* Before regcomp, whose time and memory grow with the copies repetitions make. */
+	if (config_regex_cost(v, &cost, err, sizeof(err)) != 0) {
+		config_error(ld, m, "%s: \"%.*s%s\" %s", name, CONFIG_REGEX_ECHO, v,
+		    strlen(v) > CONFIG_REGEX_ECHO ? "..." : "", err);
+		return -1;
+	}
+	if (cost > CONFIG_REGEX_MAX_COST) {
+		config_error(ld, m, "%s: \"%.*s%s\" is too large once compiled: about %"
+		    PRIu64 "%s units, at most %d are allowed (one per character; a "
+		    "repetition {m,n} copies what it repeats n times)", name,
+		    CONFIG_REGEX_ECHO, v, strlen(v) > CONFIG_REGEX_ECHO ? "..." : "", cost,
+		    cost == CONFIG_REGEX_COST_CAP ? "+" : "", CONFIG_REGEX_MAX_COST);
+		return -1;
+	}
+	if (ld->regex_cost + cost > CONFIG_REGEX_MAX_TOTAL) {
+		config_error(ld, m, "%s: the regular expressions of the file, this one "
+		    "included, are too large once compiled: more than %d units in all",
+		    name, CONFIG_REGEX_MAX_TOTAL);
+		return -1;
+	}
+	ld->regex_cost += cost;
 	if ((rc = regcomp(re, v, REG_EXTENDED | REG_ICASE | REG_NOSUB)) != 0) {
 		if (rc == REG_ESPACE)
 			ld->oom = 1;
@@ -1190,7 +1576,7 @@ config_read_strlist(struct config_loader *ld, const struct config_key *k, char *
 	}
 	if (config_list_alloc(ld, k, base, cnt) != 0)
 		return;
-	for (size_t i = 0; i < cnt; i++) {
+	for (size_t i = 0; i < cnt && !config_gave_up(ld); i++) {
 		const yaml_node_t *e = yaml_document_get_node(ld->doc, it[i]);
 		char ename[CONFIG_MAX_PATH];
 		const char *v;
@@ -1236,7 +1622,7 @@ config_read_list(struct config_loader *ld, const struct config_key *k, char *bas
 		return;
 	}
 	*np = cnt;
-	for (size_t i = 0; i < cnt; i++) {
+	for (size_t i = 0; i < cnt && !config_gave_up(ld); i++) {
 		const yaml_node_t *e = yaml_document_get_node(ld->doc, it[i]);
 		char *elem = *ep + i * k->elemsize;
 		char where[CONFIG_MAX_PATH];
@@ -1338,7 +1724,7 @@ config_walk_map(struct config_loader *ld, struct config_scope *sc,
 		snprintf(sc->submaps[sc->nsubmaps].rel, CONFIG_MAX_PATH, "%s", rel);
 		sc->submaps[sc->nsubmaps++].mark = n->start_mark;
 	}
-	for (size_t i = 0; i < cnt; i++) {
+	for (size_t i = 0; i < cnt && !config_gave_up(ld); i++) {
 		const yaml_node_t *kn = yaml_document_get_node(ld->doc, pairs[i].key);
 		const yaml_node_t *vn = yaml_document_get_node(ld->doc, pairs[i].value);
 		char where[CONFIG_MAX_PATH], subrel[CONFIG_MAX_PATH];
@@ -1732,6 +2118,69 @@ config_dirname(struct config_loader *ld, const char *path)
 	return d;
 }
 
+/*
+ * Read the file's events once before loading it, and refuse mappings and
+ * lists nested deeper than CONFIG_MAX_DEPTH, or more than CONFIG_MAX_NODES
+ * values, before libyaml's loader sees them: its time grows with the
+ * square of the nesting (40,000 "[" took seconds), its memory with the
+ * nesting and the values (~300 bytes each).  Reads the two documents the
+ * loader reads, no further.  Returns -1 after reporting; 0 otherwise, also
+ * on a syntax error, which the loader then reports.
+ */
+static int
+config_prescan(struct config_loader *ld)
+{
+	yaml_parser_t parser;
+	yaml_event_t ev;
+	unsigned depth = 0, docs = 0;
+	size_t nodes = 0;
+	int rc = 0, done = 0;
+
+	if (!yaml_parser_initialize(&parser)) {
+		ld->oom = 1;
+		return -1;
+	}
+	yaml_parser_set_input_string(&parser, (const unsigned char *)ld->text, ld->textlen);
+	while (!done && yaml_parser_parse(&parser, &ev)) {
+		if ((ev.type == YAML_SCALAR_EVENT || ev.type == YAML_SEQUENCE_START_EVENT ||
+		    ev.type == YAML_MAPPING_START_EVENT) && ++nodes > CONFIG_MAX_NODES) {
+			config_error(ld, &ev.start_mark, "the file holds more than %d values "
+			    "(scalars, lists and mappings)", CONFIG_MAX_NODES);
+			rc = -1;
+			done = 1;
+		}
+		switch (done ? YAML_NO_EVENT : ev.type) {
+		case YAML_SEQUENCE_START_EVENT:
+		case YAML_MAPPING_START_EVENT:
+			if (++depth > CONFIG_MAX_DEPTH) {
+				config_error(ld, &ev.start_mark, "%s nested too deep: at most %d "
+				    "levels of mappings and lists are allowed",
+				    ev.type == YAML_SEQUENCE_START_EVENT ? "list" : "mapping",
+				    CONFIG_MAX_DEPTH);
+				rc = -1;
+				done = 1;
+			}
+			break;
+		case YAML_SEQUENCE_END_EVENT:
+		case YAML_MAPPING_END_EVENT:
+			depth--;
+			break;
+		case YAML_DOCUMENT_END_EVENT:
+			/* The loader reads a second document only to refuse it. */
+			done = ++docs == 2;
+			break;
+		case YAML_STREAM_END_EVENT:
+			done = 1;
+			break;
+		default:
+			break;
+		}
+		yaml_event_delete(&ev);
+	}
+	yaml_parser_delete(&parser);
+	return rc;
+}
+
 /* Parse the document and walk its top-level mapping into ld->cf. */
 static void
 config_load_doc(struct config_loader *ld)
@@ -1745,6 +2194,10 @@ config_load_doc(struct config_loader *ld)
 		return;
 	}
 	yaml_parser_set_input_string(&parser, (const unsigned char *)ld->text, ld->textlen);
+	if (config_prescan(ld) != 0) {
+		yaml_parser_delete(&parser);
+		return;
+	}
 	if (!yaml_parser_load(&parser, &doc)) {
 		config_yaml_error(ld, &parser);
 		yaml_parser_delete(&parser);

@@ -11,6 +11,8 @@
 
 /* Longest log line; longer ones are cut. */
 #define LOG_LINE_MAX	2048
+/* Room around a line's fields: timestamp, level, and in JSON the braces. */
+#define LOG_WRAP_MAX	128
 
 /*
  * Level, format and output, 8 bits each, in one atomic word.  The main
@@ -77,67 +79,129 @@ log_set_output(enum config_log_format format, enum config_log_output output)
 	log_update(LOG_DEST_MASK, LOG_PACK(0, format, output));
 }
 
+/* Room kept free in the JSON body to close a member cut short: '":""' and NUL. */
+#define LOG_JSON_RESERVE	5
+
+/* A JSON body being written into a fixed buffer; once full, nothing more goes in. */
+struct log_json {
+	char	*out;
+	size_t	 len, o;
+	int	 full;
+};
+
+/* Append n bytes if they fit with LOG_JSON_RESERVE to spare; otherwise stop for good. */
+static void
+log_json_put(struct log_json *j, const char *s, size_t n)
+{
+	if (j->full || j->o + n + LOG_JSON_RESERVE > j->len) {
+		j->full = 1;
+		return;
+	}
+	memcpy(j->out + j->o, s, n);
+	j->o += n;
+}
+
+/*
+ * Append one byte of a key or value inside a JSON string: a byte is one
+ * code point (U+0000..U+00FF), so the bytes of any value come back
+ * exactly (encode as Latin-1) and the line is valid UTF-8 whatever the
+ * value holds.  Quote, backslash, control bytes and bytes past ASCII are
+ * escaped.
+ */
+static void
+log_json_byte(struct log_json *j, unsigned char c)
+{
+	char esc[8];
+
+	if (c == '"' || c == '\\') {
+		esc[0] = '\\';
+		esc[1] = (char)c;
+		log_json_put(j, esc, 2);
+	} else if (c < 0x20 || c >= 0x7f) {
+		snprintf(esc, sizeof(esc), "\\u%04x", c);
+		log_json_put(j, esc, 6);
+	} else
+		log_json_put(j, (const char *)&c, 1);
+}
+
+/* The value of hex digit c, or -1. */
+static int
+log_hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
 /*
  * Turn "k=v k2=\"quoted v\"" into JSON members: every log line is written
- * as key=value pairs, so one formatter serves both formats.
+ * as key=value pairs, so one formatter serves both formats.  A quoted
+ * value's escapes (\" \\ \xHH, written by logesc_quote) are undone, so the
+ * JSON string holds the value's own bytes; anything else is copied byte
+ * for byte.  Whatever the input, the output is valid JSON: a member cut
+ * short by the buffer is closed, never left open.
  */
 static size_t
 log_kv_to_json(const char *in, char *out, size_t outlen)
 {
-	size_t o = 0;
+	struct log_json j = { out, outlen, 0, 0 };
+	enum { LOG_J_OUT, LOG_J_KEY, LOG_J_VALUE } where = LOG_J_OUT;
 	int first = 1;
 
-#define PUT(c) do { if (o + 2 < outlen) out[o++] = (c); } while (0)
-	while (*in) {
-		const char *k, *eq;
-
+	while (*in != '\0' && !j.full) {
 		while (*in == ' ')
 			in++;
 		if (*in == '\0')
 			break;
-		k = in;
-		eq = NULL;
-		while (*in && *in != ' ' && *in != '=')
-			in++;
-		if (*in == '=')
-			eq = in;
-		if (!first)
-			PUT(',');
+		log_json_put(&j, first ? "\"" : ",\"", first ? 1 : 2);
+		if (j.full)
+			break;
 		first = 0;
-		PUT('"');
-		for (const char *c = k; c < (eq ? eq : in); c++)
-			PUT(*c);
-		PUT('"');
-		PUT(':');
-		PUT('"');
-		if (eq != NULL) {
-			in = eq + 1;
-			if (*in == '"') {
+		where = LOG_J_KEY;
+		for (; *in != '\0' && *in != ' ' && *in != '='; in++)
+			log_json_byte(&j, (unsigned char)*in);
+		log_json_put(&j, "\":\"", 3);
+		if (j.full)
+			break;
+		where = LOG_J_VALUE;
+		if (*in == '=' && in[1] == '"') {
+			for (in += 2; *in != '\0' && *in != '"' && !j.full; in++) {
+				int hi, lo;
+
+				if (*in != '\\' || in[1] == '\0') {
+					log_json_byte(&j, (unsigned char)*in);
+					continue;
+				}
 				in++;
-				while (*in && *in != '"') {
-					if (*in == '\\' && in[1] != '\0') {
-						PUT('\\');
-						in++;
-					}
-					PUT(*in);
-					in++;
-				}
-				if (*in == '"')
-					in++;
-			} else {
-				while (*in && *in != ' ') {
-					if (*in == '\\')
-						PUT('\\');
-					PUT(*in);
-					in++;
-				}
+				if (*in == 'x' && (hi = log_hexval(in[1])) >= 0 &&
+				    (lo = log_hexval(in[2])) >= 0) {
+					log_json_byte(&j, (unsigned char)(hi << 4 | lo));
+					in += 2;
+				} else
+					log_json_byte(&j, (unsigned char)*in);
 			}
+			if (*in == '"')
+				in++;
+		} else if (*in == '=') {
+			for (in++; *in != '\0' && *in != ' ' && !j.full; in++)
+				log_json_byte(&j, (unsigned char)*in);
 		}
-		PUT('"');
+		log_json_put(&j, "\"", 1);
+		if (!j.full)
+			where = LOG_J_OUT;
 	}
-#undef PUT
-	out[o] = '\0';
-	return o;
+	/* The reserve holds what closes a member the buffer cut short. */
+	if (where == LOG_J_KEY) {
+		memcpy(out + j.o, "\":\"\"", 4);
+		j.o += 4;
+	} else if (where == LOG_J_VALUE)
+		out[j.o++] = '"';
+	out[j.o] = '\0';
+	return j.o;
 }
 
 /* Tell whether level is printed. */
@@ -151,7 +215,7 @@ log_enabled(enum config_log_level level)
 void
 log_msg(enum config_log_level level, const char *fmt, ...)
 {
-	char msg[LOG_LINE_MAX], line[LOG_LINE_MAX * 2], ts[64];
+	char msg[LOG_LINE_MAX], line[LOG_LINE_MAX * 2 + LOG_WRAP_MAX], ts[64];
 	struct timeval tv;
 	struct tm tm;
 	va_list ap;

@@ -12,9 +12,13 @@
 #include "config.h"
 #include "endpoint.h"
 #include "log.h"
+#include "logesc.h"
 #include "netaddr.h"
 #include "pool.h"
 #include "proxyproto.h"
+
+/* Longest reason text kept in a backend-down line (an endpoint error is shorter). */
+#define POOL_WHY_MAX	128
 
 /* Longest line a health check reads (greeting, STARTTLS and LOGOUT answers). */
 #define POOL_LINE_MAX		1024
@@ -417,6 +421,7 @@ pool_release(struct pool *p, int i)
 static void
 pool_set_up(struct pool_state *st, int up, const char *why)
 {
+	char esc[LOGESC_SIZE(POOL_WHY_MAX)];
 	int old = !up;
 
 	if (atomic_compare_exchange_strong(&st->up, &old, up)) {
@@ -424,7 +429,7 @@ pool_set_up(struct pool_state *st, int up, const char *why)
 			log_info("msg=backend-up server=%s", st->address);
 		else
 			log_warn("msg=backend-down server=%s error=\"%s\"", st->address,
-			    why ? why : "-");
+			    logesc_quote(why ? why : "-", esc, sizeof(esc)));
 	}
 }
 

@@ -24,6 +24,7 @@
 #include "endpoint.h"
 #include "connlimit.h"
 #include "log.h"
+#include "logesc.h"
 #include "metrics.h"
 #include "netaddr.h"
 #include "pool.h"
@@ -628,21 +629,24 @@ server_reload(struct gate *g)
 	struct config_errors errs = { NULL, 0 };
 	struct generation *gen, *old = g->gen;
 	struct config *cf;
-	char err[256];
+	char err[256], esc[LOGESC_SIZE(256)];
 
 	sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu", (unsigned long long)server_monotonic_us());
 	log_info("msg=reloading config=%s", g->path);
 	if ((cf = config_load(g->path, &errs)) == NULL) {
-		for (size_t i = 0; i < errs.n; i++)
-			log_error("msg=reload-failed error=\"%s:%d:%d: %s\"",
+		for (size_t i = 0; i < errs.n; i++) {
+			/* Messages quote what they found ("..."): escaped to stay one field. */
+			snprintf(err, sizeof(err), "%s:%d:%d: %s",
 			    errs.v[i].file ? errs.v[i].file : g->path, errs.v[i].line,
 			    errs.v[i].col, errs.v[i].msg);
+			log_error("msg=reload-failed error=\"%s\"", logesc_quote(err, esc, sizeof(esc)));
+		}
 		config_errors_free(&errs);
 		goto done;
 	}
 	if (server_check_new_listeners(g, cf, err, sizeof(err)) != 0 ||
 	    (gen = generation_new(cf, g->next_gen + 1, old, err, sizeof(err))) == NULL) {
-		log_error("msg=reload-failed error=\"%s\"", err);
+		log_error("msg=reload-failed error=\"%s\"", logesc_quote(err, esc, sizeof(esc)));
 		config_free(cf);
 		goto done;
 	}
@@ -884,7 +888,9 @@ server_gate_open(struct gate *g, struct config *cf)
 	pthread_mutex_init(&g->reload_lock, NULL);
 	pthread_cond_init(&g->reload_cond, NULL);
 	if ((g->gen = generation_new(cf, ++g->next_gen, NULL, err, sizeof(err))) == NULL) {
-		log_error("msg=\"setup failed\" error=\"%s\"", err);
+		char esc[LOGESC_SIZE(256)];
+
+		log_error("msg=\"setup failed\" error=\"%s\"", logesc_quote(err, esc, sizeof(esc)));
 		config_free(cf);
 		return -1;
 	}

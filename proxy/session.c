@@ -16,6 +16,7 @@
 #include "config.h"
 #include "endpoint.h"
 #include "log.h"
+#include "logesc.h"
 #include "netaddr.h"
 #include "server.h"
 #include "guard.h"
@@ -387,35 +388,6 @@ session_free(struct session *s)
 	free(s);
 }
 
-/*
- * Write a peer-controlled value into buf as a quoted-string body: quote
- * and backslash escaped, bytes outside printable ASCII as \xHH, so a log
- * line keeps its fields whatever the value holds.
- */
-static const char *
-session_escape(const char *v, char *buf, size_t size)
-{
-	static const char hex[] = "0123456789abcdef";
-	size_t o = 0;
-
-	for (; *v != '\0' && o + 5 < size; v++) {
-		unsigned char c = (unsigned char)*v;
-
-		if (c == '"' || c == '\\') {
-			buf[o++] = '\\';
-			buf[o++] = (char)c;
-		} else if (c < 0x20 || c >= 0x7f) {
-			buf[o++] = '\\';
-			buf[o++] = 'x';
-			buf[o++] = hex[c >> 4];
-			buf[o++] = hex[c & 15];
-		} else
-			buf[o++] = (char)c;
-	}
-	buf[o] = '\0';
-	return buf;
-}
-
 /* End the session: one summary line, both sides stopped, free scheduled. */
 void
 session_close(struct session *s, const char *reason)
@@ -464,18 +436,18 @@ session_close(struct session *s, const char *reason)
 		    s->client.ep && s->client_tls ? endpoint_tls_cipher(s->client.ep) : "-",
 		    s->client.ep && endpoint_sni(s->client.ep) ? "\"" : "-",
 		    s->client.ep && endpoint_sni(s->client.ep) ?
-		    session_escape(endpoint_sni(s->client.ep), sni, sizeof(sni)) : "",
+		    logesc_quote(endpoint_sni(s->client.ep), sni, sizeof(sni)) : "",
 		    s->client.ep && endpoint_sni(s->client.ep) ? "\"" : "",
 		    (unsigned long long)(s->client.ep ? endpoint_bytes_in(s->client.ep) : 0),
 		    (unsigned long long)(s->client.ep ? endpoint_bytes_out(s->client.ep) : 0),
 		    (unsigned long long)(s->backend.ep ? endpoint_bytes_in(s->backend.ep) : 0),
 		    (unsigned long long)(s->backend.ep ? endpoint_bytes_out(s->backend.ep) : 0),
-		    session_age_ms(s), session_escape(state_user(&s->st), user, sizeof(user)),
+		    session_age_ms(s), logesc_quote(state_user(&s->st), user, sizeof(user)),
 		    state_name(s->st.proto), s->nrewrites,
 		    s->nguard, s->last_guard ? s->last_guard : "-", guards[0] ? guards : "-",
 		    s->bye ? s->bye : "-", s->rewritten[0] ? s->rewritten : "-", s->reason,
 		    s->detail ? " error=\"" : "",
-		    s->detail ? session_escape(s->detail, det, sizeof(det)) : "",
+		    s->detail ? logesc_quote(s->detail, det, sizeof(det)) : "",
 		    s->detail ? "\"" : "");
 	}
 	event_active(s->srv->ev_reap, EV_TIMEOUT, 0);
@@ -706,7 +678,7 @@ session_trace_client(struct session *s, const struct imap_line *l, const char *k
 		/* The session ended with only part of this command sent. */
 		log_debug("session=%s msg=trace trace=c2s kind=command tag=\"%s\" name=%s "
 		    "bytes=%llu literals=%u partial=1", s->id,
-		    session_escape(l->tag, tag, sizeof(tag)), l->name,
+		    logesc_quote(l->tag, tag, sizeof(tag)), l->name,
 		    (unsigned long long)bytes, l->nliterals);
 		return;
 	}
@@ -715,12 +687,12 @@ session_trace_client(struct session *s, const struct imap_line *l, const char *k
 		    (unsigned long long)bytes, own ? " own=1" : "");
 		return;
 	}
-	session_escape(l->tag, tag, sizeof(tag));
+	logesc_quote(l->tag, tag, sizeof(tag));
 	if (strcmp(l->name, "LOGIN") == 0) {
 		log_debug("session=%s msg=trace trace=c2s kind=command tag=\"%s\" name=%s "
 		    "bytes=%llu literals=%u user=\"%s\"", s->id, tag, l->name,
 		    (unsigned long long)bytes, l->nliterals,
-		    session_escape(l->user, user, sizeof(user)));
+		    logesc_quote(l->user, user, sizeof(user)));
 		return;
 	}
 	text[0] = '\0';
@@ -736,7 +708,7 @@ session_trace_client(struct session *s, const struct imap_line *l, const char *k
 	}
 	log_debug("session=%s msg=trace trace=c2s kind=command tag=\"%s\" name=%s bytes=%llu "
 	    "literals=%u%s%s%s", s->id, tag, l->name, (unsigned long long)bytes, l->nliterals,
-	    text[0] ? " line=\"" : "", text[0] ? session_escape(text, esc, sizeof(esc)) : "",
+	    text[0] ? " line=\"" : "", text[0] ? logesc_quote(text, esc, sizeof(esc)) : "",
 	    text[0] ? "\"" : "");
 }
 
@@ -746,7 +718,8 @@ session_trace_backend(struct session *s)
 {
 	struct session_half *h = &s->backend;
 	const struct imap_line *l = imap_parse_line(&h->parser);
-	char tag[4 * IMAP_MAX_TAG + 8], esc[SESSION_TRACE_MAX * 4 + 8], text[SESSION_TRACE_MAX + 1];
+	char tag[LOGESC_SIZE(IMAP_MAX_TAG)], esc[LOGESC_SIZE(SESSION_TRACE_MAX)];
+	char name[LOGESC_SIZE(IMAP_MAX_ATOM)], text[SESSION_TRACE_MAX + 1];
 	const unsigned char *b;
 	size_t n;
 
@@ -757,9 +730,9 @@ session_trace_backend(struct session *s)
 		return;
 	}
 	if (l->nliterals > 0 || l->toolong || h->pending == 0) {
-		log_debug("session=%s msg=trace trace=s2c tag=\"%s\" name=%s bytes=%llu literals=%u",
-		    s->id, session_escape(l->tag, tag, sizeof(tag)),
-		    l->name[0] ? l->name : l->status_word,
+		log_debug("session=%s msg=trace trace=s2c tag=\"%s\" name=\"%s\" bytes=%llu "
+		    "literals=%u", s->id, logesc_quote(l->tag, tag, sizeof(tag)),
+		    logesc_quote(l->name[0] ? l->name : l->status_word, name, sizeof(name)),
 		    (unsigned long long)l->len, l->nliterals);
 		return;
 	}
@@ -771,7 +744,7 @@ session_trace_backend(struct session *s)
 	memcpy(text, b, n);
 	text[n] = '\0';
 	log_debug("session=%s msg=trace trace=s2c line=\"%s%s\"", s->id,
-	    session_escape(text, esc, sizeof(esc)), h->pending > SESSION_TRACE_MAX ? "..." : "");
+	    logesc_quote(text, esc, sizeof(esc)), h->pending > SESSION_TRACE_MAX ? "..." : "");
 }
 
 /* Forget the client command just handled (forwarded, answered or dropped). */
@@ -1933,7 +1906,7 @@ session_event(struct endpoint *ep, enum endpoint_event what, void *arg)
 		stats_add(&stats.tls_handshakes, 1);
 		log_debug("session=%s msg=tls-established tls=%s cipher=%s sni=\"%s\"", s->id,
 		    endpoint_tls_version(ep), endpoint_tls_cipher(ep),
-		    sni ? session_escape(sni, esc, sizeof(esc)) : "");
+		    sni ? logesc_quote(sni, esc, sizeof(esc)) : "");
 		if (s->cl == CLIENT_TLS)
 			session_set_client(s, CLIENT_COMMAND);
 		else if (s->life == SESSION_SETUP && s->bk == BACKEND_NONE && !s->refusal)
@@ -2008,8 +1981,10 @@ session_connect_backend(struct session *s)
 static void
 session_backend_failover(struct session *s, const char *why)
 {
+	char esc[LOGESC_SIZE(SESSION_DETAIL_MAX)];
+
 	log_info("session=%s msg=backend-failed server=%s error=\"%s\"", s->id,
-	    pool_name(s->gen->pool, s->server), why);
+	    pool_name(s->gen->pool, s->server), logesc_quote(why, esc, sizeof(esc)));
 	session_detail(s, "%s: %s", pool_name(s->gen->pool, s->server), why);
 	pool_report(s->gen->pool, s->server, 0, why);
 	session_due_off(s, SESSION_DUE_PHASE);

@@ -5,6 +5,7 @@
 #include <strings.h>
 
 #include "log.h"
+#include "logesc.h"
 #include "state.h"
 
 static const char *const state_names[] = {
@@ -104,11 +105,13 @@ state_set(struct state *st, enum state_proto proto, const char *why)
 	}
 	if (old == proto && proto != STATE_SELECTED)
 		return;
-	if (proto == STATE_SELECTED)
+	if (proto == STATE_SELECTED) {
+		char mbox[LOGESC_SIZE(IMAP_MAX_ARG)];
+		/* The client names the mailbox: quoted and escaped like every peer value. */
 		log_debug("session=%s msg=state state=%s->%s mailbox=\"%s\" readonly=%d why=%s",
-		    st->sid, state_names[old], state_names[proto], state_mailbox(st),
-		    st->readonly, why);
-	else
+		    st->sid, state_names[old], state_names[proto],
+		    logesc_quote(state_mailbox(st), mbox, sizeof(mbox)), st->readonly, why);
+	} else
 		log_debug("session=%s msg=state state=%s->%s why=%s", st->sid,
 		    state_names[old], state_names[proto], why);
 }
@@ -335,7 +338,9 @@ state_server_response(struct state *st, const struct imap_line *l,
 		break;
 	case IMAP_KIND_TAGGED:
 		if ((c = state_find(st, l->tag, &i)) == NULL) {
-			log_debug("session=%s msg=unknown-tag tag=\"%s\"", st->sid, l->tag);
+			char tag[LOGESC_SIZE(IMAP_MAX_TAG)];
+			log_debug("session=%s msg=unknown-tag tag=\"%s\"", st->sid,
+			    logesc_quote(l->tag, tag, sizeof(tag)));
 			break;
 		}
 		res->completed = 1;

@@ -71,8 +71,6 @@ tls_keypair_check(const char *cert, const char *key, char *err, size_t errlen)
 	return rc;
 }
 
-/* Most certificates tls.certificates may hold; one SSL_CTX each. */
-#define TLS_MAX_CERTS	64
 /* Most DNS names kept per certificate for SNI matching. */
 #define TLS_MAX_NAMES	64
 

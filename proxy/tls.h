@@ -4,6 +4,9 @@
 
 #include <stddef.h>
 
+/* Most certificates tls.certificates may hold; one SSL_CTX each (config.c refuses more). */
+#define TLS_MAX_CERTS	64
+
 struct config;
 struct tls_ctx;
 

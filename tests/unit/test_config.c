@@ -6,12 +6,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "config.h"
 
 #define TEST_PATHLEN	4096
 #define TEST_YAMLLEN	32768
+#define TEST_MAX_LOAD_CPU	2.0	/* seconds of CPU any file may take to load */
 
 static int test_checks, test_failures;
 static const char *test_data;		/* $TESTDATA: certificates and YAML files */
@@ -1350,6 +1352,238 @@ test_parsers(void)
 	test_sz("18014398509481984KiB", -1);	/* 2^54 KiB = 2^64 */
 }
 
+/* One pattern under guard.desync_patterns: its entry is at line 12, column 7. */
+#define DESYNC_RE(re)	LISTEN CERTS BACKEND "guard:\n  desync_patterns:\n    - '" re "'\n"
+
+/*
+ * Regular expressions whose compile time or memory has no useful bound
+ * are refused before regcomp sees them, at the entry's position, under
+ * every key that holds one.
+ */
+static void
+test_regex_bounds(void)
+{
+	static char yaml[TEST_YAMLLEN];
+	size_t o;
+
+	/* The issue's 27 bytes: 13 s and 1.1 GB in regcomp. */
+	BAD(DESYNC_RE("((a{1,100}){1,100}){1,100}"), 1, 12, 7, "guard.desync_patterns[0]: "
+	    "\"((a{1,100}){1,100}){1,100}\" repeats a counted repetition with another count "
+	    "(at byte 12)");
+	BAD(DESYNC_RE("x{2}{3}"), 1, 12, 7, "repeats a counted repetition with another count");
+	BAD(DESYNC_RE("a{101}"), 1, 12, 7, "\"a{101}\" repeats 101 times (at byte 2); a count "
+	    "may be at most 100");
+	BAD(DESYNC_RE("a{1,1000}"), 1, 12, 7, "repeats 1000 times");
+	BAD(DESYNC_RE("a{99999999999999999999999}"), 1, 12, 7, "a count may be at most 100");
+	/* Loops over what matches empty: exponential in glibc ((()+|) x20 took 3 s). */
+	BAD(DESYNC_RE("(a*)*"), 1, 12, 7, "repeats without bound (at byte 5) something that "
+	    "can match the empty text");
+	BAD(DESYNC_RE("(x?|y)+"), 1, 12, 7, "can match the empty text");
+	BAD(DESYNC_RE("(a|)*"), 1, 12, 7, "can match the empty text");
+	BAD(DESYNC_RE("(^)*"), 1, 12, 7, "can match the empty text");
+	BAD(DESYNC_RE("(b?c?){2,}"), 1, 12, 7, "can match the empty text");
+	BAD(DESYNC_RE("(a)\\1"), 1, 12, 7, "uses the back-reference \\1 (at byte 4)");
+	/* Anchors: (^$|) a hundred times took 15 s; ^(a?){1,96} 31 ms. */
+	BAD(DESYNC_RE("(^$|)(^$|)(^$|)(^$|)(^$|)"), 1, 12, 7, "holds 10 anchors (^ $ \\b \\B "
+	    "\\< \\> \\` \\'), copies made by repetitions counted; at most 8 are allowed");
+	BAD(DESYNC_RE("(\\b|a){9}"), 1, 12, 7, "holds 9 anchors");
+	BAD(DESYNC_RE("^(a?){1,20}"), 1, 12, 7, "holds anchors (^ $ \\b ...) and about 570 "
+	    "units of optional parts inside optional parts");
+	BAD(DESYNC_RE("^(a?b?)?(a?b?)?(a?b?)?(a?b?)?(a?b?)?(a?b?)?(a?b?)?(a?b?)?(a?b?)?"
+	    "(a?b?)?(a?b?)?(a?b?)?(a?b?)?(a?b?)?(a?b?)?(a?b?)?(a?b?)?(a?b?)?(a?b?)?(a?b?)?"
+	    "(a?b?)?(a?b?)?(a?b?)?(a?b?)?(a?b?)?(a?b?)?"), 1, 12, 7, "about 130 units of "
+	    "optional parts inside optional parts");
+	BAD(DESYNC_RE("((((((((((((((((((a))))))))))))))))))"), 1, 12, 7,
+	    "nests parentheses deeper than 16 levels (at byte 17)");
+	/* Size: every {m,n} copies what it repeats. */
+	o = (size_t)snprintf(yaml, sizeof(yaml), "%s", DESYNC_RE(""));
+	o -= 2;		/* before the closing quote and newline */
+	for (int i = 0; i < 11; i++)
+		o += (size_t)snprintf(yaml + o, sizeof(yaml) - o, "[a-z]{100}");
+	snprintf(yaml + o, sizeof(yaml) - o, "'\n");
+	BAD(yaml, 1, 12, 7, "is too large once compiled: about 2200 units, at most 2048 are "
+	    "allowed");
+	/* The other keys that hold expressions. */
+	BAD(LISTEN CERTS BACKEND "guard:\n  greeting_patterns: [ok, '(a*)*']\n", 1, 11, 27,
+	    "guard.greeting_patterns[1]: \"(a*)*\" repeats without bound");
+	BAD(LISTEN CERTS BACKEND "rewrite:\n  rules:\n    - {}\n    - match: {text: 'a{101}'}\n",
+	    1, 13, 21, "rewrite.rules[1].match.text: \"a{101}\" repeats 101 times");
+	/* A long expression is quoted cut short in the message. */
+	BAD(DESYNC_RE("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa(a*)*"), 1, 12, 7,
+	    "\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa...\" repeats without bound");
+
+	/* All expressions together: 17 of 2000 units pass 32768 at the 17th. */
+	o = (size_t)snprintf(yaml, sizeof(yaml), LISTEN CERTS BACKEND "guard:\n"
+	    "  desync_patterns:\n");
+	for (int i = 0; i < 17; i++) {
+		o += (size_t)snprintf(yaml + o, sizeof(yaml) - o, "    - '");
+		for (int j = 0; j < 10; j++)
+			o += (size_t)snprintf(yaml + o, sizeof(yaml) - o, "[a-z]{100}");
+		o += (size_t)snprintf(yaml + o, sizeof(yaml) - o, "'\n");
+	}
+	BAD(yaml, 1, 28, 7, "guard.desync_patterns[16]: the regular expressions of the file, "
+	    "this one included, are too large once compiled: more than 32768 units in all");
+
+	/* What real patterns look like still loads, and still matches. */
+	{
+		struct config *cf = test_load_good(test_write(LISTEN CERTS BACKEND "guard:\n"
+		    "  desync_patterns:\n"
+		    "    - '^[^ ]+( [^ ]+)? not allowed now$'\n"
+		    "    - '(a|b)*c'\n"
+		    "    - 'x{0,100}y{100}'\n"
+		    "    - '(a+){2}(b{3})+'\n"
+		    "    - '^[[:alpha:]]{1,100}[]x]*$'\n"
+		    "    - '^(\\* )?(OK|NO)( \\[[^]]*\\])? .*$'\n"
+		    "    - '\\bword\\b ([a-z]+\\.)+'\n"
+		    "    - 'a)b'\n"), __LINE__);
+		CHECK(cf == NULL || (cf->ndesync_patterns == 8 &&
+		    regexec(&cf->desync_re[0], "SELECT not allowed now", 0, NULL, 0) == 0 &&
+		    regexec(&cf->desync_re[5], "* NO [X] y", 0, NULL, 0) == 0 &&
+		    regexec(&cf->desync_re[7], "a)b", 0, NULL, 0) == 0),
+		    "bounded expressions load and match");
+		config_free(cf);
+	}
+	/* regcomp still reports what it refuses itself. */
+	BAD(DESYNC_RE("[a"), 1, 12, 7, "is not a valid regular expression");
+	BAD(DESYNC_RE("a{2,1}"), 1, 12, 7, "is not a valid regular expression");
+}
+
+/* YAML nesting: at most 16 mappings and lists inside one another. */
+static void
+test_yaml_depth(void)
+{
+	static char yaml[TEST_YAMLLEN];
+	size_t o;
+
+	/* The top-level mapping and 15 lists: 16 levels, refused only for its type. */
+	o = (size_t)snprintf(yaml, sizeof(yaml), LISTEN CERTS BACKEND "log: ");
+	for (int i = 0; i < 15; i++)
+		yaml[o++] = '[';
+	for (int i = 0; i < 15; i++)
+		yaml[o++] = ']';
+	snprintf(yaml + o, sizeof(yaml) - o, "\n");
+	BAD(yaml, 1, 10, 6, "log: expected a mapping, got a list");
+	/* One more: the 17th level is refused where it opens. */
+	o = (size_t)snprintf(yaml, sizeof(yaml), LISTEN CERTS BACKEND "log: ");
+	for (int i = 0; i < 16; i++)
+		yaml[o++] = '[';
+	for (int i = 0; i < 16; i++)
+		yaml[o++] = ']';
+	snprintf(yaml + o, sizeof(yaml) - o, "\n");
+	BAD(yaml, 1, 10, 21, "list nested too deep: at most 16 levels of mappings and lists "
+	    "are allowed");
+	BAD(LISTEN CERTS BACKEND "log: {a: {a: {a: {a: {a: {a: {a: {a: {a: {a: {a: {a: {a: {a: "
+	    "{a: {a: 1}}}}}}}}}}}}}}}}\n", 1, 10, 66, "mapping nested too deep");
+	BAD(LISTEN CERTS BACKEND "log:\n  - - - - - - - - - - - - - - - - - x\n", 1, 11, 33,
+	    "list nested too deep");
+	/* In a second document too (read only to be refused). */
+	o = (size_t)snprintf(yaml, sizeof(yaml), LISTEN CERTS BACKEND "---\n");
+	for (int i = 0; i < 40; i++)
+		yaml[o++] = '[';
+	snprintf(yaml + o, sizeof(yaml) - o, "\n");
+	BAD(yaml, 1, 11, 17, "list nested too deep");
+}
+
+/* Write s to f with @DATA@ replaced by $TESTDATA. */
+static void
+test_fputs_data(const char *s, FILE *f)
+{
+	const char *at;
+
+	while ((at = strstr(s, "@DATA@")) != NULL) {
+		fwrite(s, 1, (size_t)(at - s), f);
+		fputs(test_data, f);
+		s = at + 6;
+	}
+	fputs(s, f);
+}
+
+/*
+ * Write head, then unit n times, then tail to the scratch file big.yaml
+ * (@DATA@ in head and tail replaced by $TESTDATA); its path.
+ */
+static const char *
+test_write_big(const char *head, const char *unit, size_t n, const char *tail)
+{
+	static char path[TEST_PATHLEN];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/big.yaml", test_dir);
+	if ((f = fopen(path, "w")) == NULL) {
+		perror(path);
+		exit(2);
+	}
+	test_fputs_data(head, f);
+	for (size_t i = 0; i < n; i++)
+		fputs(unit, f);
+	test_fputs_data(tail, f);
+	fclose(f);
+	return path;
+}
+
+/*
+ * Load a big hostile file: it must fail with want in one of its errors, and
+ * take less than TEST_MAX_LOAD_CPU seconds of CPU.  nerr 0: any count.
+ */
+static void
+test_big(int srcline, const char *path, size_t nerr, const char *want)
+{
+	struct config_errors errs;
+	clock_t t0 = clock();
+	struct config *cf = config_load(path, &errs);
+	double cpu = (double)(clock() - t0) / CLOCKS_PER_SEC;
+	int found = 0;
+
+	for (size_t i = 0; i < errs.n; i++)
+		found |= strstr(errs.v[i].msg, want) != NULL;
+	CHECK(cf == NULL && found && (nerr == 0 || errs.n == nerr),
+	    "case at line %d: want %zu error(s), one with \"%s\"", srcline, nerr, want);
+	CHECK(cpu < TEST_MAX_LOAD_CPU, "case at line %d: %.2f s of CPU to load", srcline, cpu);
+	if (!found || (nerr != 0 && errs.n != nerr))
+		test_dump(&errs);
+	config_free(cf);
+	config_errors_free(&errs);
+	unlink(path);
+}
+
+#define BIG(path, n, want)	test_big(__LINE__, path, n, want)
+
+/* Files near CONFIG_MAX_FILE built to make the loader work: each is cut short. */
+static void
+test_bounded_work(void)
+{
+	static char unit[TEST_YAMLLEN];
+	const size_t fill = 4 * 1024 * 1024 - 4096;	/* bytes of the repeated part */
+	size_t o;
+
+	/* Nesting: 40,000 "[" took 7 s in libyaml's loader. */
+	BIG(test_write_big(LISTEN CERTS BACKEND "log: ", "[", fill, "\n"), 1, "nested too deep");
+	BIG(test_write_big(LISTEN CERTS BACKEND "log: ", "{a: ", fill / 4, "\n"), 1,
+	    "nested too deep");
+	BIG(test_write_big(LISTEN CERTS BACKEND "log:\n  ", "- ", fill / 2, "x\n"), 1,
+	    "nested too deep");
+	/* Values: about 300 bytes of memory each in the loaded document. */
+	BIG(test_write_big(LISTEN CERTS BACKEND "x: [", "a,", fill / 2, "]\n"), 1,
+	    "the file holds more than 262144 values");
+	BIG(test_write_big(LISTEN CERTS BACKEND "x: [", "{},", fill / 3, "]\n"), 1,
+	    "the file holds more than 262144 values");
+	/* Aliases: one mapping of 256 unknown keys in each of 1024 entries. */
+	o = (size_t)snprintf(unit, sizeof(unit), "x: &m {");
+	for (int i = 0; i < 256; i++)
+		o += (size_t)snprintf(unit + o, sizeof(unit) - o, "k%d: 1, ", i);
+	snprintf(unit + o, sizeof(unit) - o, "}\nlisten: [");
+	BIG(test_write_big(unit, "*m, ", 1024, "]\n" CERTS BACKEND), 200,
+	    "too many errors, giving up");
+	/* Expressions: 1024 times one that is as costly as allowed, through an alias. */
+	o = (size_t)snprintf(unit, sizeof(unit), LISTEN CERTS BACKEND "guard:\n"
+	    "  desync_patterns: [&p '(b*(a?a+)(||a?|.*|([a-z]*|)(([a-z]*b)*(|)?|b)){0,76})b', ");
+	BIG(test_write_big(unit, "*p, ", 1023, "]\n"), 0, "are too large once compiled");
+	/* Certificates: each entry's files are read and checked, so at most 64. */
+	BIG(test_write_big(LISTEN "tls:\n  certificates:\n",
+	    "    - {cert: cert.pem, key: key.pem}\n", 1024, BACKEND), 2,
+	    "tls.certificates: at most 64 entries are allowed");
+}
+
 int
 main(void)
 {
@@ -1379,6 +1613,9 @@ main(void)
 	test_ops_bad();
 	test_several();
 	test_limits();
+	test_regex_bounds();
+	test_yaml_depth();
+	test_bounded_work();
 	test_nofile();
 	test_shipped();
 
