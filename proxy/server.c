@@ -149,9 +149,10 @@ server_pending_fail(struct server_pending *pp, const char *why)
 {
 	char addr[NETADDR_STRLEN];
 
-	log_warn("msg=proxy-header-rejected listen=%s peer=%s error=\"%s\"",
-	    pp->l->lc->address,
-	    netaddr_str((const struct sockaddr *)&pp->peer, addr, sizeof(addr)), why);
+	if (ratelog_allow(RATELOG_REFUSAL))
+		log_warn("msg=proxy-header-rejected listen=%s peer=%s error=\"%s\"",
+		    pp->l->lc->address,
+		    netaddr_str((const struct sockaddr *)&pp->peer, addr, sizeof(addr)), why);
 	server_pending_free(pp);
 }
 
@@ -241,13 +242,16 @@ server_accept_cb(struct evconnlistener *evl, evutil_socket_t fd,
 	}
 	if (!server_trusted(l->lc, sa)) {
 		char addr[NETADDR_STRLEN];
-		log_warn("msg=proxy-peer-untrusted listen=%s peer=%s", l->lc->address,
-		    netaddr_str(sa, addr, sizeof(addr)));
+
+		if (ratelog_allow(RATELOG_REFUSAL))
+			log_warn("msg=proxy-peer-untrusted listen=%s peer=%s", l->lc->address,
+			    netaddr_str(sa, addr, sizeof(addr)));
 		close(fd);
 		return;
 	}
 	if (l->srv->npending >= SERVER_MAX_PENDING || (pp = calloc(1, sizeof(*pp))) == NULL) {
-		log_warn("msg=proxy-header-backlog-full listen=%s", l->lc->address);
+		if (ratelog_allow(RATELOG_REFUSAL))
+			log_warn("msg=proxy-header-backlog-full listen=%s", l->lc->address);
 		close(fd);
 		return;
 	}
