@@ -17,9 +17,10 @@ struct ratelog_slot {
 static struct ratelog_slot ratelog_slots[RATELOG_NKINDS] = {
 	[RATELOG_REFUSAL] = { .mu = PTHREAD_MUTEX_INITIALIZER },
 	[RATELOG_GUARD] = { .mu = PTHREAD_MUTEX_INITIALIZER },
+	[RATELOG_HANDSHAKE] = { .mu = PTHREAD_MUTEX_INITIALIZER },
 };
 
-static const char *const ratelog_names[RATELOG_NKINDS] = { "refusal", "guard" };
+static const char *const ratelog_names[RATELOG_NKINDS] = { "refusal", "guard", "handshake" };
 
 /* The current second, cheaply (a coarse clock is enough for a budget). */
 static time_t

@@ -15,6 +15,7 @@
 enum ratelog_kind {
 	RATELOG_REFUSAL,	/* a connection refused by a limit */
 	RATELOG_GUARD,		/* a guard event (refused command, invalid line, ...) */
+	RATELOG_HANDSHAKE,	/* a connection that ended before its TLS handshake was done */
 	RATELOG_NKINDS
 };
 

@@ -423,8 +423,14 @@ session_close(struct session *s, const char *reason)
 	if (s->backend.ep != NULL)
 		endpoint_read_enable(s->backend.ep, 0);
 
-	/* A refusal is an event a client can cause at will: its line is rate-limited. */
-	if (!s->refusal || ratelog_allow(RATELOG_REFUSAL)) {
+	/*
+	 * A refusal, or a connection that never finished its TLS handshake,
+	 * is something a client can cause at will, as fast as it connects:
+	 * its line is rate-limited (the metrics count every one).
+	 */
+	if (s->refusal ? ratelog_allow(RATELOG_REFUSAL) :
+	    s->lc->tls == CONFIG_TLS_IMPLICIT && !s->client_tls ?
+	    ratelog_allow(RATELOG_HANDSHAKE) : 1) {
 		log_info("session=%s msg=session-end client=%s backend=%s tls=%s cipher=%s sni=%s%s%s "
 		    "bytes_in=%llu bytes_out=%llu backend_in=%llu backend_out=%llu "
 		    "duration_ms=%lld user=\"%s\" state=%s rewrites=%u guard_events=%u "
