@@ -146,7 +146,6 @@ struct session_half {
 	struct session		*s;
 	struct endpoint		*ep;
 	struct session_half	*peer;
-	const char		*name;		/* "client" or "backend" */
 	int			 reading;	/* endpoint reading is enabled */
 	int			 eof;		/* the peer closed its side (or failed): no more input */
 	struct imap_parser	 parser;	/* frames what this side sends */
@@ -915,8 +914,9 @@ session_client_decide(struct session *s, const struct imap_line *l, int lit, int
 		session_client_answer(s, "%s NO %s is not available here", l->tag, l->name);
 		return 0;
 	}
-	if (s->gen->cf->guard_client_state == CONFIG_GUARD_BYE &&
-	    imapcmd_needs_login(kind) && state_expected(&s->st) == STATE_NOT_AUTH) {
+	if (s->gen->cf->guard_client_state == CONFIG_GUARD_BYE && c != NULL &&
+	    c->needs >= IMAPCMD_NEEDS_AUTH &&
+	    state_expected(&s->st) == STATE_NOT_AUTH) {
 		/*
 		 * The client believes it is logged in (a resumed TLS session, a
 		 * backend that restarted under it).  An error answer would make
@@ -2260,8 +2260,6 @@ session_start(struct server *srv, const struct config_listen *lc, int fd,
 	s->client.s = s->backend.s = s;
 	s->client.peer = &s->backend;
 	s->backend.peer = &s->client;
-	s->client.name = "client";
-	s->backend.name = "backend";
 	imap_parse_init(&s->client.parser, IMAP_DIR_CLIENT, cf->max_line);
 	imap_parse_init(&s->backend.parser, IMAP_DIR_SERVER, cf->max_line);
 	state_init(&s->st, s->id);
