@@ -81,14 +81,6 @@ imapcmd_find(const char *name)
 	return NULL;
 }
 
-enum imapcmd_class
-imapcmd_class_of(const char *name)
-{
-	const struct imapcmd *c = imapcmd_find(name);
-
-	return c != NULL ? c->cls : IMAPCMD_UNKNOWN;
-}
-
 /* Commands that RFC 3501 6.3/6.4 allow only after login. */
 int
 imapcmd_needs_login(enum imapcmd_class cls)

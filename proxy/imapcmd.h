@@ -62,8 +62,6 @@ struct imapcmd {
 
 /* The entry for an upper-case command name, or NULL if we do not know it. */
 const struct imapcmd *imapcmd_find(const char *name);
-/* The class of an upper-case command name (IMAPCMD_UNKNOWN if not in the table). */
-enum imapcmd_class imapcmd_class_of(const char *name);
 /* Does a command of this class need Authenticated or Selected state? */
 int	imapcmd_needs_login(enum imapcmd_class cls);
 /* Does a command of this class need Selected state? */

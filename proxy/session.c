@@ -157,8 +157,6 @@ struct session_half {
 	int			 forwarded;	/* part of it went to the backend already */
 	int			 starttls;	/* imapgate accepted STARTTLS: TLS after this line */
 	uint64_t		 fwd_bytes;	/* bytes of it forwarded (for the trace) */
-	uint64_t		 wait_len;	/* CLIENT_WAIT_LITERAL: the literal's length */
-	char			 wait_tag[IMAP_MAX_TAG + 1];	/* tag whose answer ends a WAIT_ state */
 };
 
 /* Tags of the commands imapgate itself sends to the backend. */
@@ -202,6 +200,8 @@ struct session {
 	enum session_life	 life;
 	enum session_client	 cl;
 	enum session_backend	 bk;
+	uint64_t		 wait_len;	/* CLIENT_WAIT_LITERAL: the literal's length */
+	char			 wait_tag[IMAP_MAX_TAG + 1];	/* tag whose answer ends a client WAIT_ state */
 	int			 running;	/* session_run on the stack */
 	int			 rerun;		/* something changed while it ran: go round again */
 	struct timeval		 start;
@@ -1014,8 +1014,8 @@ session_client_literal(struct session *s, const struct imap_event *ev)
 	h->forwarded = 1;
 	session_pass(h);
 	if (ev->lit_sync) {
-		memcpy(h->wait_tag, l->tag, sizeof(h->wait_tag));
-		h->wait_len = ev->lit_len;
+		memcpy(s->wait_tag, l->tag, sizeof(s->wait_tag));
+		s->wait_len = ev->lit_len;
 		session_set_client(s, CLIENT_WAIT_LITERAL);
 		session_response_timer(s, 0);
 	}
@@ -1111,7 +1111,7 @@ session_client_command_line(struct session *s, const struct imap_line *l)
 	session_client_reset(h);
 	c = l->command;
 	if (c != NULL && (c->starts == IMAPCMD_STARTS_SASL || c->starts == IMAPCMD_STARTS_IDLE)) {
-		memcpy(h->wait_tag, l->tag, sizeof(h->wait_tag));
+		memcpy(s->wait_tag, l->tag, sizeof(s->wait_tag));
 		session_set_client(s, c->starts == IMAPCMD_STARTS_SASL ? CLIENT_WAIT_SASL :
 		    CLIENT_WAIT_IDLE);
 	}
@@ -1392,13 +1392,13 @@ session_client_decided(struct session *s, const struct imap_line *l)
 		}
 		return;
 	}
-	if (l->kind != IMAP_KIND_TAGGED || strcmp(l->tag, s->client.wait_tag) != 0)
+	if (l->kind != IMAP_KIND_TAGGED || strcmp(l->tag, s->wait_tag) != 0)
 		return;
 	switch (s->cl) {
 	case CLIENT_WAIT_LITERAL:
 		/* Refused instead of "+": the literal will not come, the command ends here. */
 		session_trace_client(s, imap_parse_current(cp), "command", s->client.fwd_bytes, 0);
-		session_client_cancel_literal(s, s->client.wait_len);
+		session_client_cancel_literal(s, s->wait_len);
 		session_set_client(s, CLIENT_COMMAND);
 		break;
 	case CLIENT_WAIT_SASL:

@@ -581,7 +581,8 @@ test_classify(void)
 		imap_parse_init(&p, IMAP_DIR_CLIENT, 0);
 		CHECK(imap_parse_feed(&p, cases[i].line, len, &ev) == len &&
 		    ev.type == IMAP_EV_LINE, "%s not one line", cases[i].line);
-		k = imapcmd_class_of(imap_parse_line(&p)->name);
+		k = imap_parse_line(&p)->command != NULL ?
+		    imap_parse_line(&p)->command->cls : IMAPCMD_UNKNOWN;
 		CHECK(imapcmd_needs_login(k) == cases[i].login, "needs_login(%s) = %d",
 		    cases[i].line, imapcmd_needs_login(k));
 		CHECK(imapcmd_needs_selected(k) == cases[i].selected,
