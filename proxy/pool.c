@@ -312,6 +312,13 @@ pool_usable(const struct pool_server *s, uint64_t tried)
 	 */
 	if (!atomic_load(&s->st->up) && s->pool->n > 1)
 		return 0;
+	/*
+	 * `fall` failures in a row seen by sessions make a server suspect: a
+	 * check now decides whether it is down, and until it does, new
+	 * sessions go elsewhere rather than each paying for a failed connect.
+	 */
+	if (atomic_load(&s->st->fails) >= s->pool->cf->health_fall && s->pool->n > 1)
+		return 0;
 	/* The count covers every generation's sessions on this server. */
 	if (s->cf->max_connections > 0 && atomic_load(&s->st->active) >= s->cf->max_connections)
 		return 0;
