@@ -30,6 +30,7 @@
 #define CONFIG_MSGLEN		512	/* bytes in one error message */
 #define CONFIG_MAX_ATOM		128	/* bytes in one response code or capability atom */
 #define CONFIG_MAX_REGEX	1024	/* bytes in one regular expression */
+#define CONFIG_MAX_SECRET	1024	/* bytes in a password file */
 #define CONFIG_MAX_DEPTH	16	/* YAML mappings and lists nested in one another */
 #define CONFIG_MAX_NODES	262144	/* YAML scalars, mappings and lists in the file */
 #define CONFIG_REGEX_MAX_COUNT	100	/* largest m or n of a {m,n} repetition */
@@ -323,6 +324,9 @@ static const struct config_key config_keys[] = {
 	  .min = 1, .max = 100, AT(struct config, health_fall) },
 	{ .path = "backend.connect_tries", .type = CFT_UINT, .def = "3",
 	  .min = 1, .max = 16, AT(struct config, connect_tries) },
+	{ .path = "backend.health.user", .type = CFT_STRING, AT(struct config, health_user) },
+	{ .path = "backend.health.password_file", .type = CFT_PATH,
+	  AT(struct config, health_password_file) },
 
 	{ .path = "workers", .type = CFT_UINT, .def = "auto", .min = 1, .max = 64,
 	  .words = config_workers_words, AT(struct config, workers) },
@@ -1946,6 +1950,82 @@ config_nss_failed(int e)
 	return e != 0 && e != ENOENT && e != ESRCH && e != EBADF && e != EPERM;
 }
 
+/*
+ * Read a password file at load: one line, its line end dropped, printable
+ * ASCII only (it is sent in an IMAP quoted string).  NULL after an error
+ * reported at mark.
+ */
+static char *
+config_read_secret(struct config_loader *ld, const yaml_mark_t *mark, const char *key,
+    const char *path)
+{
+	char buf[CONFIG_MAX_SECRET + 2];
+	FILE *f;
+	size_t n;
+	char *v = NULL;
+
+	if ((f = fopen(path, "rb")) == NULL) {
+		config_error(ld, mark, "%s: cannot open \"%s\": %s", key, path, strerror(errno));
+		return NULL;
+	}
+	n = fread(buf, 1, sizeof(buf), f);
+	fclose(f);
+	if (n > 0 && buf[n - 1] == '\n')
+		n--;
+	if (n > 0 && buf[n - 1] == '\r')
+		n--;
+	if (n > CONFIG_MAX_SECRET)
+		config_error(ld, mark, "%s: \"%s\" is longer than %u bytes", key, path,
+		    CONFIG_MAX_SECRET);
+	else if (n == 0)
+		config_error(ld, mark, "%s: \"%s\" is empty", key, path);
+	else {
+		size_t i;
+
+		for (i = 0; i < n && buf[i] >= 0x20 && buf[i] < 0x7f; i++)
+			;
+		if (i < n)
+			config_error(ld, mark, "%s: \"%s\" holds a byte that is not printable "
+			    "ASCII (at offset %zu), or more than one line", key, path, i);
+		else if ((v = malloc(n + 1)) == NULL)
+			ld->oom = 1;
+		else {
+			memcpy(v, buf, n);
+			v[n] = '\0';
+		}
+	}
+	explicit_bzero(buf, sizeof(buf));
+	return v;
+}
+
+/* backend.health.user and password_file: both or neither, the password read now. */
+static void
+config_health_login_check(struct config_loader *ld, struct config_scope *sc)
+{
+	struct config *cf = ld->cf;
+	size_t iu = config_key_index("backend.health.user");
+	size_t ip = config_key_index("backend.health.password_file");
+
+	if ((cf->health_user != NULL) != (cf->health_password_file != NULL)) {
+		config_error(ld, cf->health_user != NULL ? &sc->vmark[iu] : &sc->vmark[ip],
+		    "backend.health: user and password_file go together (a check logs in "
+		    "with both, or does not log in)");
+		return;
+	}
+	if (cf->health_user == NULL)
+		return;
+	for (const char *c = cf->health_user; *c; c++)
+		if ((unsigned char)*c < 0x20 || (unsigned char)*c >= 0x7f) {
+			config_error(ld, &sc->vmark[iu], "backend.health.user: printable ASCII only");
+			return;
+		}
+	if (cf->health_user[0] == '\0' || strlen(cf->health_user) > CONFIG_MAX_SECRET)
+		config_error(ld, &sc->vmark[iu], "backend.health.user: 1 to %u bytes",
+		    CONFIG_MAX_SECRET);
+	cf->health_password = config_read_secret(ld, &sc->vmark[ip],
+	    "backend.health.password_file", cf->health_password_file);
+}
+
 /* Checks across keys of the top level, while their positions are known. */
 static void
 config_top_check(struct config_loader *ld, struct config_scope *sc)
@@ -1984,6 +2064,7 @@ config_top_check(struct config_loader *ld, struct config_scope *sc)
 		    "longer than backend.health.interval (%" PRIu64 "ms): a check would still "
 		    "be running when the next one starts", cf->health_timeout_ms,
 		    cf->health_interval_ms);
+	config_health_login_check(ld, sc);
 	/* Looked up here so that a typo fails "imapgate -t", not the start after binding. */
 	errno = 0;
 	if (cf->user != NULL && getpwnam(cf->user) == NULL)
@@ -2287,6 +2368,10 @@ config_free(struct config *cf)
 	if (cf == NULL)
 		return;
 	config_free_scope("", (char *)cf);
+	if (cf->health_password != NULL) {
+		explicit_bzero(cf->health_password, strlen(cf->health_password));
+		free(cf->health_password);
+	}
 	free(cf->path);
 	free(cf);
 }

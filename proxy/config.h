@@ -151,6 +151,9 @@ struct config {
 	unsigned		 health_rise;		/* backend.health.rise (default 2) */
 	unsigned		 health_fall;		/* backend.health.fall (default 2) */
 	unsigned		 connect_tries;		/* backend.connect_tries: servers tried per session (default 3) */
+	char			*health_user;		/* backend.health.user: checks log in as it (NULL: no login) */
+	char			*health_password_file;	/* backend.health.password_file */
+	char			*health_password;	/* read from it at load; wiped when freed */
 
 	unsigned		 max_connections;	/* limits.max_connections (default 50000) */
 	unsigned		 max_connections_per_ip;/* limits.max_connections_per_ip (default 50, 0 = none) */

@@ -27,6 +27,9 @@
 /* Tags of the health check's commands. */
 #define POOL_TAG_STARTTLS	"hc1"
 #define POOL_TAG_LOGOUT		"hc2"
+#define POOL_TAG_LOGIN		"hc3"
+/* Room for `hc3 LOGIN "user" "password"` with every byte escaped. */
+#define POOL_LOGIN_MAX		(32 + 4 * 1024 + 16)
 
 /* Where a health check is. */
 enum pool_hc_step {
@@ -35,6 +38,7 @@ enum pool_hc_step {
 	POOL_HC_GREETING,	/* waiting for the greeting */
 	POOL_HC_STARTTLS,	/* STARTTLS sent, waiting for its tagged answer */
 	POOL_HC_UPGRADE,	/* TLS handshake after STARTTLS */
+	POOL_HC_LOGIN,		/* LOGIN sent (backend.health.user), waiting for its tagged OK */
 	POOL_HC_LOGOUT,		/* LOGOUT sent, waiting for its tagged OK */
 };
 
@@ -70,6 +74,7 @@ struct pool_server {
 	int				 hc_running;
 	enum pool_hc_step		 hc_step;
 	int				 hc_bye;	/* the LOGOUT's * BYE arrived */
+	int				 hc_preauth;	/* greeted with PREAUTH: no LOGIN */
 };
 
 struct pool {
@@ -534,6 +539,49 @@ pool_hc_logout(struct pool_server *s)
 	s->hc_bye = 0;
 }
 
+/* Append v to buf as an IMAP quoted string. */
+static size_t
+pool_hc_quote(char *buf, size_t at, const char *v)
+{
+	buf[at++] = '"';
+	for (; *v; v++) {
+		if (*v == '"' || *v == '\\')
+			buf[at++] = '\\';
+		buf[at++] = *v;
+	}
+	buf[at++] = '"';
+	return at;
+}
+
+/*
+ * After the greeting (and STARTTLS): log in when backend.health.user is
+ * set, so the check exercises the server's authentication and Dovecot logs
+ * a login rather than an aborted one; else straight to LOGOUT.  The
+ * command carries the password: it is never logged and wiped here.
+ */
+static void
+pool_hc_ready(struct pool_server *s)
+{
+	const struct config *cf = s->pool->cf;
+	char cmd[POOL_LOGIN_MAX];
+	size_t n;
+
+	if (cf->health_user == NULL || cf->health_password == NULL || s->hc_preauth ||
+	    strlen(cf->health_user) + strlen(cf->health_password) > (POOL_LOGIN_MAX - 32) / 2) {
+		pool_hc_logout(s);
+		return;
+	}
+	n = (size_t)snprintf(cmd, sizeof(cmd), "%s LOGIN ", POOL_TAG_LOGIN);
+	n = pool_hc_quote(cmd, n, cf->health_user);
+	cmd[n++] = ' ';
+	n = pool_hc_quote(cmd, n, cf->health_password);
+	cmd[n++] = '\r';
+	cmd[n++] = '\n';
+	endpoint_write(s->hc_ep, cmd, n);
+	explicit_bzero(cmd, n);
+	s->hc_step = POOL_HC_LOGIN;
+}
+
 /*
  * One line from a checked server.  Returns 1 when the check ended or
  * stopped reading lines (TLS under way), 0 to read on.
@@ -553,6 +601,7 @@ pool_hc_line(struct pool_server *s, const char *line, size_t len)
 			    "greeted with BYE" : "bad greeting");
 			return 1;
 		}
+		s->hc_preauth = pool_hc_word(line + 2, len - 2, "PREAUTH");
 		if (p->cf->backend_tls == CONFIG_TLS_STARTTLS) {
 			static const char cmd[] = POOL_TAG_STARTTLS " STARTTLS\r\n";
 
@@ -560,7 +609,7 @@ pool_hc_line(struct pool_server *s, const char *line, size_t len)
 			s->hc_step = POOL_HC_STARTTLS;
 			return 0;
 		}
-		pool_hc_logout(s);
+		pool_hc_ready(s);
 		return 0;
 	case POOL_HC_STARTTLS:
 		if ((r = pool_hc_tagged(line, len, POOL_TAG_STARTTLS)) < 0)
@@ -573,6 +622,16 @@ pool_hc_line(struct pool_server *s, const char *line, size_t len)
 		if (p->btls == NULL || endpoint_start_tls(s->hc_ep, p->btls) != 0)
 			pool_hc_done(s, 0, "tls setup failed");
 		return 1;
+	case POOL_HC_LOGIN:
+		if ((r = pool_hc_tagged(line, len, POOL_TAG_LOGIN)) < 0)
+			return 0;
+		if (r == 0) {
+			/* The server answers but refuses the check's user: its auth is broken. */
+			pool_hc_done(s, 0, "health check login refused");
+			return 1;
+		}
+		pool_hc_logout(s);
+		return 0;
 	case POOL_HC_LOGOUT:
 		if (len >= 2 && line[0] == '*' && line[1] == ' ' &&
 		    pool_hc_word(line + 2, len - 2, "BYE")) {
@@ -600,7 +659,7 @@ pool_hc_readable(struct endpoint *ep, void *arg)
 		const unsigned char *b, *nl;
 
 		if (n == 0 || (s->hc_step != POOL_HC_GREETING && s->hc_step != POOL_HC_STARTTLS &&
-		    s->hc_step != POOL_HC_LOGOUT))
+		    s->hc_step != POOL_HC_LOGIN && s->hc_step != POOL_HC_LOGOUT))
 			return;
 		if (n > sizeof(line))
 			n = sizeof(line);
@@ -660,7 +719,7 @@ pool_hc_connected(struct pool_server *s)
 		pool_hc_readable(s->hc_ep, s);
 		return;
 	case POOL_HC_UPGRADE:
-		pool_hc_logout(s);
+		pool_hc_ready(s);
 		return;
 	default:
 		return;
@@ -689,6 +748,7 @@ pool_hc_event(struct endpoint *ep, enum endpoint_event what, void *arg)
 		return;
 	}
 	pool_hc_done(s, 0, s->hc_step == POOL_HC_STARTTLS ? "closed during STARTTLS" :
+	    s->hc_step == POOL_HC_LOGIN ? "closed before the LOGIN answer" :
 	    s->hc_step == POOL_HC_LOGOUT ? "closed before the LOGOUT answer" :
 	    "closed before greeting");
 }
@@ -713,6 +773,7 @@ pool_hc_timer_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	s->hc_step = POOL_HC_CONNECT;
 	s->hc_bye = 0;
+	s->hc_preauth = 0;
 	s->hc_ep = endpoint_connect(p->base, &s->cf->addr, &pool_hc_cbs, s);
 	if (s->hc_ep == NULL) {
 		pool_result(s, 0, 1, "connect failed");

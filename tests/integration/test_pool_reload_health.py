@@ -305,13 +305,19 @@ def watch_checks(g, mport, servers, client_fn):
     return rounds
 
 
+def health_login_lines(d, mark, user):
+    """Dovecot's lines after mark about the health check user's sessions."""
+    return [x for x in d.log_text()[mark:].splitlines()
+            if "user=<%s>" % user in x or "imap(%s)" % user in x]
+
+
 def t_dovecot_proxy_v2(env):
-    """Two Dovecots with haproxy = yes, client_ip: proxy-v2: the checks send
-    a LOCAL header, both servers stay up, clients are served, and every
-    check ends with LOGOUT: no "Connection closed (no auth attempts)"
-    lines.  (Dovecot 2.3 still ends the logout line with "(no auth
-    attempts in 0 secs)": that is how it logs any unauthenticated
-    LOGOUT.)"""
+    """Two Dovecots with haproxy = yes, client_ip: proxy-v2 and a health
+    user (backend.health.user / password_file): the checks send a LOCAL
+    header, log in and out, both servers stay up, clients are served, and
+    Dovecot's log has no "no auth attempts" line at all: neither
+    "Connection closed" nor "Aborted login" (which Dovecot 2.3 writes for
+    any LOGOUT without a login, hence the health user)."""
     ds = []
     for _ in range(2):
         d = tc.start_dovecot(env, haproxy=True)
@@ -322,7 +328,11 @@ def t_dovecot_proxy_v2(env):
     mport = harness.free_port()
     ports = [d.port for d in ds]
     marks = [len(d.log_text()) for d in ds]
-    g = pc.pool_gate(env, ports, backend="  client_ip: proxy-v2\n" + PROXY_HEALTH,
+    pwfile = os.path.join(env.tmp, "health.pw")
+    with open(pwfile, "w") as f:
+        f.write(harness.USERS["other"] + "\n")
+    health = PROXY_HEALTH.replace("}", ", user: other, password_file: %s}" % pwfile)
+    g = pc.pool_gate(env, ports, backend="  client_ip: proxy-v2\n" + health,
                      extra=metrics_extra(mport))
     marks = after_probe(ds, marks)
     g.mark = len(g.log_text())
@@ -340,13 +350,14 @@ def t_dovecot_proxy_v2(env):
         text = d.log_text()[mark:]
         logins = [x for x in text.splitlines() if "Login: user=<demo>" in x]
         check(logins, "no client logged in through imapgate:\n%s" % text[-1500:])
-        checks = dovecot_checks(d, mark)
-        check(len(checks) >= MIN_CHECKS, "%d health checks in Dovecot's log in %.0fs:\n%s"
+        checks = [x for x in health_login_lines(d, mark, "other") if "Login: user=<other>" in x]
+        check(len(checks) >= MIN_CHECKS, "%d health check logins in Dovecot's log in %.0fs:\n%s"
               % (len(checks), QUIET_PERIOD + CHECK_PERIOD, text[-1500:]))
-        bad = [x for x in checks if "Aborted login by logging out" not in x]
-        check(not bad, "health checks not ended by LOGOUT: %s" % bad[:3])
-        closed = [x for x in text.splitlines() if "Connection closed" in x]
-        check(not closed, "'Connection closed' lines in Dovecot's log: %s" % closed[:3])
+        outs = [x for x in health_login_lines(d, mark, "other") if "Logged out" in x]
+        check(len(outs) >= len(checks) - 1, "%d check logins but %d 'Logged out' lines"
+              % (len(checks), len(outs)))
+        noauth = [x for x in text.splitlines() if "no auth attempts" in x]
+        check(not noauth, "'no auth attempts' lines in Dovecot's log: %s" % noauth[:3])
         say("   dovecot %d: %d logins, %d checks, e.g. %s" % (
             d.port, len(logins), len(checks), checks[0].split("imap-login: ")[-1][:90]))
     say("   %d client rounds, both servers up throughout" % rounds)
@@ -418,11 +429,35 @@ def t_tls_checks(env):
                                           checks[0].split("imap-login: ")[-1][:100]))
 
 
+def t_health_login_refused(env):
+    """A health user the server refuses (wrong password) is a failed check:
+    the server goes down with error="health check login refused", and the
+    password appears in no log line."""
+    if tc.need("dovecot"):
+        say("   SKIP: dovecot is not installed")
+        return "skip"
+    d = tc.start_dovecot(env)
+    secret = "Wrong-Secret-93x"
+    pwfile = os.path.join(env.tmp, "bad-health.pw")
+    with open(pwfile, "w") as f:
+        f.write(secret + "\n")
+    health = FAST_HEALTH.replace("}", ", user: other, password_file: %s}" % pwfile)
+    g = pc.pool_gate(env, [d.port], backend=health)
+    g.wait_log(r'msg=backend-down server=127\.0\.0\.1:%d error="health check login refused"'
+               % d.port, timeout=HEALTH_WAIT)
+    time.sleep(0.3)
+    check(secret not in g.log_text(), "the health password is in imapgate's log")
+    fails = [x for x in d.log_text().splitlines() if "user=<other>" in x and "auth failed" in x]
+    check(fails, "Dovecot saw no failed login of the health user")
+    say("   down after %d refused check logins" % len(fails))
+
+
 TESTS = [
     ("reload: max_connections count carried, metrics show all sessions", t_max_connections),
     ("reload: a down server stays down until a check says up", t_down_stays_down),
     ("reload: a removed server keeps its sessions counted and listed", t_removed_server),
-    ("health: proxy-v2 to Dovecot (haproxy = yes), LOGOUT", t_dovecot_proxy_v2),
+    ("health: proxy-v2 to Dovecot (haproxy = yes), login and LOGOUT", t_dovecot_proxy_v2),
+    ("health: a refused health login takes the server down", t_health_login_refused),
     ("health: proxy-v1 to WildDuck (useProxy)", t_wildduck_proxy_v1),
     ("health: STARTTLS and implicit TLS to Dovecot", t_tls_checks),
 ]

@@ -843,6 +843,47 @@ test_ops_inline(void)
 }
 
 /* Each mistake in the new keys on its own, with its exact position. */
+/* backend.health.user and password_file: read at load, checked, both or neither. */
+static void
+test_health_login(void)
+{
+	char pw[TEST_PATHLEN + 16], yaml[TEST_YAMLLEN];
+	struct config *cf;
+	FILE *f;
+
+	snprintf(pw, sizeof(pw), "%s/health.pw", test_dir);
+	if ((f = fopen(pw, "w")) == NULL) {
+		perror(pw);
+		exit(2);
+	}
+	fputs("s3cret \"x\"\n", f);
+	fclose(f);
+	snprintf(yaml, sizeof(yaml), LISTEN CERTS BACKEND
+	    "  health: {user: check, password_file: %s}\n", pw);
+	if ((cf = test_load_good(test_write(yaml), __LINE__)) != NULL) {
+		CHECK(cf->health_user != NULL && strcmp(cf->health_user, "check") == 0, "user");
+		CHECK(cf->health_password != NULL &&
+		    strcmp(cf->health_password, "s3cret \"x\"") == 0, "password without its LF");
+		config_free(cf);
+	}
+	BAD(LISTEN CERTS BACKEND "  health: {user: check}\n", 1, 10, 18,
+	    "backend.health: user and password_file go together");
+	snprintf(yaml, sizeof(yaml), LISTEN CERTS BACKEND
+	    "  health:\n    user: check\n    password_file: %s/none.pw\n", test_dir);
+	BAD(yaml, 1, 12, 20, "backend.health.password_file: cannot open");
+	if ((f = fopen(pw, "w")) != NULL) {
+		fputs("two\nlines\n", f);
+		fclose(f);
+	}
+	snprintf(yaml, sizeof(yaml), LISTEN CERTS BACKEND
+	    "  health:\n    user: check\n    password_file: %s\n", pw);
+	BAD(yaml, 1, 12, 20, "holds a byte that is not printable ASCII (at offset 3)");
+	if ((f = fopen(pw, "w")) != NULL)
+		fclose(f);
+	BAD(yaml, 1, 12, 20, "is empty");
+	unlink(pw);
+}
+
 static void
 test_ops_bad(void)
 {
@@ -1611,6 +1652,7 @@ main(void)
 	test_ops();
 	test_ops_inline();
 	test_ops_bad();
+	test_health_login();
 	test_several();
 	test_limits();
 	test_regex_bounds();
