@@ -26,11 +26,11 @@
 #include "proxyproto.h"
 #include "ratelog.h"
 #include "session.h"
+#include "session_priv.h"
+#include "backend.h"
 #include "stats.h"
 #include "state.h"
 
-/* How long a closing session may take to hand its last bytes to the client. */
-#define SESSION_FLUSH_TIMEOUT_MS	5000
 /*
  * Refusals (a connection limit said no) on implicit-TLS listeners: a TLS
  * handshake to say BYE costs about a millisecond of CPU, so only this many
@@ -47,51 +47,6 @@
 #define SESSION_LITERAL_MINUS_MAX	4096
 /* Past this much queued of our own replies the client is not read. */
 #define SESSION_INJECT_HIGH		(SESSION_MAX_INJECT / 2)
-
-/*
- * The session's lifecycle.  SETUP: imapgate talks to the backend alone
- * (connect, TLS, STARTTLS, ID) and holds the greeting; RELAY: both sides
- * talk; FINISHING: nothing more is read, the client gets what is queued;
- * CLOSED: summary logged, waiting for the reap event.
- */
-enum session_life {
-	SESSION_SETUP,
-	SESSION_RELAY,
-	SESSION_FINISHING,
-	SESSION_CLOSED,
-	SESSION_NLIFE
-};
-
-/*
- * What the client half may send next.  The WAIT_ states are the ones
- * where the meaning of the client's next bytes depends on an answer the
- * backend has not given yet: nothing more is read from the client's
- * buffer until it comes ("the server decides the mode").
- */
-enum session_client {
-	CLIENT_COMMAND,		/* command lines and their literals */
-	CLIENT_WAIT_LITERAL,	/* sent "{n}": "+" or the tagged refusal decides */
-	CLIENT_WAIT_SASL,	/* sent AUTHENTICATE or a SASL line: "+" or the tagged reply */
-	CLIENT_SASL,		/* the backend sent "+": one SASL line */
-	CLIENT_WAIT_IDLE,	/* sent IDLE: "+" or the tagged reply */
-	CLIENT_IDLE,		/* the backend accepted IDLE: DONE */
-	CLIENT_STALE,		/* the backend left SASL/IDLE mid-line: drop that line */
-	CLIENT_TLS,		/* STARTTLS answered: the TLS handshake runs */
-	SESSION_NCLIENT
-};
-
-/* The backend half: imapgate's own dialog before RELAY, then READY. */
-enum session_backend {
-	BACKEND_NONE,		/* no server chosen (before, or between failover tries) */
-	BACKEND_CONNECTING,	/* TCP connect */
-	BACKEND_TLS,		/* implicit TLS handshake */
-	BACKEND_GREETING,	/* waiting for the greeting */
-	BACKEND_STARTTLS,	/* sent STARTTLS, waiting for its OK */
-	BACKEND_UPGRADE,	/* TLS handshake after STARTTLS */
-	BACKEND_ID,		/* sent ID with the client's address, waiting for its OK */
-	BACKEND_READY,		/* relaying */
-	SESSION_NBACKEND
-};
 
 static const char *const session_life_names[] = {
 	"setup", "relay", "finishing", "closed",
@@ -142,98 +97,9 @@ _Static_assert(sizeof(session_client_names) / sizeof(session_client_names[0]) ==
 _Static_assert(sizeof(session_backend_names) / sizeof(session_backend_names[0]) ==
     SESSION_NBACKEND, "session_backend_names");
 
-struct session_half {
-	struct session		*s;
-	struct endpoint		*ep;
-	struct session_half	*peer;
-	int			 reading;	/* endpoint reading is enabled */
-	int			 eof;		/* the peer closed its side (or failed): no more input */
-	struct imap_parser	 parser;	/* frames what this side sends */
-	size_t			 pending;	/* input bytes parsed but not yet moved */
-	int			 streaming;	/* over-long line: move or drop bytes as they are parsed */
-	/* client only: the command being read */
-	int			 drop;		/* answered by imapgate: its bytes are dropped */
-	int			 replied;	/* imapgate's answer to it is queued */
-	int			 forwarded;	/* part of it went to the backend already */
-	int			 starttls;	/* imapgate accepted STARTTLS: TLS after this line */
-	uint64_t		 fwd_bytes;	/* bytes of it forwarded (for the trace) */
-};
-
-/* Tags of the commands imapgate itself sends to the backend. */
-#define SESSION_DETAIL_MAX	192	/* longest error text in the summary line */
-#define SESSION_TAG_STARTTLS	"imapgate-tls"
-#define SESSION_TAG_ID		"imapgate-id"
-
-/* An IPv4 or IPv6 address: listeners and PROXY headers carry nothing else. */
-union session_addr {
-	struct sockaddr		 sa;
-	struct sockaddr_in	 sin;
-	struct sockaddr_in6	 sin6;
-};
-
 /* The stats tables are indexed by these enums. */
 _Static_assert(IMAPCMD_UNKNOWN + 1 == STATS_CMD_CLASSES, "STATS_CMD_CLASSES");
 _Static_assert(STATE_LOGOUT + 1 == STATS_STATES, "STATS_STATES");
-
-/* The session's deadlines (see struct session's due[]). */
-enum session_due {
-	SESSION_DUE_PHASE,	/* backend connect/greeting, then the final flush */
-	SESSION_DUE_RESPONSE,	/* timeouts.backend_response */
-	SESSION_DUE_GUARD,	/* tls_handshake, preauth and idle checks */
-	SESSION_NDUE
-};
-
-struct session {
-	TAILQ_ENTRY(session)	 entry;
-	struct server		*srv;
-	const struct config_listen *lc;
-	char			 id[20];
-	char			 client_addr[NETADDR_STRLEN];
-	struct generation	*gen;		/* the configuration this session started with */
-	int			 server;	/* pool index of the backend, -1 before one is chosen */
-	uint64_t		 tried;		/* servers tried for this session (bit per pool index) */
-	int			 limited;	/* holds a slot in the connection limits */
-	int			 refusal;	/* only says BYE (a limit said no): counted in session_refusing */
-	struct timeval		 last_activity;	/* last byte either way (timeouts.idle) */
-	struct timeval		 tls_started;	/* accept (implicit TLS) or STARTTLS answered */
-	struct session_half	 client, backend;
-	enum session_life	 life;
-	enum session_client	 cl;
-	enum session_backend	 bk;
-	uint64_t		 wait_len;	/* CLIENT_WAIT_LITERAL: the literal's length */
-	char			 wait_tag[IMAP_MAX_TAG + 1];	/* tag whose answer ends a client WAIT_ state */
-	int			 running;	/* session_run on the stack */
-	int			 rerun;		/* something changed while it ran: go round again */
-	struct timeval		 start;
-	/*
-	 * One timer serves every deadline of the session: it is set for the
-	 * earliest of due[] (a later one may fire it early; it then re-arms).
-	 * Pushing a deadline back, as every backend read does for
-	 * backend_response, costs no timer operation at all.
-	 */
-	struct event		*ev_timer;
-	uint64_t		 due[SESSION_NDUE];	/* session_now_us() deadlines, 0 = off */
-	uint64_t		 armed;		/* when ev_timer fires, 0 = not set */
-	unsigned		 nrewrites;	/* responses rewritten */
-	unsigned		 nguard;	/* guard events */
-	const char		*last_guard;	/* kind of the last guard event */
-	unsigned char		 guards[STATS_GUARD_MAX];	/* guard events by kind (saturating) */
-	const char		*bye;		/* why imapgate sent BYE, if it did */
-	char			 rewritten[64];	/* original codes rewritten, comma-separated */
-	struct state		 st;
-	char			*inject;	/* our own replies, waiting for a response boundary */
-	size_t			 ninject;
-	int			 client_tls;	/* the client speaks TLS (implicit, or after STARTTLS) */
-	int			 nonsync;	/* the backend offers LITERAL+ (2), LITERAL- (1), neither (0) */
-	char			*greeting;	/* held while imapgate sets the backend up */
-	size_t			 greeting_len;
-	struct imap_line	*greeting_line;	/* what the parser said of it (held with it) */
-	union session_addr	 client_ss;	/* the real client (after any PROXY header) */
-	union session_addr	 local_ss;	/* the address the client connected to */
-	int			 draining;	/* shutting down: BYE at the next quiet point */
-	const char		*reason;
-	char			*detail;	/* what went wrong, for the summary (NULL: nothing) */
-};
 
 /* Refusal sessions alive now (all workers), and the TLS refusal budget's second and count. */
 static unsigned session_refusing;
@@ -242,18 +108,13 @@ static uint64_t session_refuse_slot;	/* second << 20 | refusals in it */
 static void session_run(struct session *);
 static void session_trace_client(struct session *, const struct imap_line *, const char *,
     uint64_t, int);
-static void session_due(struct session *, enum session_due, uint64_t);
-static void session_due_off(struct session *, enum session_due);
 static void session_guard_check(struct session *);
-static void session_backend_setup_line(struct session *);
-static void session_backend_failover(struct session *, const char *);
-static void session_connect_backend(struct session *);
 static void session_response_timer(struct session *, int);
 static void session_readable(struct endpoint *, void *);
 static void session_drained(struct endpoint *, void *);
 static void session_event(struct endpoint *, enum endpoint_event, void *);
 
-static const struct endpoint_cbs session_cbs = {
+const struct endpoint_cbs session_cbs = {
 	session_readable, session_drained, session_event,
 };
 
@@ -296,7 +157,7 @@ session_bad_transition(const struct session *s, const char *what, const char *fr
 }
 
 /* The one place the session's lifecycle changes. */
-static void
+void
 session_set_life(struct session *s, enum session_life to)
 {
 	if (!(session_life_next[s->life] & (1u << to))) {
@@ -310,7 +171,7 @@ session_set_life(struct session *s, enum session_life to)
 }
 
 /* The one place the client half's lifecycle changes. */
-static void
+void
 session_set_client(struct session *s, enum session_client to)
 {
 	if (s->cl == to)
@@ -327,7 +188,7 @@ session_set_client(struct session *s, enum session_client to)
 }
 
 /* The one place the backend half's lifecycle changes. */
-static void
+void
 session_set_backend(struct session *s, enum session_backend to)
 {
 	if (!(session_backend_next[s->bk] & (1u << to))) {
@@ -349,7 +210,7 @@ session_live(const struct session *s)
 }
 
 /* Note what went wrong, for the summary line (the last note wins). */
-static void __attribute__((format(printf, 2, 3)))
+void
 session_detail(struct session *s, const char *fmt, ...)
 {
 	char buf[SESSION_DETAIL_MAX];
@@ -568,7 +429,7 @@ session_inject(struct session *s, const char *fmt, ...)
 }
 
 /* Tell the client the backend is gone, then finish. */
-static void
+void
 session_bye_unavailable(struct session *s, const char *reason)
 {
 	static const char bye[] = "* BYE [UNAVAILABLE] Backend server unavailable\r\n";
@@ -579,7 +440,7 @@ session_bye_unavailable(struct session *s, const char *reason)
 }
 
 /* Drop the parsed-but-held bytes of h. */
-static void
+void
 session_drop(struct session_half *h)
 {
 	if (h->pending == 0)
@@ -651,7 +512,7 @@ session_next(struct session *s)
 }
 
 /* Capabilities this session adds: STARTTLS (and LOGINDISABLED) before TLS. */
-static unsigned
+unsigned
 session_caps(const struct session *s)
 {
 	if (s->lc->tls != CONFIG_TLS_STARTTLS || s->client_tls)
@@ -805,7 +666,7 @@ session_has_cap(const char *line, size_t len, const char *cap)
 }
 
 /* A capability list from the backend (data or [CAPABILITY] code): note LITERAL+/-. */
-static void
+void
 session_note_caps(struct session *s, const struct imap_line *l, const char *line, size_t len)
 {
 	if ((l->code[0] != 'C' || strcmp(l->code, "CAPABILITY") != 0) &&
@@ -1421,7 +1282,7 @@ session_client_decided(struct session *s, const struct imap_line *l)
 }
 
 /* A complete server response has been parsed (BACKEND_READY). */
-static void
+void
 session_backend_line(struct session *s)
 {
 	struct session_half *h = &s->backend;
@@ -1522,184 +1383,6 @@ session_backend_toolong(struct session *s)
 	session_pass(h);
 }
 
-/* Send ID with the client's address (backend.client_ip: id); its reply is swallowed. */
-static void
-session_send_id(struct session *s)
-{
-	char cip[INET6_ADDRSTRLEN], lip[INET6_ADDRSTRLEN], line[512];
-	unsigned cport, lport;
-	int n;
-
-	netaddr_ip((const struct sockaddr *)&s->client_ss, cip, sizeof(cip), &cport);
-	netaddr_ip((const struct sockaddr *)&s->local_ss, lip, sizeof(lip), &lport);
-	n = snprintf(line, sizeof(line), SESSION_TAG_ID " ID (\"x-originating-ip\" \"%s\" "
-	    "\"x-originating-port\" \"%u\" \"x-connected-ip\" \"%s\" "
-	    "\"x-connected-port\" \"%u\" \"x-session-id\" \"%s\")\r\n",
-	    cip, cport, lip, lport, s->id);
-	endpoint_write(s->backend.ep, line, (size_t)n);
-	session_set_backend(s, BACKEND_ID);
-}
-
-/* The backend is set up: let the client see the greeting and start relaying. */
-static void
-session_release_greeting(struct session *s)
-{
-	const struct imap_line *l = s->greeting_line;
-	struct state_result res;
-	struct guard_out out;
-	int r;
-
-	session_set_backend(s, BACKEND_READY);
-	session_set_life(s, SESSION_RELAY);
-	session_due_off(s, SESSION_DUE_PHASE);
-	log_debug("session=%s msg=backend-ready tls=%s", s->id,
-	    endpoint_tls_version(s->backend.ep));
-	if (s->greeting != NULL) {
-		state_server_response(&s->st, l, &res);
-		session_note_caps(s, l, s->greeting, s->greeting_len);
-		/*
-		 * After STARTTLS the greeting's capability list is stale (it
-		 * was the plaintext one); drop it and let the client ask.
-		 */
-		if (s->gen->cf->backend_tls == CONFIG_TLS_STARTTLS &&
-		    strcmp(l->code, "CAPABILITY") == 0)
-			r = guard_drop_code(l, s->greeting, s->greeting_len, &out);
-		else
-			r = guard_rewrite(s->gen->cf, l, s->greeting, s->greeting_len,
-			    session_caps(s), &out);
-		if (r == 1) {
-			endpoint_write(s->client.ep, out.buf, out.len);
-			free(out.buf);
-		} else
-			endpoint_write(s->client.ep, s->greeting, s->greeting_len);
-		free(s->greeting);
-		s->greeting = NULL;
-		free(s->greeting_line);
-		s->greeting_line = NULL;
-	}
-}
-
-/* A backend line while imapgate is still setting the backend up: never for the client. */
-static void
-session_backend_setup_line(struct session *s)
-{
-	struct session_half *h = &s->backend;
-	const struct imap_line *l = imap_parse_line(&h->parser);
-	const struct config *cf = s->gen->cf;
-	const char *bytes;
-
-	switch (s->bk) {
-	case BACKEND_GREETING:
-		if (l->kind != IMAP_KIND_GREETING ||
-		    (l->status != IMAP_STATUS_OK && l->status != IMAP_STATUS_PREAUTH)) {
-			/* A BYE or a garbled greeting: this server cannot take us. */
-			session_drop(h);
-			session_backend_failover(s, l->status == IMAP_STATUS_BYE ?
-			    "greeted with BYE" : "bad greeting");
-			return;
-		}
-		pool_report(s->gen->pool, s->server, 1, NULL);
-		if (cf->backend_tls != CONFIG_TLS_STARTTLS && cf->client_ip != CONFIG_CLIENT_IP_ID) {
-			/* Nothing to do first: relay from here. */
-			session_set_backend(s, BACKEND_READY);
-			session_set_life(s, SESSION_RELAY);
-			session_due_off(s, SESSION_DUE_PHASE);
-			session_backend_line(s);
-			return;
-		}
-		if (h->pending > cf->max_line || l->nliterals > 0 ||
-		    (bytes = (const char *)endpoint_pullup(h->ep, h->pending)) == NULL ||
-		    (s->greeting = malloc(h->pending)) == NULL ||
-		    (s->greeting_line = malloc(sizeof(*s->greeting_line))) == NULL) {
-			session_close(s, "out-of-memory");
-			return;
-		}
-		memcpy(s->greeting, bytes, h->pending);
-		s->greeting_len = h->pending;
-		*s->greeting_line = *l;
-		session_drop(h);
-		if (cf->backend_tls == CONFIG_TLS_STARTTLS) {
-			static const char cmd[] = SESSION_TAG_STARTTLS " STARTTLS\r\n";
-			endpoint_write(h->ep, cmd, sizeof(cmd) - 1);
-			session_set_backend(s, BACKEND_STARTTLS);
-		} else
-			session_send_id(s);
-		return;
-	case BACKEND_STARTTLS:
-		session_drop(h);
-		if (l->kind != IMAP_KIND_TAGGED || strcmp(l->tag, SESSION_TAG_STARTTLS) != 0)
-			return;
-		if (l->status != IMAP_STATUS_OK) {
-			session_detail(s, "backend refused STARTTLS");
-			session_bye_unavailable(s, "backend-starttls-refused");
-			return;
-		}
-		session_set_backend(s, BACKEND_UPGRADE);
-		imap_parse_restart(&h->parser);
-		h->parser.seen_greeting = 1;
-		if (endpoint_start_tls(h->ep, s->gen->btls) != 0)
-			session_bye_unavailable(s, "backend-tls-failed");
-		return;
-	case BACKEND_ID:
-		session_drop(h);
-		if (l->kind == IMAP_KIND_TAGGED && strcmp(l->tag, SESSION_TAG_ID) == 0)
-			session_release_greeting(s);
-		return;
-	default:
-		session_drop(h);
-		return;
-	}
-}
-
-/* The backend is connected (TCP, or a TLS handshake finished): next setup step. */
-static void
-session_backend_up(struct session *s)
-{
-	const struct config *cf = s->gen->cf;
-
-	switch (s->bk) {
-	case BACKEND_CONNECTING: {
-		/*
-		 * The same bound covers what follows the TCP connect: a TLS
-		 * handshake and the greeting.  A server that accepts and then
-		 * says nothing is failed over like one that refuses.
-		 */
-		session_due(s, SESSION_DUE_PHASE, cf->backend_connect_ms);
-		log_debug("session=%s msg=backend-connected", s->id);
-		if (cf->client_ip == CONFIG_CLIENT_IP_PROXY_V1) {
-			char hdr[PROXYPROTO_V1_MAX + 1];
-			size_t n = proxyproto_build_v1((const struct sockaddr *)&s->client_ss,
-			    (const struct sockaddr *)&s->local_ss, hdr, sizeof(hdr));
-			endpoint_write(s->backend.ep, hdr, n);
-		} else if (cf->client_ip == CONFIG_CLIENT_IP_PROXY_V2) {
-			unsigned char hdr[64];
-			size_t n = proxyproto_build_v2((const struct sockaddr *)&s->client_ss,
-			    (const struct sockaddr *)&s->local_ss, hdr, sizeof(hdr));
-			endpoint_write(s->backend.ep, hdr, n);
-		}
-		if (cf->backend_tls == CONFIG_TLS_IMPLICIT) {
-			session_set_backend(s, BACKEND_TLS);
-			if (endpoint_start_tls(s->backend.ep, s->gen->btls) != 0)
-				session_bye_unavailable(s, "backend-tls-failed");
-			return;
-		}
-		session_set_backend(s, BACKEND_GREETING);
-		return;
-	}
-	case BACKEND_TLS:
-		session_set_backend(s, BACKEND_GREETING);
-		return;
-	case BACKEND_UPGRADE:
-		if (cf->client_ip == CONFIG_CLIENT_IP_ID)
-			session_send_id(s);
-		else
-			session_release_greeting(s);
-		return;
-	default:
-		return;
-	}
-}
-
 /* Does the backend half parse its input now (greeting, setup answers, relay)? */
 static int
 session_backend_parsing(const struct session *s)
@@ -1750,7 +1433,7 @@ session_backend_run(struct session *s)
 			if (relay)
 				session_backend_line(s);
 			else
-				session_backend_setup_line(s);
+				backend_setup_line(s);
 			break;
 		case IMAP_EV_ERROR:
 			session_detail(s, "backend: %s", h->parser.error);
@@ -1900,7 +1583,7 @@ session_event(struct endpoint *ep, enum endpoint_event what, void *arg)
 		return;
 	}
 	if (h == &s->backend && what == ENDPOINT_CONNECTED) {
-		session_backend_up(s);
+		backend_up(s);
 		session_run(s);
 		return;
 	}
@@ -1917,7 +1600,7 @@ session_event(struct endpoint *ep, enum endpoint_event what, void *arg)
 			session_set_client(s, CLIENT_COMMAND);
 		else if (s->life == SESSION_SETUP && s->bk == BACKEND_NONE && !s->refusal)
 			/* Implicit TLS: the backend only for a client that finished its handshake. */
-			session_connect_backend(s);
+			backend_connect(s);
 		session_run(s);
 		return;
 	}
@@ -1930,82 +1613,12 @@ session_event(struct endpoint *ep, enum endpoint_event what, void *arg)
 	if (s->life == SESSION_FINISHING)
 		return;
 	if (s->life == SESSION_SETUP) {
-		session_backend_failover(s, what == ENDPOINT_EOF ? "closed before the greeting" :
+		backend_failover(s, what == ENDPOINT_EOF ? "closed before the greeting" :
 		    endpoint_error(ep));
 		session_run(s);
 		return;
 	}
 	session_backend_lost(s, what == ENDPOINT_EOF ? "backend-eof" : "backend-error");
-}
-
-/*
- * Choose a backend (not one tried already) and start connecting; with none
- * left, the client gets BYE.  The client has seen nothing from the backend
- * before the greeting is released, so moving on is invisible to it.
- */
-static void
-session_connect_backend(struct session *s)
-{
-	const struct config *cf = s->gen->cf;
-	const struct config_server *sv;
-	unsigned tries;
-
-	for (;;) {
-		if (s->server >= 0) {
-			pool_release(s->gen->pool, s->server);
-			s->server = -1;
-		}
-		tries = (unsigned)__builtin_popcountll(s->tried);
-		if (tries >= cf->connect_tries ||
-		    (s->server = pool_pick(s->gen->pool, (const struct sockaddr *)&s->client_ss,
-		    s->tried)) < 0) {
-			if (s->detail == NULL)
-				session_detail(s, "no backend server available");
-			session_bye_unavailable(s, tries == 0 ? "no-backend" :
-			    "backend-connect-failed");
-			return;
-		}
-		s->tried |= (uint64_t)1 << s->server;
-		sv = pool_server(s->gen->pool, s->server);
-		s->backend.ep = endpoint_connect(s->srv->base, &sv->addr, &session_cbs, s);
-		if (s->backend.ep != NULL)
-			break;
-		session_detail(s, "connect to %s failed", sv->address);
-		pool_report(s->gen->pool, s->server, 0, "connect failed");
-	}
-	session_set_backend(s, BACKEND_CONNECTING);
-	s->backend.reading = 1;
-	endpoint_set_limits(s->backend.ep, cf->buffer, cf->buffer + cf->max_line);
-	session_due(s, SESSION_DUE_PHASE, cf->backend_connect_ms);
-}
-
-/*
- * The backend failed before the client saw anything of it (connect error
- * or timeout, TLS failure, a bad greeting): count it against the server
- * and try the next one.
- */
-static void
-session_backend_failover(struct session *s, const char *why)
-{
-	char esc[LOGESC_SIZE(SESSION_DETAIL_MAX)];
-
-	log_info("session=%s msg=backend-failed server=%s error=\"%s\"", s->id,
-	    pool_name(s->gen->pool, s->server), logesc_quote(why, esc, sizeof(esc)));
-	session_detail(s, "%s: %s", pool_name(s->gen->pool, s->server), why);
-	pool_report(s->gen->pool, s->server, 0, why);
-	session_due_off(s, SESSION_DUE_PHASE);
-	session_set_backend(s, BACKEND_NONE);
-	endpoint_free(s->backend.ep);
-	s->backend.ep = NULL;
-	s->backend.pending = 0;
-	s->backend.reading = 0;
-	s->backend.streaming = 0;
-	imap_parse_restart(&s->backend.parser);
-	free(s->greeting);
-	s->greeting = NULL;
-	free(s->greeting_line);
-	s->greeting_line = NULL;
-	session_connect_backend(s);
 }
 
 /* Connect timeout (before the backend is up) or flush timeout (while finishing). */
@@ -2021,7 +1634,7 @@ session_phase_timeout(struct session *s)
 		return;
 	}
 	if (s->life == SESSION_SETUP)
-		session_backend_failover(s, "connect timeout");
+		backend_failover(s, "connect timeout");
 }
 
 /* Set ev_timer for the earliest deadline, unless it already fires before that. */
@@ -2044,7 +1657,7 @@ session_timer_arm(struct session *s)
 }
 
 /* Set deadline d to ms from now. */
-static void
+void
 session_due(struct session *s, enum session_due d, uint64_t ms)
 {
 	s->due[d] = session_now_us(s) + ms * 1000;
@@ -2055,7 +1668,7 @@ session_due(struct session *s, enum session_due d, uint64_t ms)
  * Clear deadline d.  The timer stays set: it fires once for nothing and
  * re-arms for what is left, cheaper than a timer operation per command.
  */
-static void
+void
 session_due_off(struct session *s, enum session_due d)
 {
 	s->due[d] = 0;
@@ -2311,5 +1924,5 @@ session_start(struct server *srv, const struct config_listen *lc, int fd,
 	 * a flood of silent connections opens none.
 	 */
 	if (lc->tls != CONFIG_TLS_IMPLICIT)
-		session_connect_backend(s);
+		backend_connect(s);
 }
