@@ -258,13 +258,15 @@ def make_message(subject, size=0, seed=1, sender="Alice <alice@example.org>",
     return head + body[:max(0, need - 2)] + (b"\r\n" if need >= 2 else b"")
 
 
-def setup_dovecot_dir(base, port, mail=None):
+def setup_dovecot_dir(base, port, mail=None, users=None):
     """Write config, passwd file and maildirs under base; return conf path.
 
-    mail maps a user name to a list of messages (bytes) put in their INBOX.
+    mail maps a user name to a list of messages (bytes) put in their INBOX;
+    users maps user name to password (default USERS).
     """
     import grp
     import pwd
+    users = USERS if users is None else users
     internal, _, mail_user, mail_group = dovecot_accounts()
     uid = pwd.getpwnam(mail_user).pw_uid
     gid = grp.getgrnam(mail_group).gr_gid
@@ -276,7 +278,7 @@ def setup_dovecot_dir(base, port, mail=None):
         f.write(render_dovecot_conf(base, port))
     passwd = os.path.join(base, "passwd")
     with open(passwd, "w") as f:
-        for user, pw in USERS.items():
+        for user, pw in users.items():
             f.write("%s:{PLAIN}%s:::::\n" % (user, pw))
     # Dovecot's auth process reads it as the internal user.
     os.chown(passwd, os.geteuid(), pwd.getpwnam(internal).pw_gid)
@@ -285,7 +287,7 @@ def setup_dovecot_dir(base, port, mail=None):
     os.makedirs(maildirs, exist_ok=True)
     os.chown(maildirs, uid, gid)
     stamp = int(time.time())
-    for user in USERS:
+    for user in users:
         md = os.path.join(maildirs, user)
         for sub in ("cur", "new", "tmp"):
             os.makedirs(os.path.join(md, sub), exist_ok=True)
