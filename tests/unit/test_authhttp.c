@@ -1,0 +1,1072 @@
+/*
+ * test_authhttp: unit tests for the auth_http client (proxy/authhttp.c).
+ *
+ * Scripted HTTP servers run in this process, on 127.0.0.1 ephemeral
+ * ports and on the same event loop as the client: an evhttp server for
+ * well-formed answers, and a raw listener for broken ones (closing early,
+ * garbage, silence, a 1 MiB header, a slow drip) and for capturing the
+ * request byte for byte.  Run under ASan, the cancel tests also show that
+ * nothing leaks.
+ */
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
+
+#include "authhttp.h"
+#include "check.h"
+
+#define RAW_REQ_MAX	65536		/* request bytes a raw server keeps */
+#define WAIT_MS		5000		/* longest a test waits for an answer */
+#define SEQ_REQUESTS	1000		/* requests in the fd-growth test */
+#define HUGE_HEADER	(1024 * 1024)	/* the oversized header's length */
+
+static struct event_base *base;
+
+/* ---- waiting on the loop ---- */
+
+/* Set *flag when the deadline passes. */
+static void
+deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	*(int *)arg = 1;
+}
+
+/* Run the loop until *flag is nonzero or ms have passed; returns *flag. */
+static int
+run_until(const int *flag, int ms)
+{
+	struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+	int expired = 0;
+	struct event *ev = evtimer_new(base, deadline_cb, &expired);
+
+	evtimer_add(ev, &tv);
+	while (!*flag && !expired)
+		event_base_loop(base, EVLOOP_ONCE);
+	event_free(ev);
+	return *flag;
+}
+
+/* Run the loop for ms. */
+static void
+run_for(int ms)
+{
+	int never = 0;
+
+	run_until(&never, ms);
+}
+
+/* Milliseconds from a to b. */
+static long
+ms_between(const struct timeval *a, const struct timeval *b)
+{
+	return (b->tv_sec - a->tv_sec) * 1000L + (b->tv_usec - a->tv_usec) / 1000L;
+}
+
+/* Open file descriptors of this process. */
+static int
+count_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+	int n = 0;
+
+	if (d == NULL)
+		return -1;
+	while ((e = readdir(d)) != NULL)
+		if (e->d_name[0] != '.')
+			n++;
+	closedir(d);
+	return n - 1;	/* the directory itself */
+}
+
+/* A loopback port nobody listens on: bind one, note it, close it. */
+static unsigned
+dead_port(void)
+{
+	struct sockaddr_in sin;
+	socklen_t len = sizeof(sin);
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+	memset(&sin, 0, sizeof(sin));
+	sin.sin_family = AF_INET;
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	bind(fd, (struct sockaddr *)&sin, sizeof(sin));
+	getsockname(fd, (struct sockaddr *)&sin, &len);
+	close(fd);
+	return ntohs(sin.sin_port);
+}
+
+/* Lower the descriptor limit to the lowest free descriptor (no new socket), or restore it. */
+static void
+no_more_fds(int on)
+{
+	static struct rlimit saved;
+	struct rlimit low;
+	int fd;
+
+	if (!on) {
+		setrlimit(RLIMIT_NOFILE, &saved);
+		return;
+	}
+	fd = dup(0);
+	close(fd);
+	getrlimit(RLIMIT_NOFILE, &saved);
+	low = saved;
+	low.rlim_cur = (rlim_t)fd;
+	setrlimit(RLIMIT_NOFILE, &low);
+}
+
+/* ---- the client side: one answer ---- */
+
+struct result {
+	int			 calls;
+	int			 started;	/* authhttp_start has returned */
+	int			 early;		/* the callback came before that */
+	int			 cancel_in_cb;	/* call authhttp_cancel from the callback */
+	struct authhttp		*h;
+	struct authhttp_answer	 a;		/* copy; user and pass below */
+	int			 has_user, has_pass;
+	char			 user[512];
+	char			 pass[512];
+	size_t			 passlen;
+	struct timeval		 at;
+};
+
+/* The callback: copy the answer (it is gone after return). */
+static void
+result_cb(const struct authhttp_answer *a, void *arg)
+{
+	struct result *res = arg;
+
+	res->calls++;
+	if (!res->started)
+		res->early = 1;
+	res->a = *a;
+	res->a.user = res->a.pass = NULL;
+	if (a->user != NULL) {
+		res->has_user = 1;
+		snprintf(res->user, sizeof(res->user), "%s", a->user);
+	}
+	if (a->pass != NULL && a->passlen < sizeof(res->pass)) {
+		res->has_pass = 1;
+		memcpy(res->pass, a->pass, a->passlen);
+		res->passlen = a->passlen;
+	}
+	gettimeofday(&res->at, NULL);
+	if (res->cancel_in_cb)
+		authhttp_cancel(res->h);	/* must do nothing */
+}
+
+/* The usual query: alice/secret, first attempt, plaintext client. */
+static struct authhttp_query
+query_default(void)
+{
+	struct authhttp_query q;
+
+	memset(&q, 0, sizeof(q));
+	q.method = AUTHHTTP_METHOD_PLAIN;
+	q.user = "alice";
+	q.pass = "secret";
+	q.passlen = 6;
+	q.attempt = 1;
+	q.client_ip = "192.0.2.42";
+	return q;
+}
+
+/* Parse "http://127.0.0.1:port<path>" into u. */
+static void
+url_local(struct authhttp_url *u, unsigned port, const char *path)
+{
+	char text[128], err[256];
+
+	snprintf(text, sizeof(text), "http://127.0.0.1:%u%s", port, path);
+	if (authhttp_url_parse(text, u, err, sizeof(err)) != 0) {
+		printf("cannot parse %s: %s\n", text, err);
+		exit(2);
+	}
+}
+
+/* Start one lookup, wait for its answer; returns the start time in *t0. */
+static void
+lookup(const struct authhttp_url *u, uint64_t timeout_ms, const struct authhttp_header *hdrs,
+    size_t nhdrs, const struct authhttp_query *q, struct result *res, struct timeval *t0)
+{
+	struct authhttp_conf c = { u, timeout_ms, hdrs, nhdrs };
+	struct timeval now;
+
+	gettimeofday(t0 != NULL ? t0 : &now, NULL);
+	res->h = authhttp_start(base, &c, q, result_cb, res);
+	res->started = 1;
+	run_until(&res->calls, WAIT_MS);
+}
+
+/* ---- the evhttp server: well-formed answers ---- */
+
+struct reply {
+	int		 code;
+	const char	*hdr[16];	/* name, value, ..., NULL */
+	size_t		 body;		/* body bytes ('b') */
+};
+
+static const struct reply *cur_reply;
+static struct evhttp *http;
+static unsigned http_port;
+static int http_requests;
+static char http_seen_user[256];
+
+/* Answer a request as cur_reply says. */
+static void
+http_handler(struct evhttp_request *req, void *arg)
+{
+	struct evkeyvalq *out = evhttp_request_get_output_headers(req);
+	const char *u = evhttp_find_header(evhttp_request_get_input_headers(req), "Auth-User");
+	struct evbuffer *body = evbuffer_new();
+	size_t i;
+
+	(void)arg;
+	http_requests++;
+	snprintf(http_seen_user, sizeof(http_seen_user), "%s", u != NULL ? u : "");
+	for (i = 0; cur_reply->hdr[i] != NULL; i += 2)
+		evhttp_add_header(out, cur_reply->hdr[i], cur_reply->hdr[i + 1]);
+	if (cur_reply->body > 0) {
+		char *b = malloc(cur_reply->body);
+
+		memset(b, 'b', cur_reply->body);
+		evbuffer_add(body, b, cur_reply->body);
+		free(b);
+	}
+	evhttp_send_reply(req, cur_reply->code, "Scripted", body);
+	evbuffer_free(body);
+}
+
+/* The port a listening socket is bound to. */
+static unsigned
+bound_port(evutil_socket_t fd)
+{
+	struct sockaddr_in sin;
+	socklen_t len = sizeof(sin);
+
+	getsockname(fd, (struct sockaddr *)&sin, &len);
+	return ntohs(sin.sin_port);
+}
+
+/* Start the evhttp server on an ephemeral port. */
+static void
+http_start(void)
+{
+	struct evhttp_bound_socket *bs;
+
+	http = evhttp_new(base);
+	bs = evhttp_bind_socket_with_handle(http, "127.0.0.1", 0);
+	if (bs == NULL) {
+		printf("cannot bind the evhttp server\n");
+		exit(2);
+	}
+	http_port = bound_port(evhttp_bound_socket_get_fd(bs));
+	evhttp_set_gencb(http, http_handler, NULL);
+}
+
+/* Ask the evhttp server for reply rp. */
+static void
+ask(const struct reply *rp, struct result *res)
+{
+	struct authhttp_url u;
+	struct authhttp_query q = query_default();
+
+	memset(res, 0, sizeof(*res));
+	cur_reply = rp;
+	url_local(&u, http_port, "/auth");
+	lookup(&u, 3000, NULL, 0, &q, res, NULL);
+	authhttp_url_clear(&u);
+	run_for(5);	/* let the server side close */
+}
+
+/* ---- the raw server: broken answers, request capture ---- */
+
+enum raw_mode {
+	RAW_REPLY,		/* after the request: send reply, then close */
+	RAW_CLOSE_AT_ONCE,	/* close as soon as accepted */
+	RAW_SILENT,		/* read the request, never answer */
+	RAW_DRIP,		/* a status line, then one header byte every 20 ms */
+	RAW_HUGE,		/* a status line and a 1 MiB header */
+};
+
+struct raw_conn {
+	struct bufferevent	*bev;
+	struct event		*drip;
+	struct raw_server	*srv;
+	LIST_ENTRY(raw_conn)	 next;
+};
+
+struct raw_server {
+	struct evconnlistener	*l;
+	unsigned		 port;
+	enum raw_mode		 mode;
+	const char		*reply;
+	char			 req[RAW_REQ_MAX];
+	size_t			 reqlen;
+	int			 got_request;
+	LIST_HEAD(, raw_conn)	 conns;
+};
+
+/* Close one raw connection. */
+static void
+raw_close(struct raw_conn *rc)
+{
+	LIST_REMOVE(rc, next);
+	if (rc->drip != NULL)
+		event_free(rc->drip);
+	bufferevent_free(rc->bev);
+	free(rc);
+}
+
+/* Close once the reply is written. */
+static void
+raw_write_cb(struct bufferevent *bev, void *arg)
+{
+	(void)bev;
+	raw_close(arg);
+}
+
+/* The peer closed or failed. */
+static void
+raw_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	(void)bev;
+	(void)what;
+	raw_close(arg);
+}
+
+/* Send one more header byte. */
+static void
+raw_drip_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct raw_conn *rc = arg;
+
+	(void)fd;
+	(void)what;
+	bufferevent_write(rc->bev, "a", 1);
+}
+
+/* Collect the request; once it is whole, act as the mode says. */
+static void
+raw_read_cb(struct bufferevent *bev, void *arg)
+{
+	struct raw_conn *rc = arg;
+	struct raw_server *s = rc->srv;
+	struct evbuffer *in = bufferevent_get_input(bev);
+	size_t n = evbuffer_get_length(in);
+
+	if (n > RAW_REQ_MAX - s->reqlen)
+		n = RAW_REQ_MAX - s->reqlen;
+	evbuffer_remove(in, s->req + s->reqlen, n);
+	s->reqlen += n;
+	if (s->got_request || memmem(s->req, s->reqlen, "\r\n\r\n", 4) == NULL)
+		return;
+	s->got_request = 1;
+	switch (s->mode) {
+	case RAW_REPLY:
+		if (s->reply[0] == '\0') {
+			raw_close(rc);
+			return;
+		}
+		bufferevent_setcb(bev, NULL, raw_write_cb, raw_event_cb, rc);
+		bufferevent_write(bev, s->reply, strlen(s->reply));
+		break;
+	case RAW_DRIP: {
+		struct timeval tv = { 0, 20000 };
+
+		bufferevent_write(bev, "HTTP/1.0 200 OK\r\nX-Drip: ", 25);
+		rc->drip = event_new(base, -1, EV_PERSIST, raw_drip_cb, rc);
+		evtimer_add(rc->drip, &tv);
+		break;
+	}
+	case RAW_HUGE: {
+		char *big = malloc(HUGE_HEADER);
+
+		memset(big, 'h', HUGE_HEADER);
+		bufferevent_write(bev, "HTTP/1.0 200 OK\r\nX-Huge: ", 25);
+		bufferevent_write(bev, big, HUGE_HEADER);
+		bufferevent_write(bev, "\r\nAuth-Status: OK\r\n\r\n", 21);
+		free(big);
+		break;
+	}
+	case RAW_SILENT:
+	case RAW_CLOSE_AT_ONCE:
+		break;
+	}
+}
+
+/* A connection arrived. */
+static void
+raw_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
+    void *arg)
+{
+	struct raw_server *s = arg;
+	struct raw_conn *rc = calloc(1, sizeof(*rc));
+
+	(void)l;
+	(void)sa;
+	(void)salen;
+	rc->srv = s;
+	rc->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
+	LIST_INSERT_HEAD(&s->conns, rc, next);
+	if (s->mode == RAW_CLOSE_AT_ONCE) {
+		raw_close(rc);
+		return;
+	}
+	bufferevent_setcb(rc->bev, raw_read_cb, NULL, raw_event_cb, rc);
+	bufferevent_enable(rc->bev, EV_READ | EV_WRITE);
+}
+
+/* Start a raw server in mode m answering reply (RAW_REPLY). */
+static struct raw_server *
+raw_start(enum raw_mode m, const char *reply)
+{
+	struct raw_server *s = calloc(1, sizeof(*s));
+	struct sockaddr_in sin;
+
+	memset(&sin, 0, sizeof(sin));
+	sin.sin_family = AF_INET;
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	s->mode = m;
+	s->reply = reply != NULL ? reply : "";
+	LIST_INIT(&s->conns);
+	s->l = evconnlistener_new_bind(base, raw_accept_cb, s,
+	    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, 16, (struct sockaddr *)&sin, sizeof(sin));
+	if (s->l == NULL) {
+		printf("cannot bind a raw server\n");
+		exit(2);
+	}
+	s->port = bound_port(evconnlistener_get_fd(s->l));
+	return s;
+}
+
+/* Stop a raw server and close its connections. */
+static void
+raw_stop(struct raw_server *s)
+{
+	while (!LIST_EMPTY(&s->conns))
+		raw_close(LIST_FIRST(&s->conns));
+	evconnlistener_free(s->l);
+	free(s);
+}
+
+/* Ask a raw server in mode m (reply for RAW_REPLY) with timeout_ms. */
+static void
+ask_raw(enum raw_mode m, const char *reply, uint64_t timeout_ms, struct result *res,
+    struct timeval *t0)
+{
+	struct raw_server *s = raw_start(m, reply);
+	struct authhttp_url u;
+	struct authhttp_query q = query_default();
+
+	memset(res, 0, sizeof(*res));
+	url_local(&u, s->port, "/auth");
+	lookup(&u, timeout_ms, NULL, 0, &q, res, t0);
+	authhttp_url_clear(&u);
+	raw_stop(s);
+}
+
+/* ---- tests ---- */
+
+/* URLs: what is accepted, how it is split, what is refused and why. */
+static void
+test_url(void)
+{
+	static const char *const bad[] = {
+		"https://127.0.0.1/auth", "ftp://127.0.0.1/", "unix:/run/auth.sock", "",
+		"http://", "http://127.0.0.1:0/", "127.0.0.1:65536/", "127.0.0.1:12a/",
+		"127.0.0.1:/", "user@127.0.0.1/", "127.0.0.1/a b", "127.0.0.1/a\x01",
+		"127.0.0.1/a#frag", "127.0.0.1/\xc3\xa9", "[::1/x", "[zz]:80/", "[]:80/",
+		"127.0.0.1x:80", "[::1]x/", "host.invalid./auth", "a_b c/",
+	};
+	struct authhttp_url u;
+	char err[AUTHHTTP_PATH_MAX + 512], longurl[AUTHHTTP_PATH_MAX + 16];
+	size_t i;
+
+	CHECK(authhttp_url_parse("http://127.0.0.1:9000/auth", &u, err, sizeof(err)) == 0, "%s", err);
+	CHECK(strcmp(u.host, "127.0.0.1") == 0 && u.port == 9000 && strcmp(u.path, "/auth") == 0 &&
+	    strcmp(u.hostport, "127.0.0.1:9000") == 0 && strcmp(u.ip, "127.0.0.1") == 0,
+	    "split %s %u %s %s %s", u.host, u.port, u.path, u.hostport, u.ip);
+	authhttp_url_clear(&u);
+
+	CHECK(authhttp_url_parse("127.0.0.1/cgi/auth.cgi?a=1&b=%20", &u, err, sizeof(err)) == 0,
+	    "%s", err);
+	CHECK(u.port == 80 && strcmp(u.path, "/cgi/auth.cgi?a=1&b=%20") == 0,
+	    "default port and query: %u %s", u.port, u.path);
+	authhttp_url_clear(&u);
+
+	CHECK(authhttp_url_parse("HTTP://[::1]:8080?x=1", &u, err, sizeof(err)) == 0, "%s", err);
+	CHECK(strcmp(u.host, "[::1]") == 0 && strcmp(u.ip, "::1") == 0 && u.port == 8080 &&
+	    strcmp(u.path, "/?x=1") == 0 && strcmp(u.hostport, "[::1]:8080") == 0,
+	    "IPv6: %s %s %u %s", u.host, u.ip, u.port, u.path);
+	authhttp_url_clear(&u);
+
+	CHECK(authhttp_url_parse("http://localhost:1", &u, err, sizeof(err)) == 0, "%s", err);
+	CHECK(strcmp(u.host, "localhost") == 0 && strcmp(u.path, "/") == 0 &&
+	    (strcmp(u.ip, "127.0.0.1") == 0 || strcmp(u.ip, "::1") == 0),
+	    "name resolved: %s %s", u.host, u.ip);
+	authhttp_url_clear(&u);
+	authhttp_url_clear(&u);		/* twice is harmless */
+
+	memcpy(longurl, "127.0.0.1/", 10);
+	memset(longurl + 10, 'p', AUTHHTTP_PATH_MAX - 1);
+	longurl[10 + AUTHHTTP_PATH_MAX - 1] = '\0';
+	CHECK(authhttp_url_parse(longurl, &u, err, sizeof(err)) == 0 &&
+	    strlen(u.path) == AUTHHTTP_PATH_MAX, "a path of %d bytes: %s", AUTHHTTP_PATH_MAX, err);
+	authhttp_url_clear(&u);
+	strcat(longurl, "p");
+	CHECK(authhttp_url_parse(longurl, &u, err, sizeof(err)) == -1 &&
+	    strstr(err, "path longer than") != NULL, "a path one byte too long");
+
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		err[0] = '\0';
+		CHECK(authhttp_url_parse(bad[i], &u, err, sizeof(err)) == -1,
+		    "\"%s\" should be refused", bad[i]);
+		CHECK(strstr(err, "auth_http URL") != NULL, "\"%s\": message \"%s\"", bad[i], err);
+		CHECK(u.host == NULL && u.path == NULL && u.ip == NULL, "nothing left allocated");
+	}
+	authhttp_url_parse("https://x/", &u, err, sizeof(err));
+	CHECK(strstr(err, "https is not supported") != NULL, "https message: %s", err);
+	authhttp_url_parse("127.0.0.1:0/", &u, err, sizeof(err));
+	CHECK(strstr(err, "port must be 1-65535") != NULL, "port message: %s", err);
+}
+
+/* auth_http_header names and values. */
+static void
+test_header_check(void)
+{
+	char err[256], big[1024 + 2];
+
+	CHECK(authhttp_header_check("X-Auth-Key", "secret string", err, sizeof(err)) == 0, "%s", err);
+	CHECK(authhttp_header_check("Auth-Secret", "x", err, sizeof(err)) == 0, "%s", err);
+	CHECK(authhttp_header_check("", "x", err, sizeof(err)) == -1, "empty name");
+	CHECK(authhttp_header_check("X Key", "x", err, sizeof(err)) == -1, "space in name");
+	CHECK(authhttp_header_check("X:Key", "x", err, sizeof(err)) == -1, "colon in name");
+	CHECK(authhttp_header_check("auth-pass", "x", err, sizeof(err)) == -1, "our own header");
+	CHECK(strstr(err, "sends that header itself") != NULL, "message: %s", err);
+	CHECK(authhttp_header_check("HOST", "x", err, sizeof(err)) == -1, "Host");
+	CHECK(authhttp_header_check("X-Key", "a\r\nAuth-Pass: x", err, sizeof(err)) == -1, "CRLF");
+	CHECK(authhttp_header_check("X-Key", "a\x01", err, sizeof(err)) == -1, "control byte");
+	memset(big, 'v', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	CHECK(authhttp_header_check("X-Key", big, err, sizeof(err)) == -1, "value too long");
+	big[sizeof(big) - 2] = '\0';
+	CHECK(authhttp_header_check("X-Key", big, err, sizeof(err)) == 0, "value at the limit");
+}
+
+/* An OK answer: IPv4, IPv6, [IPv6], overrides, a 204 answer, a body ignored. */
+static void
+test_ok(void)
+{
+	static const struct reply v4 = { 200, { "Auth-Status", "OK", "Auth-Server", "127.0.0.2",
+	    "Auth-Port", "143", NULL }, 0 };
+	static const struct reply v6 = { 200, { "auth-status", "OK", "AUTH-SERVER", "2001:db8::7",
+	    "Auth-Port", "993", "Auth-Wait", "4", NULL }, 0 };
+	static const struct reply v6b = { 200, { "Auth-Status", "OK", "Auth-Server", "[::1]",
+	    "Auth-Port", "1", NULL }, 0 };
+	static const struct reply over = { 200, { "Auth-Status", "OK", "Auth-Server", "10.0.0.1",
+	    "Auth-Port", "65535", "Auth-User", "bob@example.org", "Auth-Pass", "p%20w d",
+	    "Auth-Server", "10.0.0.9", NULL }, 0 };
+	static const struct reply nocontent = { 204, { "Auth-Status", "OK", "Auth-Server",
+	    "192.0.2.1", "Auth-Port", "143", NULL }, 0 };
+	static const struct reply body = { 200, { "Auth-Status", "OK", "Auth-Server", "192.0.2.1",
+	    "Auth-Port", "143", NULL }, 1024 * 1024 };
+	struct result res;
+	struct sockaddr_in *sin = (struct sockaddr_in *)&res.a.server;
+	struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&res.a.server;
+	char ip[INET6_ADDRSTRLEN];
+
+	ask(&v4, &res);
+	CHECK(res.calls == 1 && res.a.outcome == AUTHHTTP_OK, "v4: calls %d outcome %d (%s)",
+	    res.calls, res.a.outcome, res.a.reason);
+	CHECK(res.a.error == AUTHHTTP_E_NONE && res.a.http_status == 200, "v4 error/status");
+	CHECK(sin->sin_family == AF_INET && ntohs(sin->sin_port) == 143 &&
+	    sin->sin_addr.s_addr == htonl(0x7f000002) && res.a.serverlen == sizeof(*sin),
+	    "v4 address");
+	CHECK(!res.has_user && !res.has_pass && !res.a.has_wait, "v4: no overrides, no wait");
+	CHECK(strcmp(http_seen_user, "alice") == 0, "the server saw Auth-User %s", http_seen_user);
+
+	ask(&v6, &res);
+	inet_ntop(AF_INET6, &sin6->sin6_addr, ip, sizeof(ip));
+	CHECK(res.a.outcome == AUTHHTTP_OK && sin6->sin6_family == AF_INET6 &&
+	    strcmp(ip, "2001:db8::7") == 0 && ntohs(sin6->sin6_port) == 993 &&
+	    res.a.serverlen == sizeof(*sin6), "v6 (names without case): %s %s", ip, res.a.reason);
+	CHECK(!res.a.has_wait, "Auth-Wait is not reported with OK");
+
+	ask(&v6b, &res);
+	inet_ntop(AF_INET6, &sin6->sin6_addr, ip, sizeof(ip));
+	CHECK(res.a.outcome == AUTHHTTP_OK && strcmp(ip, "::1") == 0 &&
+	    ntohs(sin6->sin6_port) == 1, "[v6]: %s %s", ip, res.a.reason);
+
+	ask(&over, &res);
+	CHECK(res.a.outcome == AUTHHTTP_OK && ntohs(sin->sin_port) == 65535 &&
+	    sin->sin_addr.s_addr == htonl(0x0a000009), "the last Auth-Server counts: %s",
+	    res.a.reason);
+	CHECK(res.has_user && strcmp(res.user, "bob@example.org") == 0, "Auth-User override");
+	CHECK(res.has_pass && res.passlen == 7 && memcmp(res.pass, "p%20w d", 7) == 0,
+	    "Auth-Pass override verbatim (not unescaped)");
+
+	ask(&nocontent, &res);
+	CHECK(res.a.outcome == AUTHHTTP_OK && res.a.http_status == 204, "204: %s", res.a.reason);
+
+	ask(&body, &res);
+	CHECK(res.a.outcome == AUTHHTTP_OK, "a 1 MiB body is not read: %s", res.a.reason);
+}
+
+/* Denials, WAIT, and how Auth-Status text and Auth-Wait are kept. */
+static void
+test_denied(void)
+{
+	static const struct reply wait3 = { 200, { "Auth-Status", "Invalid login or password",
+	    "Auth-Wait", "3", NULL }, 0 };
+	static const struct reply nowait = { 200, { "Auth-Status", "Invalid login", NULL }, 0 };
+	static const struct reply badwait = { 200, { "Auth-Status", "No", "Auth-Wait", "2",
+	    "Auth-Wait", "x1", NULL }, 0 };
+	static const struct reply bigwait = { 200, { "Auth-Status", "No", "Auth-Wait",
+	    "99999999999999999999", NULL }, 0 };
+	static const struct reply dirty = { 200, { "Auth-Status", "Bad\x01login \xc3\xa9\x7f!",
+	    NULL }, 0 };
+	static const struct reply forbidden = { 403, { "Auth-Status", "Go away", NULL }, 0 };
+	static const struct reply mixed = { 200, { "Auth-Status", "Temporary failure",
+	    "Auth-Status", "OK", "Auth-Server", "127.0.0.1", "Auth-Port", "143", NULL }, 0 };
+	static const struct reply lower = { 200, { "Auth-Status", "ok", "Auth-Server", "127.0.0.1",
+	    "Auth-Port", "143", NULL }, 0 };
+	static const struct reply retry = { 200, { "Auth-Status", "WAIT", "Auth-Wait", "2",
+	    NULL }, 0 };
+	static struct reply longtext = { 200, { "Auth-Status", NULL, NULL }, 0 };
+	static char text[400];
+	struct result res;
+
+	ask(&wait3, &res);
+	CHECK(res.a.outcome == AUTHHTTP_DENIED && res.a.error == AUTHHTTP_E_NONE,
+	    "denied: %d %s", res.a.outcome, res.a.reason);
+	CHECK(strcmp(res.a.status, "Invalid login or password") == 0, "status \"%s\"", res.a.status);
+	CHECK(res.a.has_wait && res.a.wait_s == 3, "Auth-Wait 3: %d %u", res.a.has_wait, res.a.wait_s);
+
+	ask(&nowait, &res);
+	CHECK(res.a.outcome == AUTHHTTP_DENIED && !res.a.has_wait, "no Auth-Wait");
+
+	ask(&badwait, &res);
+	CHECK(res.a.has_wait && res.a.wait_s == 2, "a bad Auth-Wait is ignored: %u", res.a.wait_s);
+
+	ask(&bigwait, &res);
+	CHECK(res.a.has_wait && res.a.wait_s == AUTHHTTP_WAIT_MAX, "Auth-Wait cut to %u",
+	    res.a.wait_s);
+
+	ask(&dirty, &res);
+	CHECK(strcmp(res.a.status, "Bad?login ?\?\?!") == 0, "printable only: \"%s\"", res.a.status);
+
+	ask(&forbidden, &res);
+	CHECK(res.a.outcome == AUTHHTTP_DENIED && res.a.http_status == 403 &&
+	    strcmp(res.a.status, "Go away") == 0, "a 403 denial is a denial: %s", res.a.reason);
+
+	ask(&mixed, &res);
+	CHECK(res.a.outcome == AUTHHTTP_DENIED && strcmp(res.a.status, "Temporary failure") == 0,
+	    "a denial beside OK wins (nginx): %d", res.a.outcome);
+
+	ask(&lower, &res);
+	CHECK(res.a.outcome == AUTHHTTP_DENIED && strcmp(res.a.status, "ok") == 0,
+	    "\"ok\" is not OK (nginx compares with case)");
+
+	ask(&retry, &res);
+	CHECK(res.a.outcome == AUTHHTTP_RETRY && res.a.has_wait && res.a.wait_s == 2,
+	    "WAIT: %d %u", res.a.outcome, res.a.wait_s);
+
+	memset(text, 'x', sizeof(text) - 1);
+	longtext.hdr[1] = text;
+	ask(&longtext, &res);
+	CHECK(res.a.outcome == AUTHHTTP_DENIED && strlen(res.a.status) == AUTHHTTP_STATUS_MAX,
+	    "status cut to %zu", strlen(res.a.status));
+}
+
+/* Answers that are HTTP but not usable. */
+static void
+test_bad_answers(void)
+{
+	static const struct reply e500 = { 500, { NULL }, 0 };
+	static const struct reply e502ok = { 502, { "Auth-Status", "OK", "Auth-Server", "127.0.0.1",
+	    "Auth-Port", "143", NULL }, 0 };
+	static const struct reply nostatus = { 200, { "Auth-Server", "127.0.0.1", "Auth-Port", "143",
+	    NULL }, 0 };
+	static const struct reply noserver = { 200, { "Auth-Status", "OK", "Auth-Port", "143",
+	    NULL }, 0 };
+	static const struct reply noport = { 200, { "Auth-Status", "OK", "Auth-Server", "127.0.0.1",
+	    NULL }, 0 };
+	static const char *const servers[] = { "mail.example.org", "1.2.3", "", "[1.2.3.4]",
+	    "::1%lo", "127.0.0.1:143", "256.1.1.1" };
+	static const char *const ports[] = { "abc", "0", "65536", "-1", "143x", "1433333", "" };
+	static struct reply r = { 200, { "Auth-Status", "OK", "Auth-Server", NULL, "Auth-Port",
+	    NULL, NULL }, 0 };
+	struct result res;
+	size_t i;
+
+	ask(&e500, &res);
+	CHECK(res.a.outcome == AUTHHTTP_ERROR && res.a.error == AUTHHTTP_E_HTTP_STATUS &&
+	    res.a.http_status == 500, "500: %d %s", res.a.error, res.a.reason);
+	ask(&e502ok, &res);
+	CHECK(res.a.error == AUTHHTTP_E_HTTP_STATUS, "502 with OK is not OK: %s", res.a.reason);
+	ask(&nostatus, &res);
+	CHECK(res.a.error == AUTHHTTP_E_NO_STATUS, "no Auth-Status: %s", res.a.reason);
+	ask(&noserver, &res);
+	CHECK(res.a.error == AUTHHTTP_E_SERVER, "no Auth-Server: %s", res.a.reason);
+	ask(&noport, &res);
+	CHECK(res.a.error == AUTHHTTP_E_PORT, "no Auth-Port: %s", res.a.reason);
+
+	r.hdr[5] = "143";
+	for (i = 0; i < sizeof(servers) / sizeof(servers[0]); i++) {
+		r.hdr[3] = servers[i];
+		ask(&r, &res);
+		CHECK(res.a.outcome == AUTHHTTP_ERROR && res.a.error == AUTHHTTP_E_SERVER,
+		    "Auth-Server \"%s\": %d %s", servers[i], res.a.error, res.a.reason);
+	}
+	ask(&r, &res);
+	CHECK(strstr(res.a.reason, "not an IP address") != NULL, "reason: %s", res.a.reason);
+	r.hdr[3] = "127.0.0.1";
+	for (i = 0; i < sizeof(ports) / sizeof(ports[0]); i++) {
+		r.hdr[5] = ports[i];
+		ask(&r, &res);
+		CHECK(res.a.outcome == AUTHHTTP_ERROR && res.a.error == AUTHHTTP_E_PORT,
+		    "Auth-Port \"%s\": %d %s", ports[i], res.a.error, res.a.reason);
+	}
+}
+
+/* Broken servers: each failure is its own kind, with no hang. */
+static void
+test_broken(void)
+{
+	struct result res;
+	struct timeval t0;
+	long ms;
+	struct authhttp_url u;
+	struct authhttp_query q = query_default();
+
+	ask_raw(RAW_REPLY, "HTTP/1.0 200 OK\r\nAuth-Status: OK\r\nAuth-Ser", 3000, &res, NULL);
+	CHECK(res.a.error == AUTHHTTP_E_CLOSED && strstr(res.a.reason, "middle") != NULL,
+	    "closed mid-headers: %d %s", res.a.error, res.a.reason);
+	ask_raw(RAW_REPLY, "", 3000, &res, NULL);
+	CHECK(res.a.error == AUTHHTTP_E_CLOSED && strstr(res.a.reason, "without") != NULL,
+	    "closed without answer: %d %s", res.a.error, res.a.reason);
+	ask_raw(RAW_CLOSE_AT_ONCE, NULL, 3000, &res, NULL);
+	CHECK(res.a.error == AUTHHTTP_E_CLOSED, "closed at once: %d %s", res.a.error, res.a.reason);
+	ask_raw(RAW_REPLY, "SSH-2.0-OpenSSH_9.6\r\n\r\n", 3000, &res, NULL);
+	CHECK(res.a.error == AUTHHTTP_E_PROTOCOL, "garbage: %d %s", res.a.error, res.a.reason);
+	ask_raw(RAW_REPLY, "Auth-Status: OK\r\nAuth-Server: 127.0.0.1\r\nAuth-Port: 143\r\n\r\n",
+	    3000, &res, NULL);
+	CHECK(res.a.error == AUTHHTTP_E_PROTOCOL, "no status line: %d %s", res.a.error, res.a.reason);
+	ask_raw(RAW_REPLY, "HTTP/2.0 200 OK\r\nAuth-Status: OK\r\n\r\n", 3000, &res, NULL);
+	CHECK(res.a.error == AUTHHTTP_E_PROTOCOL, "HTTP/2.0: %d %s", res.a.error, res.a.reason);
+	ask_raw(RAW_REPLY, "HTTP/1.0 200 OK\r\nno colon here\r\n\r\n", 3000, &res, NULL);
+	CHECK(res.a.error == AUTHHTTP_E_PROTOCOL, "bad header: %d %s", res.a.error, res.a.reason);
+	ask_raw(RAW_HUGE, NULL, 3000, &res, NULL);
+	CHECK(res.a.error == AUTHHTTP_E_TOO_LARGE, "1 MiB header: %d %s", res.a.error, res.a.reason);
+
+	ask_raw(RAW_SILENT, NULL, 300, &res, &t0);
+	ms = ms_between(&t0, &res.at);
+	CHECK(res.calls == 1 && res.a.error == AUTHHTTP_E_TIMEOUT, "silent: %d %s", res.a.error,
+	    res.a.reason);
+	CHECK(ms >= 295 && ms < 800, "timeout of 300 ms fired after %ld ms", ms);
+
+	ask_raw(RAW_DRIP, NULL, 400, &res, &t0);
+	ms = ms_between(&t0, &res.at);
+	CHECK(res.a.error == AUTHHTTP_E_TIMEOUT, "drip: %d %s", res.a.error, res.a.reason);
+	CHECK(ms >= 395 && ms < 900, "a slow drip cannot stretch the timeout: %ld ms", ms);
+
+	memset(&res, 0, sizeof(res));
+	url_local(&u, dead_port(), "/");
+	lookup(&u, 3000, NULL, 0, &q, &res, NULL);
+	CHECK(res.calls == 1 && res.a.error == AUTHHTTP_E_CONNECT, "refused: %d %s", res.a.error,
+	    res.a.reason);
+	CHECK(!res.early, "the callback came from inside authhttp_start");
+	run_for(50);
+	CHECK(res.calls == 1, "exactly one callback for a refused connect: %d", res.calls);
+	authhttp_url_clear(&u);
+
+	/*
+	 * No descriptor left: libevent fails the connect inside
+	 * evhttp_make_request and calls back at once; the answer must still
+	 * come from the loop, after authhttp_start has returned.
+	 */
+	url_local(&u, http_port, "/");
+	memset(&res, 0, sizeof(res));
+	no_more_fds(1);
+	lookup(&u, 3000, NULL, 0, &q, &res, NULL);
+	no_more_fds(0);
+	CHECK(res.calls == 1 && res.a.error == AUTHHTTP_E_CONNECT && !res.early,
+	    "no socket: calls %d error %d early %d", res.calls, res.a.error, res.early);
+	run_for(20);
+	CHECK(res.calls == 1, "exactly one callback without a socket: %d", res.calls);
+	authhttp_url_clear(&u);
+}
+
+/* The expected escaping of s, written from nginx's NGX_ESCAPE_MAIL_AUTH table. */
+static size_t
+expect_escape(const unsigned char *s, size_t len, char *out)
+{
+	size_t i, n = 0;
+
+	for (i = 0; i < len; i++) {
+		if (s[i] <= 0x20 || s[i] == 0x25)
+			n += (size_t)sprintf(out + n, "%%%02X", s[i]);
+		else
+			out[n++] = (char)s[i];
+	}
+	out[n] = '\0';
+	return n;
+}
+
+/* The request, byte for byte: headers, order, escaping of every byte. */
+static void
+test_request_bytes(void)
+{
+	static const struct authhttp_header extra[] = { { "X-Auth-Key", "secret string" } };
+	static const char reply[] = "HTTP/1.0 200 OK\r\nAuth-Status: OK\r\n"
+	    "Auth-Server: 127.0.0.1\r\nAuth-Port: 143\r\n\r\n";
+	unsigned char pass[256];
+	const char *user = "us er%\x01\xc3\xa9+=";
+	char *expect = malloc(8192), esc[1024], upath[64];
+	struct raw_server *s;
+	struct authhttp_url u;
+	struct authhttp_query q = query_default();
+	struct result res;
+	size_t i, n;
+
+	for (i = 0; i < 256; i++)
+		pass[i] = (unsigned char)i;
+	n = expect_escape(pass, 256, esc);
+	CHECK(n == 256 + 34 * 2, "34 bytes are escaped: %zu", n);
+	CHECK(strncmp(esc, "%00%01%02", 9) == 0 && strstr(esc, "%1F%20!\"#$%25&'") != NULL &&
+	    strstr(esc, "~\x7f\x80\x81") != NULL, "spot check of the table");
+
+	/* A TLS client behind a PROXY header, attempt 3, one auth_http_header. */
+	s = raw_start(RAW_REPLY, reply);
+	snprintf(upath, sizeof(upath), "/auth?x=1");
+	url_local(&u, s->port, upath);
+	q.user = user;
+	q.pass = (const char *)pass;
+	q.passlen = sizeof(pass);
+	q.attempt = 3;
+	q.ssl = 1;
+	q.ssl_protocol = "TLSv1.3";
+	q.ssl_cipher = "TLS_AES_256_GCM_SHA384";
+	q.pp_addr = "192.0.2.42";
+	q.pp_port = 50000;
+	q.pp_server_addr = "198.51.100.1";
+	q.pp_server_port = 993;
+	memset(&res, 0, sizeof(res));
+	lookup(&u, 3000, extra, 1, &q, &res, NULL);
+	CHECK(res.a.outcome == AUTHHTTP_OK, "answer: %s", res.a.reason);
+	n = (size_t)sprintf(expect, "GET /auth?x=1 HTTP/1.0\r\nHost: 127.0.0.1\r\n"
+	    "Auth-Method: plain\r\nAuth-User: ");
+	n += expect_escape((const unsigned char *)user, strlen(user), expect + n);
+	n += (size_t)sprintf(expect + n, "\r\nAuth-Pass: ");
+	n += expect_escape(pass, sizeof(pass), expect + n);
+	n += (size_t)sprintf(expect + n, "\r\nAuth-Protocol: imap\r\nAuth-Login-Attempt: 3\r\n"
+	    "Client-IP: 192.0.2.42\r\nProxy-Protocol-Addr: 192.0.2.42\r\n"
+	    "Proxy-Protocol-Port: 50000\r\nProxy-Protocol-Server-Addr: 198.51.100.1\r\n"
+	    "Proxy-Protocol-Server-Port: 993\r\nAuth-SSL: on\r\nAuth-SSL-Protocol: TLSv1.3\r\n"
+	    "Auth-SSL-Cipher: TLS_AES_256_GCM_SHA384\r\nX-Auth-Key: secret string\r\n\r\n");
+	CHECK(s->reqlen == n && memcmp(s->req, expect, n) == 0,
+	    "request differs (%zu vs %zu bytes):\n%.*s\n--- expected ---\n%s", s->reqlen, n,
+	    (int)s->reqlen, s->req, expect);
+	CHECK(memmem(s->req, s->reqlen, "Auth-User: us%20er%25%01\xc3\xa9+=\r\n", 30) != NULL,
+	    "Auth-User escaped by hand");
+	authhttp_url_clear(&u);
+	raw_stop(s);
+
+	/* A plaintext client, an OAuth token: no Auth-SSL, still "plain". */
+	s = raw_start(RAW_REPLY, reply);
+	url_local(&u, s->port, "");
+	q = query_default();
+	q.method = AUTHHTTP_METHOD_OAUTH;
+	q.user = "alice@example.org";
+	q.pass = "ya29.a0Af-token";
+	q.passlen = strlen(q.pass);
+	memset(&res, 0, sizeof(res));
+	lookup(&u, 3000, NULL, 0, &q, &res, NULL);
+	strcpy(expect, "GET / HTTP/1.0\r\nHost: 127.0.0.1\r\nAuth-Method: plain\r\n"
+	    "Auth-User: alice@example.org\r\nAuth-Pass: ya29.a0Af-token\r\nAuth-Protocol: imap\r\n"
+	    "Auth-Login-Attempt: 1\r\nClient-IP: 192.0.2.42\r\n\r\n");
+	CHECK(s->reqlen == strlen(expect) && memcmp(s->req, expect, s->reqlen) == 0,
+	    "plain request:\n%.*s", (int)s->reqlen, s->req);
+	authhttp_url_clear(&u);
+	raw_stop(s);
+	free(expect);
+}
+
+/* Queries that cannot be sent fail through the callback, from the loop. */
+static void
+test_bad_query(void)
+{
+	struct authhttp_url u;
+	struct authhttp_query q = query_default();
+	struct result res;
+	char *big = malloc(AUTHHTTP_CRED_MAX + 2);
+
+	url_local(&u, http_port, "/");
+	q.client_ip = "192.0.2.1\r\nAuth-Pass: x";
+	memset(&res, 0, sizeof(res));
+	lookup(&u, 1000, NULL, 0, &q, &res, NULL);
+	CHECK(res.calls == 1 && res.a.error == AUTHHTTP_E_REQUEST && !res.early,
+	    "CRLF in Client-IP: %d %s", res.a.error, res.a.reason);
+
+	q = query_default();
+	q.client_ip = NULL;
+	memset(&res, 0, sizeof(res));
+	lookup(&u, 1000, NULL, 0, &q, &res, NULL);
+	CHECK(res.a.error == AUTHHTTP_E_REQUEST, "no Client-IP: %s", res.a.reason);
+
+	q = query_default();
+	memset(big, 'p', AUTHHTTP_CRED_MAX + 1);
+	q.pass = big;
+	q.passlen = AUTHHTTP_CRED_MAX + 1;
+	memset(&res, 0, sizeof(res));
+	lookup(&u, 1000, NULL, 0, &q, &res, NULL);
+	CHECK(res.a.error == AUTHHTTP_E_REQUEST && !res.early, "password too long: %s",
+	    res.a.reason);
+	authhttp_url_clear(&u);
+	free(big);
+}
+
+/* Cancel: before connecting, mid-request, after a decided answer, inside the callback. */
+static void
+test_cancel(void)
+{
+	static const struct reply ok = { 200, { "Auth-Status", "OK", "Auth-Server", "127.0.0.1",
+	    "Auth-Port", "143", NULL }, 0 };
+	struct raw_server *s = raw_start(RAW_SILENT, NULL);
+	struct authhttp_url u, dead;
+	struct authhttp_query q = query_default();
+	struct authhttp_conf c = { &u, 2000, NULL, 0 };
+	struct result res;
+
+	authhttp_cancel(NULL);
+	url_local(&u, s->port, "/auth");
+
+	memset(&res, 0, sizeof(res));
+	res.h = authhttp_start(base, &c, &q, result_cb, &res);
+	authhttp_cancel(res.h);
+	run_for(100);
+	CHECK(res.calls == 0, "cancelled before connect, yet called back");
+
+	memset(&res, 0, sizeof(res));
+	s->got_request = 0;
+	s->reqlen = 0;
+	res.h = authhttp_start(base, &c, &q, result_cb, &res);
+	run_until(&s->got_request, WAIT_MS);
+	CHECK(s->got_request, "the silent server got the request");
+	authhttp_cancel(res.h);
+	run_for(100);
+	CHECK(res.calls == 0, "cancelled mid-request, yet called back");
+	authhttp_url_clear(&u);
+	raw_stop(s);
+
+	/* Cancel before a refusal arrives. */
+	url_local(&dead, dead_port(), "/");
+	c.url = &dead;
+	memset(&res, 0, sizeof(res));
+	res.h = authhttp_start(base, &c, &q, result_cb, &res);
+	authhttp_cancel(res.h);
+	run_for(50);
+	CHECK(res.calls == 0, "cancelled before the refusal, yet called back");
+	authhttp_url_clear(&dead);
+
+	/* Decided inside authhttp_start (no socket to be had), cancelled before delivery. */
+	url_local(&u, http_port, "/");
+	c.url = &u;
+	memset(&res, 0, sizeof(res));
+	no_more_fds(1);
+	res.h = authhttp_start(base, &c, &q, result_cb, &res);
+	no_more_fds(0);
+	authhttp_cancel(res.h);
+	run_for(50);
+	CHECK(res.calls == 0, "cancelled after a decided answer, yet called back");
+	authhttp_url_clear(&u);
+
+	/* Cancel from inside the callback does nothing; the request is freed after it. */
+	memset(&res, 0, sizeof(res));
+	res.cancel_in_cb = 1;
+	cur_reply = &ok;
+	url_local(&u, http_port, "/");
+	c.url = &u;
+	res.h = authhttp_start(base, &c, &q, result_cb, &res);
+	res.started = 1;
+	run_until(&res.calls, WAIT_MS);
+	run_for(20);
+	CHECK(res.calls == 1 && res.a.outcome == AUTHHTTP_OK, "cancel inside the callback: %d %s",
+	    res.calls, res.a.reason);
+	authhttp_url_clear(&u);
+}
+
+/* Many requests one after another leave no descriptor behind. */
+static void
+test_no_fd_growth(void)
+{
+	static const struct reply ok = { 200, { "Auth-Status", "OK", "Auth-Server", "127.0.0.1",
+	    "Auth-Port", "143", NULL }, 0 };
+	struct authhttp_url u;
+	struct authhttp_query q = query_default();
+	struct result res;
+	int before, after, i, good = 0;
+
+	cur_reply = &ok;
+	url_local(&u, http_port, "/auth");
+	run_for(20);
+	before = count_fds();
+	http_requests = 0;
+	for (i = 0; i < SEQ_REQUESTS; i++) {
+		memset(&res, 0, sizeof(res));
+		lookup(&u, 3000, NULL, 0, &q, &res, NULL);
+		if (res.calls == 1 && res.a.outcome == AUTHHTTP_OK)
+			good++;
+	}
+	run_for(50);
+	after = count_fds();
+	CHECK(good == SEQ_REQUESTS && http_requests == SEQ_REQUESTS, "%d of %d OK, %d served",
+	    good, SEQ_REQUESTS, http_requests);
+	CHECK(before > 0 && after == before, "descriptors: %d before, %d after", before, after);
+	authhttp_url_clear(&u);
+}
+
+int
+main(void)
+{
+	signal(SIGPIPE, SIG_IGN);	/* as imapgate does: servers write to closed peers */
+	base = event_base_new();
+	http_start();
+
+	test_url();
+	test_header_check();
+	test_ok();
+	test_denied();
+	test_bad_answers();
+	test_broken();
+	test_request_bytes();
+	test_bad_query();
+	test_cancel();
+	test_no_fd_growth();
+
+	evhttp_free(http);
+	event_base_free(base);
+	printf("%d checks, %d failures\n", checks, failures);
+	return failures ? 1 : 0;
+}
