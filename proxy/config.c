@@ -16,8 +16,10 @@
 
 #include <yaml.h>
 
+#include "authhttp.h"
 #include "config.h"
 #include "netaddr.h"
+#include "usermap.h"
 #include "tls.h"
 
 #define CONFIG_MAX_FILE		(4u * 1024 * 1024)	/* bytes of YAML read at most */
@@ -135,6 +137,37 @@ static const struct config_word config_balance_words[] = {
 	{ "round-robin", CONFIG_BALANCE_ROUND_ROBIN, NULL },
 	{ "least-connections", CONFIG_BALANCE_LEAST_CONNECTIONS, NULL },
 	{ "source-ip", CONFIG_BALANCE_SOURCE_IP, NULL },
+	{ NULL, 0, NULL },
+};
+
+static const struct config_word config_route_words[] = {
+	{ "connect", CONFIG_ROUTE_CONNECT, NULL },
+	{ "login", CONFIG_ROUTE_LOGIN, NULL },
+	{ NULL, 0, NULL },
+};
+
+static const struct config_word config_lookup_words[] = {
+	{ "hash", CONFIG_LOOKUP_HASH, NULL },
+	{ "static", CONFIG_LOOKUP_STATIC, NULL },
+	{ "http", CONFIG_LOOKUP_HTTP, NULL },
+	{ NULL, 0, NULL },
+};
+
+static const struct config_word config_lookup_key_words[] = {
+	{ "user", CONFIG_LOOKUP_KEY_USER, NULL },
+	{ "domain", CONFIG_LOOKUP_KEY_DOMAIN, NULL },
+	{ NULL, 0, NULL },
+};
+
+static const struct config_word config_fallback_words[] = {
+	{ "reject", CONFIG_FALLBACK_REJECT, NULL },
+	{ "hash", CONFIG_FALLBACK_HASH, NULL },
+	{ NULL, 0, NULL },
+};
+
+static const struct config_word config_credentials_words[] = {
+	{ "client", CONFIG_CREDENTIALS_CLIENT, NULL },
+	{ "master", CONFIG_CREDENTIALS_MASTER, NULL },
 	{ NULL, 0, NULL },
 };
 
@@ -324,6 +357,30 @@ static const struct config_key config_keys[] = {
 	  .min = 1, .max = 100, AT(struct config, health_fall) },
 	{ .path = "backend.connect_tries", .type = CFT_UINT, .def = "3",
 	  .min = 1, .max = 16, AT(struct config, connect_tries) },
+	{ .path = "backend.route", .type = CFT_ENUM, .def = "connect",
+	  .words = config_route_words, AT(struct config, route) },
+	{ .path = "backend.lookup.type", .type = CFT_ENUM, .def = "hash",
+	  .words = config_lookup_words, AT(struct config, lookup) },
+	{ .path = "backend.lookup.key", .type = CFT_ENUM, .def = "user",
+	  .words = config_lookup_key_words, AT(struct config, lookup_key) },
+	{ .path = "backend.lookup.file", .type = CFT_PATH, AT(struct config, lookup_file) },
+	{ .path = "backend.lookup.fallback", .type = CFT_ENUM, .def = "reject",
+	  .words = config_fallback_words, AT(struct config, lookup_fallback) },
+	{ .path = "backend.lookup.url", .type = CFT_STRING, AT(struct config, lookup_url) },
+	{ .path = "backend.lookup.timeout", .type = CFT_DURATION, .def = "5s",
+	  .min = 100, .max = 60 * 1000, AT(struct config, lookup_timeout_ms) },
+	{ .path = "backend.login.credentials", .type = CFT_ENUM, .def = "client",
+	  .words = config_credentials_words, AT(struct config, credentials) },
+	{ .path = "backend.login.master_user", .type = CFT_STRING,
+	  AT(struct config, master_user) },
+	{ .path = "backend.login.master_password_file", .type = CFT_PATH,
+	  AT(struct config, master_password_file) },
+	{ .path = "backend.login.master_separator", .type = CFT_STRING, .def = "*",
+	  AT(struct config, master_separator) },
+	{ .path = "backend.login.greeting", .type = CFT_STRING, .def = "IMAP server ready.",
+	  AT(struct config, login_greeting) },
+	{ .path = "backend.login.oauth", .type = CFT_BOOL, .def = "false",
+	  AT(struct config, login_oauth) },
 	{ .path = "backend.health.user", .type = CFT_STRING, AT(struct config, health_user) },
 	{ .path = "backend.health.password_file", .type = CFT_PATH,
 	  AT(struct config, health_password_file) },
@@ -349,6 +406,8 @@ static const struct config_key config_keys[] = {
 	  .min = 16 * KIB, .max = 64 * MIB, AT(struct config, buffer) },
 	{ .path = "limits.max_connections", .type = CFT_UINT, .def = "50000",
 	  .min = 1, .max = 10000000, AT(struct config, max_connections) },
+	{ .path = "limits.login_failures_per_ip", .type = CFT_UINT, .def = "100",
+	  .min = 0, .max = 1000000, AT(struct config, login_failures_per_ip) },
 	{ .path = "limits.max_connections_per_ip", .type = CFT_UINT, .def = "50",
 	  .min = 0, .max = 1000000, AT(struct config, max_connections_per_ip) },
 
@@ -363,6 +422,8 @@ static const struct config_key config_keys[] = {
 	/* RFC 3501 5.4 asks for at least 30 minutes; shorter is allowed, for tests. */
 	{ .path = "timeouts.idle", .type = CFT_DURATION, .def = "30m",
 	  .min = 60 * 1000, .max = 24 * 3600 * 1000, AT(struct config, idle_ms) },
+	{ .path = "timeouts.login_failure", .type = CFT_DURATION, .def = "2s",
+	  .min = 0, .max = 60 * 1000, AT(struct config, login_failure_delay_ms) },
 	{ .path = "timeouts.drain", .type = CFT_DURATION, .def = "30s",
 	  .min = 0, .max = 3600 * 1000, AT(struct config, drain_ms) },
 
@@ -2026,6 +2087,130 @@ config_health_login_check(struct config_loader *ld, struct config_scope *sc)
 	    "backend.health.password_file", cf->health_password_file);
 }
 
+/* Is text printable ASCII of 1 .. max bytes? */
+static int
+config_printable(const char *text, size_t max)
+{
+	size_t n = 0;
+
+	for (; text[n] != '\0'; n++)
+		if ((unsigned char)text[n] < 0x20 || (unsigned char)text[n] >= 0x7f)
+			return 0;
+	return n > 0 && n <= max;
+}
+
+/* Read backend.lookup.file; its errors are reported against the map file itself. */
+static void
+config_usermap_load(struct config_loader *ld, const yaml_mark_t *mark)
+{
+	struct config *cf = ld->cf;
+	struct usermap_errors *errs;
+	const char *file = ld->file;
+
+	if ((errs = calloc(1, sizeof(*errs))) == NULL) {
+		ld->oom = 1;
+		return;
+	}
+	cf->usermap = usermap_load(cf->lookup_file, errs);
+	if (cf->usermap == NULL && errs->n == 0)
+		config_error(ld, mark, "backend.lookup.file: cannot load \"%s\"", cf->lookup_file);
+	ld->file = cf->lookup_file;
+	for (size_t i = 0; i < errs->n; i++) {
+		/* The file's own bytes may be quoted in a message: keep the terminal safe. */
+		for (char *c = errs->v[i].msg; *c; c++)
+			if ((unsigned char)*c < 0x20 || (unsigned char)*c >= 0x7f)
+				*c = '?';
+		config_error_at(ld, errs->v[i].line, errs->v[i].col, "%s", errs->v[i].msg);
+	}
+	ld->file = file;
+	free(errs);
+}
+
+/*
+ * backend.route and the keys of login routing: each lookup's own keys,
+ * none of them without route: login, the map file read and the URL
+ * resolved now, the master password read now.
+ */
+static void
+config_route_check(struct config_loader *ld, struct config_scope *sc)
+{
+	static const char *const login_only[] = {
+		"backend.lookup.type", "backend.lookup.key", "backend.lookup.file",
+		"backend.lookup.fallback", "backend.lookup.url", "backend.lookup.timeout",
+		"backend.login.credentials", "backend.login.master_user",
+		"backend.login.master_password_file", "backend.login.master_separator",
+		"backend.login.greeting", "backend.login.oauth", NULL,
+	};
+	struct config *cf = ld->cf;
+	size_t ifile = config_key_index("backend.lookup.file");
+	size_t iurl = config_key_index("backend.lookup.url");
+	size_t ifb = config_key_index("backend.lookup.fallback");
+	size_t ikey = config_key_index("backend.lookup.key");
+	size_t imu = config_key_index("backend.login.master_user");
+	size_t imp = config_key_index("backend.login.master_password_file");
+	size_t isep = config_key_index("backend.login.master_separator");
+	size_t igr = config_key_index("backend.login.greeting");
+	char err[256];
+
+	if (cf->route != CONFIG_ROUTE_LOGIN) {
+		for (size_t i = 0; login_only[i] != NULL; i++)
+			if (sc->seen[config_key_index(login_only[i])])
+				config_error(ld, &sc->vmark[config_key_index(login_only[i])],
+				    "%s: only used with backend.route: login", login_only[i]);
+		return;
+	}
+	if (cf->lookup != CONFIG_LOOKUP_STATIC && sc->seen[ifile])
+		config_error(ld, &sc->vmark[ifile], "backend.lookup.file: only used with "
+		    "backend.lookup.type: static");
+	if (cf->lookup != CONFIG_LOOKUP_STATIC && sc->seen[ifb])
+		config_error(ld, &sc->vmark[ifb], "backend.lookup.fallback: only used with "
+		    "backend.lookup.type: static");
+	if (cf->lookup != CONFIG_LOOKUP_HTTP && sc->seen[iurl])
+		config_error(ld, &sc->vmark[iurl], "backend.lookup.url: only used with "
+		    "backend.lookup.type: http");
+	if (cf->lookup == CONFIG_LOOKUP_HTTP && sc->seen[ikey])
+		config_error(ld, &sc->vmark[ikey], "backend.lookup.key: not used with "
+		    "backend.lookup.type: http (the service gets the whole user name)");
+	if (cf->lookup == CONFIG_LOOKUP_STATIC) {
+		if (cf->lookup_file == NULL)
+			config_error(ld, config_vmark(sc, "backend.lookup.type"),
+			    "backend.lookup.type: static needs backend.lookup.file");
+		else
+			config_usermap_load(ld, &sc->vmark[ifile]);
+	}
+	if (cf->lookup == CONFIG_LOOKUP_HTTP) {
+		if (cf->lookup_url == NULL)
+			config_error(ld, config_vmark(sc, "backend.lookup.type"),
+			    "backend.lookup.type: http needs backend.lookup.url");
+		else if ((cf->lookup_http = calloc(1, sizeof(*cf->lookup_http))) == NULL)
+			ld->oom = 1;
+		else if (authhttp_url_parse(cf->lookup_url, cf->lookup_http, err, sizeof(err)) != 0)
+			config_error(ld, &sc->vmark[iurl], "backend.lookup.url: %s", err);
+	}
+	if (cf->credentials == CONFIG_CREDENTIALS_MASTER) {
+		if (cf->master_user == NULL || cf->master_password_file == NULL)
+			config_error(ld, config_vmark(sc, "backend.login.credentials"),
+			    "backend.login.credentials: master needs master_user and "
+			    "master_password_file");
+		else if (!config_printable(cf->master_user, CONFIG_MAX_SECRET))
+			config_error(ld, &sc->vmark[imu], "backend.login.master_user: printable "
+			    "ASCII, 1 to %u bytes", CONFIG_MAX_SECRET);
+		else
+			cf->master_password = config_read_secret(ld, &sc->vmark[imp],
+			    "backend.login.master_password_file", cf->master_password_file);
+	} else if (sc->seen[imu] || sc->seen[imp])
+		config_error(ld, &sc->vmark[sc->seen[imu] ? imu : imp], "%s: only used with "
+		    "backend.login.credentials: master", sc->seen[imu] ?
+		    "backend.login.master_user" : "backend.login.master_password_file");
+	if (!config_printable(cf->master_separator, 8) ||
+	    strpbrk(cf->master_separator, " \"\\(){%]") != NULL)
+		config_error(ld, &sc->vmark[isep], "backend.login.master_separator: 1 to 8 "
+		    "printable characters, no space, quote, backslash or IMAP special");
+	if (!config_printable(cf->login_greeting, 128))
+		config_error(ld, &sc->vmark[igr], "backend.login.greeting: printable ASCII, "
+		    "1 to 128 bytes");
+}
+
 /* Checks across keys of the top level, while their positions are known. */
 static void
 config_top_check(struct config_loader *ld, struct config_scope *sc)
@@ -2065,6 +2250,7 @@ config_top_check(struct config_loader *ld, struct config_scope *sc)
 		    "be running when the next one starts", cf->health_timeout_ms,
 		    cf->health_interval_ms);
 	config_health_login_check(ld, sc);
+	config_route_check(ld, sc);
 	/* Looked up here so that a typo fails "imapgate -t", not the start after binding. */
 	errno = 0;
 	if (cf->user != NULL && getpwnam(cf->user) == NULL)
@@ -2371,6 +2557,15 @@ config_free(struct config *cf)
 	if (cf->health_password != NULL) {
 		explicit_bzero(cf->health_password, strlen(cf->health_password));
 		free(cf->health_password);
+	}
+	if (cf->master_password != NULL) {
+		explicit_bzero(cf->master_password, strlen(cf->master_password));
+		free(cf->master_password);
+	}
+	usermap_free(cf->usermap);
+	if (cf->lookup_http != NULL) {
+		authhttp_url_clear(cf->lookup_http);
+		free(cf->lookup_http);
 	}
 	free(cf->path);
 	free(cf);

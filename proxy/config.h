@@ -13,6 +13,9 @@
 
 #include "netaddr.h"
 
+struct authhttp_url;
+struct usermap;
+
 enum config_tls_mode {
 	CONFIG_TLS_NONE,
 	CONFIG_TLS_IMPLICIT,
@@ -36,6 +39,32 @@ enum config_client_ip {
 	CONFIG_CLIENT_IP_PROXY_V1,
 	CONFIG_CLIENT_IP_PROXY_V2,
 	CONFIG_CLIENT_IP_ID,
+};
+
+enum config_route {
+	CONFIG_ROUTE_CONNECT,	/* a server picked at accept, its greeting relayed */
+	CONFIG_ROUTE_LOGIN,	/* imapgate greets; the user's login picks the server */
+};
+
+enum config_lookup {
+	CONFIG_LOOKUP_HASH,	/* rendezvous hashing over the pool */
+	CONFIG_LOOKUP_STATIC,	/* a map file */
+	CONFIG_LOOKUP_HTTP,	/* the nginx auth_http protocol */
+};
+
+enum config_lookup_key {
+	CONFIG_LOOKUP_KEY_USER,
+	CONFIG_LOOKUP_KEY_DOMAIN,
+};
+
+enum config_fallback {
+	CONFIG_FALLBACK_REJECT,	/* an unmatched user fails to log in */
+	CONFIG_FALLBACK_HASH,	/* an unmatched user is hashed over the pool */
+};
+
+enum config_credentials {
+	CONFIG_CREDENTIALS_CLIENT,	/* replay the user's own */
+	CONFIG_CREDENTIALS_MASTER,	/* log in as a master user on the user's behalf */
 };
 
 /* One network in CIDR form (listen[].trusted_proxies). */
@@ -154,6 +183,25 @@ struct config {
 	char			*health_user;		/* backend.health.user: checks log in as it (NULL: no login) */
 	char			*health_password_file;	/* backend.health.password_file */
 	char			*health_password;	/* read from it at load; wiped when freed */
+
+	enum config_route	 route;			/* backend.route */
+	enum config_lookup	 lookup;		/* backend.lookup.type */
+	enum config_lookup_key	 lookup_key;		/* backend.lookup.key */
+	char			*lookup_file;		/* backend.lookup.file (static) */
+	struct usermap		*usermap;		/* read from it at load */
+	enum config_fallback	 lookup_fallback;	/* backend.lookup.fallback (static) */
+	char			*lookup_url;		/* backend.lookup.url (http) */
+	struct authhttp_url	*lookup_http;		/* parsed at load */
+	uint64_t		 lookup_timeout_ms;	/* backend.lookup.timeout */
+	enum config_credentials	 credentials;		/* backend.login.credentials */
+	char			*master_user;		/* backend.login.master_user */
+	char			*master_password_file;	/* backend.login.master_password_file */
+	char			*master_password;	/* read from it at load; wiped when freed */
+	char			*master_separator;	/* backend.login.master_separator ("*") */
+	char			*login_greeting;	/* backend.login.greeting */
+	int			 login_oauth;		/* backend.login.oauth: offer XOAUTH2/OAUTHBEARER */
+	uint64_t		 login_failure_delay_ms;/* timeouts.login_failure (2s) */
+	unsigned		 login_failures_per_ip;	/* limits.login_failures_per_ip (0 = no limit) */
 
 	unsigned		 max_connections;	/* limits.max_connections (default 50000) */
 	unsigned		 max_connections_per_ip;/* limits.max_connections_per_ip (default 50, 0 = none) */

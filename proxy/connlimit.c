@@ -4,22 +4,35 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "connlimit.h"
 
 /* Buckets of the per-address table (entries chain; an entry lives while its count > 0). */
 #define CONNLIMIT_BUCKETS	4096
 
+/*
+ * Failed logins (route: login) are remembered per address for this long
+ * after the last one, also while the address has no connection: a client
+ * that reconnects after each failure keeps its count.
+ */
+#define CONNLIMIT_FAIL_WINDOW	600
+/* Addresses remembered only for their failures, at most (a flood from many addresses). */
+#define CONNLIMIT_MAX_FAILING	65536
+
 struct connlimit_entry {
 	struct connlimit_entry	*next;
 	unsigned char		 addr[16];	/* IPv4 stored as v4-mapped v6 */
 	unsigned		 count;
+	unsigned		 fails;		/* failed logins in the window */
+	time_t			 fail_at;	/* the last one (monotonic seconds) */
 };
 
 struct connlimit {
 	pthread_mutex_t		 lock;
 	unsigned		 max_total, max_per_ip;
 	unsigned		 total;
+	unsigned		 failing;	/* entries kept only for their failures */
 	struct connlimit_entry	*buckets[CONNLIMIT_BUCKETS];
 };
 
@@ -89,6 +102,46 @@ connlimit_bucket(const unsigned char key[16])
 	return h % CONNLIMIT_BUCKETS;
 }
 
+/* Monotonic seconds, coarse (failure windows only). */
+static time_t
+connlimit_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	return ts.tv_sec;
+}
+
+/* Are e's failures still inside the window? */
+static int
+connlimit_failing(const struct connlimit_entry *e, time_t now)
+{
+	return e->fails > 0 && now - e->fail_at < CONNLIMIT_FAIL_WINDOW;
+}
+
+/*
+ * The entry of key in bucket b, NULL if none; entries that only remembered
+ * failures now out of the window are freed on the way.  Lock held.
+ */
+static struct connlimit_entry *
+connlimit_find(struct connlimit *l, size_t b, const unsigned char key[16], time_t now)
+{
+	struct connlimit_entry **ep, *e;
+
+	for (ep = &l->buckets[b]; (e = *ep) != NULL; ) {
+		if (e->count == 0 && !connlimit_failing(e, now)) {
+			*ep = e->next;
+			free(e);
+			l->failing--;
+			continue;
+		}
+		if (memcmp(e->addr, key, 16) == 0)
+			return e;
+		ep = &e->next;
+	}
+	return NULL;
+}
+
 /* Count one more session for sa unless a limit says no. */
 enum connlimit_verdict
 connlimit_acquire(struct connlimit *l, const struct sockaddr *sa)
@@ -104,9 +157,7 @@ connlimit_acquire(struct connlimit *l, const struct sockaddr *sa)
 		pthread_mutex_unlock(&l->lock);
 		return CONNLIMIT_TOTAL;
 	}
-	for (e = l->buckets[b]; e != NULL; e = e->next)
-		if (memcmp(e->addr, key, 16) == 0)
-			break;
+	e = connlimit_find(l, b, key, connlimit_now());
 	if (e != NULL && l->max_per_ip > 0 && e->count >= l->max_per_ip) {
 		pthread_mutex_unlock(&l->lock);
 		return CONNLIMIT_PER_IP;
@@ -119,7 +170,8 @@ connlimit_acquire(struct connlimit *l, const struct sockaddr *sa)
 		memcpy(e->addr, key, 16);
 		e->next = l->buckets[b];
 		l->buckets[b] = e;
-	}
+	} else if (e->count == 0)
+		l->failing--;	/* kept for its failures, now for a session again */
 	e->count++;
 	l->total++;
 	pthread_mutex_unlock(&l->lock);
@@ -138,8 +190,13 @@ connlimit_release(struct connlimit *l, const struct sockaddr *sa)
 	for (ep = &l->buckets[connlimit_bucket(key)]; (e = *ep) != NULL; ep = &e->next)
 		if (memcmp(e->addr, key, 16) == 0) {
 			if (--e->count == 0) {
-				*ep = e->next;
-				free(e);
+				if (connlimit_failing(e, connlimit_now()) &&
+				    l->failing < CONNLIMIT_MAX_FAILING)
+					l->failing++;	/* its failures are remembered */
+				else {
+					*ep = e->next;
+					free(e);
+				}
 			}
 			l->total--;
 			break;
@@ -155,6 +212,50 @@ connlimit_total(struct connlimit *l)
 
 	pthread_mutex_lock(&l->lock);
 	n = l->total;
+	pthread_mutex_unlock(&l->lock);
+	return n;
+}
+
+/*
+ * Count a failed login from sa; returns the failures in the window with
+ * this one.  The address holds a session (its slot keeps the entry).
+ */
+unsigned
+connlimit_login_failed(struct connlimit *l, const struct sockaddr *sa)
+{
+	unsigned char key[16];
+	struct connlimit_entry *e;
+	time_t now = connlimit_now();
+	unsigned n = 1;
+
+	connlimit_key(sa, key);
+	pthread_mutex_lock(&l->lock);
+	if ((e = connlimit_find(l, connlimit_bucket(key), key, now)) != NULL) {
+		if (!connlimit_failing(e, now))
+			e->fails = 0;
+		if (e->fails < UINT32_MAX)
+			e->fails++;
+		e->fail_at = now;
+		n = e->fails;
+	}
+	pthread_mutex_unlock(&l->lock);
+	return n;
+}
+
+/* Failed logins from sa in the window. */
+unsigned
+connlimit_login_failures(struct connlimit *l, const struct sockaddr *sa)
+{
+	unsigned char key[16];
+	struct connlimit_entry *e;
+	time_t now = connlimit_now();
+	unsigned n = 0;
+
+	connlimit_key(sa, key);
+	pthread_mutex_lock(&l->lock);
+	if ((e = connlimit_find(l, connlimit_bucket(key), key, now)) != NULL &&
+	    connlimit_failing(e, now))
+		n = e->fails;
 	pthread_mutex_unlock(&l->lock);
 	return n;
 }

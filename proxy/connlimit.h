@@ -25,6 +25,14 @@ void		 connlimit_free(struct connlimit *l);
 enum connlimit_verdict connlimit_acquire(struct connlimit *l, const struct sockaddr *sa);
 /* Give back the slot taken for sa. */
 void		 connlimit_release(struct connlimit *l, const struct sockaddr *sa);
+/*
+ * Count a failed login from sa (which holds a session); returns its
+ * failures in the last CONNLIMIT_FAIL_WINDOW seconds, this one included.
+ * They are remembered after its sessions end, within a bound.
+ */
+unsigned	 connlimit_login_failed(struct connlimit *l, const struct sockaddr *sa);
+/* Failed logins from sa in the window. */
+unsigned	 connlimit_login_failures(struct connlimit *l, const struct sockaddr *sa);
 /* Sessions counted now. */
 unsigned	 connlimit_total(struct connlimit *l);
 

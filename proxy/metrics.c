@@ -36,6 +36,10 @@ static const char *const metrics_classes[STATS_CMD_CLASSES] = {
 	"idle", "logout", "compress", "unknown",
 };
 
+static const char *const metrics_lookup_types[STATS_LOOKUP_TYPES] = {
+	"hash", "static", "http",
+};
+
 /* Append s as a Prometheus label value (backslash, quote and newline escaped). */
 static void
 metrics_label(struct evbuffer *b, const char *s)
@@ -89,6 +93,37 @@ metrics_names(struct evbuffer *b, const char *name, const char *label, const cha
 		metrics_sample1(b, name, label, copy.v[i].name, copy.v[i].count);
 	if (copy.other > 0)
 		metrics_sample1(b, name, label, "other", copy.other);
+}
+
+/* The samples of one histogram (buckets by stats_rtt_bounds_us, sum in us) with one label. */
+static void
+metrics_histogram(struct evbuffer *b, const char *name, const char *label, const char *value,
+    const uint64_t *buckets, const uint64_t *sum_us)
+{
+	uint64_t cum = 0;
+
+	for (int k = 0; k <= STATS_RTT_BUCKETS; k++) {
+		cum += stats_get(&buckets[k]);
+		if (k < STATS_RTT_BUCKETS)
+			evbuffer_add_printf(b, "%s_bucket{%s=\"%s\",le=\"%g\"} %llu\n", name, label,
+			    value, (double)stats_rtt_bounds_us[k] / 1e6, (unsigned long long)cum);
+	}
+	evbuffer_add_printf(b, "%s_bucket{%s=\"%s\",le=\"+Inf\"} %llu\n", name, label, value,
+	    (unsigned long long)cum);
+	evbuffer_add_printf(b, "%s_sum{%s=\"%s\"} %.6f\n", name, label, value,
+	    (double)stats_get(sum_us) / 1e6);
+	evbuffer_add_printf(b, "%s_count{%s=\"%s\"} %llu\n", name, label, value,
+	    (unsigned long long)cum);
+}
+
+/* One sample with a server label and a result label. */
+static void
+metrics_sample_result(struct evbuffer *b, const char *name, const char *server,
+    const char *result, uint64_t v)
+{
+	evbuffer_add_printf(b, "%s{server=\"", name);
+	metrics_label(b, server);
+	evbuffer_add_printf(b, "\",result=\"%s\"} %llu\n", result, (unsigned long long)v);
 }
 
 /* Render every metric into b. */
@@ -171,23 +206,26 @@ metrics_render(struct metrics *m, struct evbuffer *b)
 
 	metrics_family(b, "imapgate_command_duration_seconds", "histogram",
 	    "Time from a command to its tagged response, by command class.");
-	for (int c = 0; c < STATS_CMD_CLASSES; c++) {
-		uint64_t cum = 0, n;
+	for (int c = 0; c < STATS_CMD_CLASSES; c++)
+		metrics_histogram(b, "imapgate_command_duration_seconds", "class",
+		    metrics_classes[c], stats.rtt[c], &stats.rtt_sum_us[c]);
 
-		for (int k = 0; k <= STATS_RTT_BUCKETS; k++) {
-			cum += stats_get(&stats.rtt[c][k]);
-			if (k < STATS_RTT_BUCKETS)
-				evbuffer_add_printf(b, "imapgate_command_duration_seconds_bucket"
-				    "{class=\"%s\",le=\"%g\"} %llu\n", metrics_classes[c],
-				    (double)stats_rtt_bounds_us[k] / 1e6, (unsigned long long)cum);
-		}
-		n = cum;
-		evbuffer_add_printf(b, "imapgate_command_duration_seconds_bucket"
-		    "{class=\"%s\",le=\"+Inf\"} %llu\n", metrics_classes[c], (unsigned long long)n);
-		evbuffer_add_printf(b, "imapgate_command_duration_seconds_sum{class=\"%s\"} %.6f\n",
-		    metrics_classes[c], (double)stats_get(&stats.rtt_sum_us[c]) / 1e6);
-		evbuffer_add_printf(b, "imapgate_command_duration_seconds_count{class=\"%s\"} %llu\n",
-		    metrics_classes[c], (unsigned long long)n);
+	metrics_names(b, "imapgate_lookups_total", "result",
+	    "Login lookups (route: login), by type and outcome.", &stats.lookups);
+	metrics_family(b, "imapgate_lookup_duration_seconds", "histogram",
+	    "Time a login lookup took, by type.");
+	for (int c = 0; c < STATS_LOOKUP_TYPES; c++)
+		metrics_histogram(b, "imapgate_lookup_duration_seconds", "type",
+		    metrics_lookup_types[c], stats.lookup_time[c], &stats.lookup_sum_us[c]);
+	metrics_names(b, "imapgate_logins_total", "result",
+	    "Logins imapgate made for clients (route: login), by result.", &stats.logins);
+	metrics_family(b, "imapgate_backend_logins_total", "counter",
+	    "Logins imapgate made on each backend server (route: login), by result.");
+	for (int i = 0; i < pool_size(p); i++) {
+		metrics_sample_result(b, "imapgate_backend_logins_total", pool_name(p, i), "ok",
+		    pool_logins(p, i, 1));
+		metrics_sample_result(b, "imapgate_backend_logins_total", pool_name(p, i), "failed",
+		    pool_logins(p, i, 0));
 	}
 	metrics_family(b, "imapgate_connections", "gauge",
 	    "Client connections counted against limits.max_connections.");

@@ -11,6 +11,7 @@
 
 #include "config.h"
 #include "endpoint.h"
+#include "hrw.h"
 #include "log.h"
 #include "logesc.h"
 #include "netaddr.h"
@@ -57,6 +58,8 @@ struct pool_state {
 	atomic_uint			 oks;		/* consecutive successes while down */
 	atomic_uint_fast64_t		 connects;
 	atomic_uint_fast64_t		 failures;
+	atomic_uint_fast64_t		 logins_ok;	/* route: login: logins through imapgate */
+	atomic_uint_fast64_t		 logins_failed;
 	pthread_mutex_t			 lock;		/* check_now */
 	struct event			*check_now;	/* the checking pool's "check now" event */
 };
@@ -419,6 +422,70 @@ pool_pick(struct pool *p, const struct sockaddr *addr, uint64_t tried)
 	atomic_fetch_add(&best->st->active, 1);
 	atomic_fetch_add(&best->st->connects, 1);
 	return best->index;
+}
+
+/*
+ * Pick a server for key by rendezvous hashing (backend.lookup.type: hash):
+ * the first usable one in key's order over every server of the pool, so
+ * instances with the same server list agree without talking, and a server
+ * that is down or already tried hands on only its own keys.
+ */
+int
+pool_pick_hash(struct pool *p, const char *key, size_t keylen, uint64_t tried)
+{
+	const char *ids[HRW_MAX];
+	unsigned weights[HRW_MAX];
+	int order[HRW_MAX], n = p->n < HRW_MAX ? p->n : HRW_MAX;
+	struct pool_server *best = NULL;
+
+	if (n <= 0)
+		return -1;
+	for (int i = 0; i < n; i++) {
+		ids[i] = p->servers[i].cf->address;
+		weights[i] = (unsigned)pool_weight(&p->servers[i]);
+	}
+	if (hrw_order(key, keylen, ids, weights, (size_t)n, order) != 0)
+		return -1;
+	for (int i = 0; i < n && best == NULL; i++)
+		if (pool_usable(&p->servers[order[i]], tried))
+			best = &p->servers[order[i]];
+	if (best == NULL)
+		return -1;
+	atomic_fetch_add(&best->st->active, 1);
+	atomic_fetch_add(&best->st->connects, 1);
+	return best->index;
+}
+
+/* Take server i for a session (a lookup named it); -1 if it cannot take one now. */
+int
+pool_take(struct pool *p, int i, uint64_t tried)
+{
+	if (i < 0 || i >= p->n || !pool_usable(&p->servers[i], tried))
+		return -1;
+	atomic_fetch_add(&p->servers[i].st->active, 1);
+	atomic_fetch_add(&p->servers[i].st->connects, 1);
+	return i;
+}
+
+/* The pool index of the server at sa (same address and port), -1 if none. */
+int
+pool_find(const struct pool *p, const struct sockaddr *sa, socklen_t len)
+{
+	for (int i = 0; i < p->n; i++) {
+		const struct netaddr *a = &p->servers[i].cf->addr;
+
+		if (a->len == len && memcmp(&a->ss, sa, len) == 0)
+			return i;
+	}
+	return -1;
+}
+
+/* Count a login through imapgate on server i (route: login). */
+void
+pool_login(struct pool *p, int i, int ok)
+{
+	if (i >= 0 && i < p->n)
+		atomic_fetch_add(ok ? &p->servers[i].st->logins_ok : &p->servers[i].st->logins_failed, 1);
 }
 
 /* One fewer session on server i (of any generation's pool: the state is shared). */
@@ -893,4 +960,13 @@ uint64_t
 pool_failures(const struct pool *p, int i)
 {
 	return atomic_load(&pool_state_at(p, i)->failures);
+}
+
+/* Logins through imapgate on server i (any index pool_size_all covers). */
+uint64_t
+pool_logins(const struct pool *p, int i, int ok)
+{
+	struct pool_state *st = pool_state_at(p, i);
+
+	return ok ? atomic_load(&st->logins_ok) : atomic_load(&st->logins_failed);
 }

@@ -49,6 +49,15 @@ void		 pool_health_stop(struct pool *p);
 int		 pool_pick(struct pool *p, const struct sockaddr *addr, uint64_t tried);
 /* The session using server i has ended. */
 void		 pool_release(struct pool *p, int i);
+/* Pick by rendezvous hashing of key (route: login, lookup hash); -1 if none usable. */
+int		 pool_pick_hash(struct pool *p, const char *key, size_t keylen, uint64_t tried);
+/* Take server i for a session, as pool_pick would; -1 if it cannot take one now. */
+int		 pool_take(struct pool *p, int i, uint64_t tried);
+/* The index of the server at sa, -1 if the pool has none there. */
+int		 pool_find(const struct pool *p, const struct sockaddr *sa, socklen_t len);
+/* Count a login through imapgate on server i; read the counts. */
+void		 pool_login(struct pool *p, int i, int ok);
+uint64_t	 pool_logins(const struct pool *p, int i, int ok);
 /* A session's connect or greeting on server i went well (ok) or not (why). */
 void		 pool_report(struct pool *p, int i, int ok, const char *why);
 /*

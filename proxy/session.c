@@ -28,6 +28,7 @@
 #include "session.h"
 #include "session_priv.h"
 #include "backend.h"
+#include "prelogin.h"
 #include "stats.h"
 #include "state.h"
 
@@ -49,26 +50,30 @@
 #define SESSION_INJECT_HIGH		(SESSION_MAX_INJECT / 2)
 
 static const char *const session_life_names[] = {
-	"setup", "relay", "finishing", "closed",
+	"login", "setup", "relay", "finishing", "closed",
 };
 static const char *const session_client_names[] = {
 	"command", "wait-literal", "wait-sasl", "sasl", "wait-idle", "idle", "stale", "tls",
 };
 static const char *const session_backend_names[] = {
-	"none", "connecting", "tls", "greeting", "starttls", "upgrade", "id", "ready",
+	"none", "connecting", "tls", "greeting", "starttls", "upgrade", "id", "capa", "auth",
+	"ready",
 };
 
 #define B(x)	(1u << (x))
 /* Allowed transitions: bit n of [old] set if old -> n is legal. */
 static const unsigned session_life_next[SESSION_NLIFE] = {
-	[SESSION_SETUP] = B(SESSION_RELAY) | B(SESSION_FINISHING) | B(SESSION_CLOSED),
+	[SESSION_LOGIN] = B(SESSION_SETUP) | B(SESSION_FINISHING) | B(SESSION_CLOSED),
+	[SESSION_SETUP] = B(SESSION_LOGIN) | B(SESSION_RELAY) | B(SESSION_FINISHING) |
+	    B(SESSION_CLOSED),
 	[SESSION_RELAY] = B(SESSION_FINISHING) | B(SESSION_CLOSED),
 	[SESSION_FINISHING] = B(SESSION_CLOSED),
 	[SESSION_CLOSED] = 0,
 };
 static const unsigned session_client_next[SESSION_NCLIENT] = {
+	/* COMMAND -> SASL: imapgate itself asked for a SASL response (prelogin.c). */
 	[CLIENT_COMMAND] = B(CLIENT_WAIT_LITERAL) | B(CLIENT_WAIT_SASL) | B(CLIENT_WAIT_IDLE) |
-	    B(CLIENT_TLS),
+	    B(CLIENT_TLS) | B(CLIENT_SASL),
 	[CLIENT_WAIT_LITERAL] = B(CLIENT_COMMAND),
 	[CLIENT_WAIT_SASL] = B(CLIENT_SASL) | B(CLIENT_COMMAND),
 	[CLIENT_SASL] = B(CLIENT_WAIT_SASL) | B(CLIENT_COMMAND) | B(CLIENT_STALE),
@@ -82,10 +87,14 @@ static const unsigned session_backend_next[SESSION_NBACKEND] = {
 	[BACKEND_NONE] = B(BACKEND_CONNECTING),
 	[BACKEND_CONNECTING] = B(BACKEND_TLS) | B(BACKEND_GREETING) | SETUP_FAIL,
 	[BACKEND_TLS] = B(BACKEND_GREETING) | SETUP_FAIL,
-	[BACKEND_GREETING] = B(BACKEND_STARTTLS) | B(BACKEND_ID) | B(BACKEND_READY) | SETUP_FAIL,
+	[BACKEND_GREETING] = B(BACKEND_STARTTLS) | B(BACKEND_ID) | B(BACKEND_CAPA) |
+	    B(BACKEND_AUTH) | B(BACKEND_READY) | SETUP_FAIL,
 	[BACKEND_STARTTLS] = B(BACKEND_UPGRADE) | SETUP_FAIL,
-	[BACKEND_UPGRADE] = B(BACKEND_ID) | B(BACKEND_READY) | SETUP_FAIL,
-	[BACKEND_ID] = B(BACKEND_READY) | SETUP_FAIL,
+	[BACKEND_UPGRADE] = B(BACKEND_ID) | B(BACKEND_CAPA) | B(BACKEND_AUTH) | B(BACKEND_READY) |
+	    SETUP_FAIL,
+	[BACKEND_ID] = B(BACKEND_CAPA) | B(BACKEND_AUTH) | B(BACKEND_READY) | SETUP_FAIL,
+	[BACKEND_CAPA] = B(BACKEND_ID) | B(BACKEND_AUTH) | SETUP_FAIL,
+	[BACKEND_AUTH] = B(BACKEND_CAPA) | B(BACKEND_READY) | SETUP_FAIL,
 	[BACKEND_READY] = 0,
 };
 #undef B
@@ -105,7 +114,6 @@ _Static_assert(STATE_LOGOUT + 1 == STATS_STATES, "STATS_STATES");
 static unsigned session_refusing;
 static uint64_t session_refuse_slot;	/* second << 20 | refusals in it */
 
-static void session_run(struct session *);
 static void session_trace_client(struct session *, const struct imap_line *, const char *,
     uint64_t, int);
 static void session_guard_check(struct session *);
@@ -119,7 +127,7 @@ const struct endpoint_cbs session_cbs = {
 };
 
 /* Now in microseconds, from the loop's cached clock. */
-static uint64_t
+uint64_t
 session_now_us(const struct session *s)
 {
 	struct timeval tv;
@@ -203,7 +211,7 @@ session_set_backend(struct session *s, enum session_backend to)
 }
 
 /* Is the session still reading and relaying (not finishing or closed)? */
-static int
+int
 session_live(const struct session *s)
 {
 	return s->life == SESSION_SETUP || s->life == SESSION_RELAY;
@@ -236,6 +244,7 @@ session_free(struct session *s)
 	free(s->greeting);
 	free(s->greeting_line);
 	free(s->detail);
+	prelogin_free(s);
 	if (s->ev_timer != NULL)
 		event_free(s->ev_timer);
 	if (s->server >= 0)
@@ -294,10 +303,10 @@ session_close(struct session *s, const char *reason)
 		log_info("session=%s msg=session-end client=%s backend=%s tls=%s cipher=%s sni=%s%s%s "
 		    "bytes_in=%llu bytes_out=%llu backend_in=%llu backend_out=%llu "
 		    "duration_ms=%lld user=\"%s\" state=%s rewrites=%u guard_events=%u "
-		    "last_guard=%s guards=%s bye=%s rewritten=%s reason=%s%s%s%s",
+		    "last_guard=%s guards=%s bye=%s rewritten=%s route=%s reason=%s%s%s%s",
 		    s->id, s->client_addr,
-		    s->server >= 0 ? netaddr_str((const struct sockaddr *)
-		    &pool_server(s->gen->pool, s->server)->addr.ss, bk, sizeof(bk)) : "-",
+		    s->baddr.len > 0 ? netaddr_str((const struct sockaddr *)&s->baddr.ss, bk,
+		    sizeof(bk)) : "-",
 		    s->client.ep && s->client_tls ? endpoint_tls_version(s->client.ep) : "-",
 		    s->client.ep && s->client_tls ? endpoint_tls_cipher(s->client.ep) : "-",
 		    s->client.ep && endpoint_sni(s->client.ep) ? "\"" : "-",
@@ -311,7 +320,8 @@ session_close(struct session *s, const char *reason)
 		    session_age_ms(s), logesc_quote(state_user(&s->st), user, sizeof(user)),
 		    state_name(s->st.proto), s->nrewrites,
 		    s->nguard, s->last_guard ? s->last_guard : "-", guards[0] ? guards : "-",
-		    s->bye ? s->bye : "-", s->rewritten[0] ? s->rewritten : "-", s->reason,
+		    s->bye ? s->bye : "-", s->rewritten[0] ? s->rewritten : "-",
+		    s->route != NULL ? s->route : "-", s->reason,
 		    s->detail ? " error=\"" : "",
 		    s->detail ? logesc_quote(s->detail, det, sizeof(det)) : "",
 		    s->detail ? "\"" : "");
@@ -331,7 +341,7 @@ session_reap(struct server *srv)
 }
 
 /* Count a BYE of ours for this session (summary line) and the process. */
-static void
+void
 session_bye_count(struct session *s, enum stats_bye b)
 {
 	stats_add(&stats.bye[b], 1);
@@ -339,7 +349,7 @@ session_bye_count(struct session *s, enum stats_bye b)
 }
 
 /* Count a guard event for this session and the process. */
-static void
+void
 session_guard_event(struct session *s, enum stats_guard g)
 {
 	stats_add(&stats.guard[g], 1);
@@ -357,7 +367,7 @@ session_guard_event(struct session *s, enum stats_guard g)
  * already queued for it (a BYE, the backend's last bytes), then close.
  * ENDPOINT_FLUSHED arrives from the loop, never from inside this call.
  */
-static void
+void
 session_finish(struct session *s, const char *reason)
 {
 	if (!session_live(s))
@@ -400,7 +410,7 @@ session_inject_flush(struct session *s)
  * It counts against the client's output limit like relayed bytes: the
  * client is not read while its output is full (session_client_blocked).
  */
-static int
+int
 session_inject(struct session *s, const char *fmt, ...)
 {
 	char line[IMAP_MAX_TAG + 256];
@@ -414,7 +424,14 @@ session_inject(struct session *s, const char *fmt, ...)
 		return -1;
 	memcpy(line + n, "\r\n", 2);
 	n += 2;
-	if (s->ninject + (size_t)n > SESSION_MAX_INJECT) {
+	return session_inject_raw(s, line, (size_t)n);
+}
+
+/* Queue complete lines of ours (CRLF included) as session_inject does. */
+int
+session_inject_raw(struct session *s, const char *line, size_t n)
+{
+	if (s->ninject + n > SESSION_MAX_INJECT) {
 		session_finish(s, "too-many-errors");
 		return -1;
 	}
@@ -422,8 +439,8 @@ session_inject(struct session *s, const char *fmt, ...)
 		session_close(s, "out-of-memory");
 		return -1;
 	}
-	memcpy(s->inject + s->ninject, line, (size_t)n);
-	s->ninject += (size_t)n;
+	memcpy(s->inject + s->ninject, line, n);
+	s->ninject += n;
 	session_inject_flush(s);
 	return 0;
 }
@@ -614,7 +631,7 @@ session_trace_backend(struct session *s)
 }
 
 /* Forget the client command just handled (forwarded, answered or dropped). */
-static void
+void
 session_client_reset(struct session_half *h)
 {
 	h->drop = h->replied = h->forwarded = h->streaming = h->starttls = 0;
@@ -815,7 +832,7 @@ session_client_unframeable(struct session *s, const char *why)
  * without waiting for "+" were meant as literal data: they are discarded
  * (up to the literal's length), never parsed as commands.
  */
-static void
+void
 session_client_cancel_literal(struct session *s, uint64_t len)
 {
 	struct session_half *h = &s->client;
@@ -834,7 +851,7 @@ session_client_cancel_literal(struct session *s, uint64_t len)
 }
 
 /* Start the TLS handshake imapgate accepted with its STARTTLS answer. */
-static void
+void
 session_client_starttls(struct session *s)
 {
 	struct session_half *h = &s->client;
@@ -1042,10 +1059,12 @@ session_step(struct session_half *h, int keep, struct imap_event *ev)
 			return -1;
 		h->pending = left < avail ? (size_t)left : avail;
 		len = h->pending;
-		if (keep)
-			session_pass(h);
-		else
+		if (!keep)
 			session_drop(h);
+		else if (h == &h->s->client && h->s->life == SESSION_LOGIN)
+			prelogin_take(h->s);	/* a LOGIN literal: imapgate reads it */
+		else
+			session_pass(h);
 		imap_parse_skip(p, len);
 		return 0;
 	}
@@ -1066,7 +1085,7 @@ session_client_blocked(const struct session *s)
 		return 0;	/* what it sent before closing is read regardless */
 	return endpoint_output_full(s->client.ep) ||
 	    (s->backend.ep != NULL && endpoint_output_full(s->backend.ep)) ||
-	    state_inflight_full(&s->st) || s->ninject > SESSION_INJECT_HIGH;
+	    state_inflight_full(&s->st) || s->ninject > SESSION_INJECT_HIGH || prelogin_busy(s);
 }
 
 /*
@@ -1081,7 +1100,7 @@ session_client_run(struct session *s)
 	struct imap_event ev;
 	int r;
 
-	while (s->life == SESSION_RELAY) {
+	while (s->life == SESSION_RELAY || s->life == SESSION_LOGIN) {
 		if (s->cl != CLIENT_COMMAND && s->cl != CLIENT_SASL && s->cl != CLIENT_IDLE &&
 		    s->cl != CLIENT_STALE)
 			return;	/* held until the backend answers */
@@ -1100,16 +1119,24 @@ session_client_run(struct session *s)
 			session_client_toolong(s);
 			break;
 		case IMAP_EV_LITERAL_HEAD:
-			session_client_literal(s, &ev);
+			if (s->life == SESSION_LOGIN)
+				prelogin_literal(s, &ev);
+			else
+				session_client_literal(s, &ev);
 			break;
 		case IMAP_EV_LITERAL_DONE:
 			if (h->drop)
 				session_drop(h);
+			else if (s->life == SESSION_LOGIN)
+				prelogin_take(s);
 			else
 				session_pass(h);
 			break;
 		case IMAP_EV_LINE:
-			session_client_line(s);
+			if (s->life == SESSION_LOGIN)
+				prelogin_line(s);
+			else
+				session_client_line(s);
 			break;
 		case IMAP_EV_ERROR:
 			session_client_unframeable(s, h->parser.error);
@@ -1388,7 +1415,8 @@ static int
 session_backend_parsing(const struct session *s)
 {
 	return session_live(s) && (s->bk == BACKEND_GREETING || s->bk == BACKEND_STARTTLS ||
-	    s->bk == BACKEND_ID || s->bk == BACKEND_READY);
+	    s->bk == BACKEND_ID || s->bk == BACKEND_CAPA || s->bk == BACKEND_AUTH ||
+	    s->bk == BACKEND_READY);
 }
 
 /*
@@ -1479,7 +1507,7 @@ session_flow(struct session *s)
  * the client.  Endpoint callbacks and timers only call this; it never
  * re-enters itself, so no handler runs under another.
  */
-static void
+void
 session_run(struct session *s)
 {
 	if (s->running) {
@@ -1496,7 +1524,7 @@ session_run(struct session *s)
 		s->rerun = 0;
 		if (session_backend_parsing(s))
 			session_backend_run(s);
-		if (s->life == SESSION_RELAY)
+		if (s->life == SESSION_RELAY || s->life == SESSION_LOGIN)
 			session_client_run(s);
 		session_drain_check(s);
 	} while (s->rerun && session_live(s));
@@ -1544,6 +1572,10 @@ session_client_event(struct session *s, enum endpoint_event what)
 		stats_name_add(&stats.tls_failures,
 		    strncmp(endpoint_error(ep), "tls: ", 5) == 0 ?
 		    endpoint_error(ep) + 5 : endpoint_error(ep));
+	if (what == ENDPOINT_EOF && s->life == SESSION_LOGIN) {
+		session_close(s, "client-eof");
+		return;
+	}
 	if (what == ENDPOINT_ERROR || s->life != SESSION_RELAY) {
 		session_close(s, "client-error");
 		return;
@@ -1596,8 +1628,12 @@ session_event(struct endpoint *ep, enum endpoint_event what, void *arg)
 		log_debug("session=%s msg=tls-established tls=%s cipher=%s sni=\"%s\"", s->id,
 		    endpoint_tls_version(ep), endpoint_tls_cipher(ep),
 		    sni ? logesc_quote(sni, esc, sizeof(esc)) : "");
-		if (s->cl == CLIENT_TLS)
+		if (s->cl == CLIENT_TLS) {
 			session_set_client(s, CLIENT_COMMAND);
+			prelogin_tls_started(s);
+		} else if (s->life == SESSION_LOGIN && s->pl == NULL && !s->refusal)
+			/* route: login on implicit TLS: greet once the handshake is done. */
+			prelogin_start(s);
 		else if (s->life == SESSION_SETUP && s->bk == BACKEND_NONE && !s->refusal)
 			/* Implicit TLS: the backend only for a client that finished its handshake. */
 			backend_connect(s);
@@ -1627,6 +1663,10 @@ session_phase_timeout(struct session *s)
 {
 	if (s->life == SESSION_FINISHING) {
 		session_close(s, s->reason);
+		return;
+	}
+	if (s->life == SESSION_LOGIN) {
+		prelogin_timeout(s);	/* a failed login's delay is over */
 		return;
 	}
 	if (s->client.eof) {
@@ -1858,7 +1898,8 @@ session_start(struct server *srv, const struct config_listen *lc, int fd,
 	s->gen = generation_ref(gen);
 	s->lc = lc;
 	s->server = -1;
-	s->life = SESSION_SETUP;
+	s->life = cf->route == CONFIG_ROUTE_LOGIN ? SESSION_LOGIN : SESSION_SETUP;
+	s->route = cf->route == CONFIG_ROUTE_LOGIN ? NULL : "connect";
 	s->cl = CLIENT_COMMAND;
 	s->bk = BACKEND_NONE;
 	gettimeofday(&s->start, NULL);
@@ -1923,6 +1964,10 @@ session_start(struct server *srv, const struct config_listen *lc, int fd,
 	 * implicit-TLS client gets a backend once its handshake is done, so
 	 * a flood of silent connections opens none.
 	 */
-	if (lc->tls != CONFIG_TLS_IMPLICIT)
+	if (lc->tls == CONFIG_TLS_IMPLICIT)
+		return;
+	if (cf->route == CONFIG_ROUTE_LOGIN)
+		prelogin_start(s);	/* imapgate greets; the login picks the backend */
+	else
 		backend_connect(s);
 }

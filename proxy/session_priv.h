@@ -12,6 +12,8 @@
 #include <netinet/in.h>
 
 #include "imap.h"
+#include "login.h"
+#include "netaddr.h"
 #include "state.h"
 #include "stats.h"
 
@@ -21,17 +23,22 @@ struct event;
 struct generation;
 struct imap_line;
 struct server;
+struct authhttp;
 
 /* How long a closing session may take to hand its last bytes to the client. */
 #define SESSION_FLUSH_TIMEOUT_MS	5000
 
 /*
- * The session's lifecycle.  SETUP: imapgate talks to the backend alone
- * (connect, TLS, STARTTLS, ID) and holds the greeting; RELAY: both sides
+ * The session's lifecycle.  LOGIN (backend.route: login only): imapgate
+ * greets and answers the client itself until a login names the user;
+ * SETUP: imapgate talks to the backend alone (connect, TLS, STARTTLS, ID,
+ * and the user's login in route: login) and holds the greeting (or the
+ * client's login answer; a failed login goes back to LOGIN); RELAY: both sides
  * talk; FINISHING: nothing more is read, the client gets what is queued;
  * CLOSED: summary logged, waiting for the reap event.
  */
 enum session_life {
+	SESSION_LOGIN,		/* backend.route: login: imapgate is the server (prelogin.c) */
 	SESSION_SETUP,
 	SESSION_RELAY,
 	SESSION_FINISHING,
@@ -66,6 +73,8 @@ enum session_backend {
 	BACKEND_STARTTLS,	/* sent STARTTLS, waiting for its OK */
 	BACKEND_UPGRADE,	/* TLS handshake after STARTTLS */
 	BACKEND_ID,		/* sent ID with the client's address, waiting for its OK */
+	BACKEND_CAPA,		/* route: login: sent CAPABILITY, waiting for its OK */
+	BACKEND_AUTH,		/* route: login: sent the user's login, waiting for its answer */
 	BACKEND_READY,		/* relaying */
 	SESSION_NBACKEND
 };
@@ -154,9 +163,68 @@ struct session {
 	union session_addr	 client_ss;	/* the real client (after any PROXY header) */
 	union session_addr	 local_ss;	/* the address the client connected to */
 	int			 draining;	/* shutting down: BYE at the next quiet point */
+	struct prelogin		*pl;		/* route: login, until relaying: the dialog and login */
+	const char		*route;		/* how the backend was chosen (summary line) */
+	struct netaddr		 baddr;		/* the backend connected to (family 0: none yet) */
 	const char		*reason;
 	char			*detail;	/* what went wrong, for the summary (NULL: nothing) */
 };
+
+/*
+ * backend.route: login, until the session relays: imapgate's own dialog
+ * with the client (prelogin.c) and the login under way at the backend
+ * (backend.c).  Freed, credentials wiped, once the user is logged in.
+ */
+struct prelogin {
+	struct login_ctx	 ctx;		/* login.c's side of the dialog */
+	char			*buf;		/* the command (or SASL line) taken whole */
+	size_t			 len;
+	int			 overflow;	/* it outgrew the buffer: answered, not parsed */
+	struct login_creds	 creds;		/* the login under way (wiped after its answer) */
+	int			 busy;		/* a login or its failure delay is under way */
+	char			 tag[IMAP_MAX_TAG + 1];	/* the client's LOGIN/AUTHENTICATE */
+	char			 key[LOGIN_MAX_USER + 1];	/* hash lookup key, lower case */
+	size_t			 keylen;
+	struct authhttp		*req;		/* http lookup in flight */
+	uint64_t		 lookup_started;	/* session_now_us() */
+	int			 fixed;		/* the lookup named one address ... */
+	struct netaddr		 addr;		/* ... this one (static, http) */
+	unsigned		 fixed_tries;
+	unsigned		 wait_s;	/* http Auth-Wait for a refusal */
+	char			 delayed[IMAP_MAX_TAG + 128];	/* a failure's NO, after the delay */
+	size_t			 ndelayed;
+	/* The backend's side of the login (backend.c). */
+	int			 bcaps_known;	/* bcaps read from the greeting or CAPABILITY */
+	unsigned		 bcaps;		/* LOGIN_BCAP_* before login */
+	int			 id_sent;
+	int			 cont;		/* the login command waits for "+" */
+	int			 authed;	/* the backend said OK to the login */
+	char			*postcaps;	/* capability list after login (CAPABILITY data) */
+	char			*ok_text;	/* the login OK's text, while asking CAPABILITY */
+};
+
+/* Now in microseconds, from the loop's cached clock. */
+uint64_t session_now_us(const struct session *);
+/* Run the session until neither side can make progress. */
+void	session_run(struct session *);
+
+/* Our own replies, queued for the client (counted against its output). */
+int	session_inject(struct session *, const char *, ...)
+	    __attribute__((format(printf, 2, 3)));
+int	session_inject_raw(struct session *, const char *, size_t);
+/* Finish: nothing more is read, the client gets what is queued, then close. */
+void	session_finish(struct session *, const char *reason);
+/* Count a guard event / a BYE of ours. */
+void	session_guard_event(struct session *, enum stats_guard);
+void	session_bye_count(struct session *, enum stats_bye);
+/* Forget the client command just handled. */
+void	session_client_reset(struct session_half *);
+/* A refused synchronizing literal: discard what the client sent for it. */
+void	session_client_cancel_literal(struct session *, uint64_t len);
+/* Start the client's TLS handshake after our STARTTLS answer. */
+void	session_client_starttls(struct session *);
+/* Is the session still reading and relaying (not finishing or closed)? */
+int	session_live(const struct session *);
 
 /* The endpoint callbacks of both halves. */
 extern const struct endpoint_cbs session_cbs;

@@ -68,6 +68,25 @@ state_mailbox(const struct state *st)
 	return st->mailbox != NULL ? st->mailbox : "";
 }
 
+/*
+ * imapgate logged user in at the backend itself (backend.route: login):
+ * the greeting was its own, the login answered; from here the backend's
+ * responses are read as in any session.
+ */
+int
+state_login(struct state *st, const char *user)
+{
+	char *u = strdup(user);
+
+	if (u == NULL)
+		return -1;
+	free(st->user);
+	st->user = u;
+	st->greeted = 1;
+	state_set(st, STATE_AUTH, "login");
+	return 0;
+}
+
 /* Release the in-flight table and the strings (and leave the gauge). */
 void
 state_free(struct state *st)

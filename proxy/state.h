@@ -79,6 +79,8 @@ const char	*state_mailbox(const struct state *st);
 void		 state_set(struct state *st, enum state_proto proto, const char *why);
 /* The state the session will be in once every command in flight succeeds. */
 enum state_proto state_expected(const struct state *st);
+/* imapgate itself logged user in at the backend (route: login); -1 out of memory. */
+int		 state_login(struct state *st, const char *user);
 /* Record a complete client command; -1 if too many are in flight. */
 int		 state_client_command(struct state *st, const struct imap_line *l);
 /* Apply a complete server response. */

@@ -86,3 +86,17 @@ stats_rtt(unsigned cls, uint64_t us)
 	stats_add(&stats.rtt[cls][b], 1);
 	stats_add(&stats.rtt_sum_us[cls], us);
 }
+
+/* Count one lookup (route: login) of type that took us. */
+void
+stats_lookup_time(unsigned type, uint64_t us)
+{
+	size_t b = 0;
+
+	if (type >= STATS_LOOKUP_TYPES)
+		return;
+	while (b < STATS_RTT_BUCKETS && us > stats_rtt_bounds_us[b])
+		b++;
+	stats_add(&stats.lookup_time[type][b], 1);
+	stats_add(&stats.lookup_sum_us[type], us);
+}

@@ -42,6 +42,8 @@ enum stats_bye {
 #define STATS_STATES		4
 /* Command classes timed (enum imapcmd_class). */
 #define STATS_CMD_CLASSES	11
+/* Lookup types timed (enum config_lookup: hash, static, http). */
+#define STATS_LOOKUP_TYPES	3
 /* Round-trip histogram bucket bounds in microseconds; one more bucket is +Inf. */
 #define STATS_RTT_BUCKETS	10
 
@@ -73,6 +75,11 @@ struct stats {
 	struct stats_names	rewrites;	/* by original code */
 	struct stats_names	ended;		/* sessions by end reason */
 	struct stats_names	tls_failures;	/* client handshakes by failure reason */
+	/* backend.route: login */
+	struct stats_names	lookups;	/* by "type:outcome" */
+	struct stats_names	logins;		/* by result: ok, failed, unavailable, refused */
+	uint64_t		lookup_time[STATS_LOOKUP_TYPES][STATS_RTT_BUCKETS + 1];
+	uint64_t		lookup_sum_us[STATS_LOOKUP_TYPES];
 };
 
 extern const uint64_t stats_rtt_bounds_us[STATS_RTT_BUCKETS];
@@ -105,5 +112,7 @@ void		 stats_names_copy(struct stats_names *dst, const struct stats_names *t);
 void		 stats_rewrite(const char *original);
 /* Count one command round trip of class cls. */
 void		 stats_rtt(unsigned cls, uint64_t us);
+/* Count one lookup of type (enum config_lookup) that took us. */
+void		 stats_lookup_time(unsigned type, uint64_t us);
 
 #endif
