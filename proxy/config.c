@@ -2188,6 +2188,16 @@ config_route_check(struct config_loader *ld, struct config_scope *sc)
 			config_error(ld, &sc->vmark[iurl], "backend.lookup.url: %s", err);
 	}
 	if (cf->credentials == CONFIG_CREDENTIALS_MASTER) {
+		/*
+		 * A master login opens any mailbox without the user's password:
+		 * only an http lookup checks that password (its auth service
+		 * answers OK for the right one).  Hash or static would let anyone
+		 * in as anyone.
+		 */
+		if (cf->lookup != CONFIG_LOOKUP_HTTP)
+			config_error(ld, config_vmark(sc, "backend.login.credentials"),
+			    "backend.login.credentials: master needs backend.lookup.type: http "
+			    "(with hash or static nobody would check the user's password)");
 		if (cf->master_user == NULL || cf->master_password_file == NULL)
 			config_error(ld, config_vmark(sc, "backend.login.credentials"),
 			    "backend.login.credentials: master needs master_user and "

@@ -9,7 +9,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "authhttp.h"
 #include "config.h"
+#include "usermap.h"
 
 #define TEST_PATHLEN	4096
 #define TEST_YAMLLEN	32768
@@ -884,6 +886,113 @@ test_health_login(void)
 	unlink(pw);
 }
 
+/* Write text to a scratch file named name; return its path (static storage). */
+static const char *
+test_scratch(const char *name, const char *text)
+{
+	static char path[TEST_PATHLEN + 32];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%s", test_dir, name);
+	if ((f = fopen(path, "w")) == NULL) {
+		perror(path);
+		exit(2);
+	}
+	fputs(text, f);
+	fclose(f);
+	return path;
+}
+
+/* backend.route: login and its lookup and login keys. */
+static void
+test_route(void)
+{
+	char yaml[TEST_YAMLLEN], map[TEST_PATHLEN + 32], pw[TEST_PATHLEN + 32];
+	struct config_errors errs;
+	struct config *cf;
+	const char *path;
+	int found = 0;
+
+	snprintf(map, sizeof(map), "%s", test_scratch("users.map",
+	    "# users\nalice@a.test 127.0.0.1:1143\n@b.test   127.0.0.1:2143\n"));
+	snprintf(pw, sizeof(pw), "%s", test_scratch("master.pw", "m4ster\n"));
+
+	/* hash is the default lookup; defaults of the login keys. */
+	if ((cf = test_load_good(test_write(LISTEN CERTS BACKEND "  route: login\n"),
+	    __LINE__)) != NULL) {
+		CHECK(cf->route == CONFIG_ROUTE_LOGIN && cf->lookup == CONFIG_LOOKUP_HASH,
+		    "route login, hash");
+		CHECK(cf->credentials == CONFIG_CREDENTIALS_CLIENT, "client credentials");
+		CHECK(strcmp(cf->master_separator, "*") == 0, "separator %s", cf->master_separator);
+		CHECK(cf->login_failure_delay_ms == 2000, "login_failure");
+		CHECK(cf->login_failures_per_ip == 100, "login_failures_per_ip");
+		config_free(cf);
+	}
+	snprintf(yaml, sizeof(yaml), LISTEN CERTS BACKEND "  route: login\n"
+	    "  lookup: {type: static, file: %s, fallback: hash}\n", map);
+	if ((cf = test_load_good(test_write(yaml), __LINE__)) != NULL) {
+		CHECK(cf->usermap != NULL && usermap_count(cf->usermap) == 2, "map entries");
+		CHECK(cf->usermap != NULL && usermap_find(cf->usermap, "x@B.test") != NULL,
+		    "domain entry");
+		CHECK(cf->lookup_fallback == CONFIG_FALLBACK_HASH, "fallback");
+		config_free(cf);
+	}
+	snprintf(yaml, sizeof(yaml), LISTEN CERTS BACKEND "  route: login\n"
+	    "  lookup: {type: http, url: 'http://127.0.0.1:9000/auth', timeout: 2s}\n"
+	    "  login: {credentials: master, master_user: admin, master_password_file: %s}\n",
+	    pw);
+	if ((cf = test_load_good(test_write(yaml), __LINE__)) != NULL) {
+		CHECK(cf->lookup_http != NULL && cf->lookup_http->port == 9000, "url port");
+		CHECK(cf->master_password != NULL && strcmp(cf->master_password, "m4ster") == 0,
+		    "master password read");
+		CHECK(cf->lookup_timeout_ms == 2000, "timeout");
+		config_free(cf);
+	}
+
+	/* Keys of login routing without route: login. */
+	BAD(LISTEN CERTS BACKEND "  lookup: {type: hash}\n", 1, 10, 18,
+	    "backend.lookup.type: only used with backend.route: login");
+	/* Each lookup's own keys. */
+	BAD(LISTEN CERTS BACKEND "  route: login\n  lookup: {type: static}\n", 1, 11, 18,
+	    "backend.lookup.type: static needs backend.lookup.file");
+	BAD(LISTEN CERTS BACKEND "  route: login\n  lookup: {type: http}\n", 1, 11, 18,
+	    "backend.lookup.type: http needs backend.lookup.url");
+	BAD(LISTEN CERTS BACKEND "  route: login\n  lookup: {type: hash, url: 'http://x'}\n",
+	    1, 11, 29, "backend.lookup.url: only used with backend.lookup.type: http");
+	BAD(LISTEN CERTS BACKEND "  route: login\n"
+	    "  lookup: {type: http, url: 'ftp://127.0.0.1/'}\n", 1, 11, 29, "backend.lookup.url: ");
+	/* A master login without a lookup that checks the password. */
+	snprintf(yaml, sizeof(yaml), LISTEN CERTS BACKEND "  route: login\n"
+	    "  login: {credentials: master, master_user: admin, master_password_file: %s}\n", pw);
+	BAD(yaml, 1, 11, 24, "master needs backend.lookup.type: http");
+	BAD(LISTEN CERTS BACKEND "  route: login\n  login: {master_user: admin}\n", 1, 11, 24,
+	    "backend.login.master_user: only used with backend.login.credentials: master");
+	BAD(LISTEN CERTS BACKEND "  route: login\n  login: {master_separator: ' '}\n", 1, 11, 29,
+	    "backend.login.master_separator: 1 to 8 printable");
+	BAD(LISTEN CERTS BACKEND "  route: login\n  login: {greeting: \"a\\tb\"}\n", 1, 11, 21,
+	    "backend.login.greeting: printable ASCII");
+
+	/* Errors in the map file are reported against the map file, positioned. */
+	snprintf(map, sizeof(map), "%s", test_scratch("bad.map",
+	    "alice@a.test 127.0.0.1:1143\nbob@a.test\nalice@A.test 127.0.0.1:1\n"));
+	snprintf(yaml, sizeof(yaml), LISTEN CERTS BACKEND "  route: login\n"
+	    "  lookup: {type: static, file: %s}\n", map);
+	path = test_write(yaml);
+	cf = config_load(path, &errs);
+	CHECK(cf == NULL && errs.n == 2, "two map errors, got %zu", errs.n);
+	for (size_t i = 0; i < errs.n; i++)
+		if (strcmp(errs.v[i].file, map) == 0 && errs.v[i].line == 2)
+			found++;
+	CHECK(found == 1, "an error at %s:2", map);
+	if (cf == NULL && found != 1)
+		test_dump(&errs);
+	config_free(cf);
+	config_errors_free(&errs);
+	unlink(map);
+	unlink(pw);
+	unlink(test_scratch("users.map", ""));
+}
+
 static void
 test_ops_bad(void)
 {
@@ -1653,6 +1762,7 @@ main(void)
 	test_ops_inline();
 	test_ops_bad();
 	test_health_login();
+	test_route();
 	test_several();
 	test_limits();
 	test_regex_bounds();
