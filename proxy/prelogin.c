@@ -412,8 +412,8 @@ prelogin_http(struct session *s)
 	const struct config *cf = s->gen->cf;
 	struct authhttp_conf c = { 0 };
 	struct authhttp_query q = { 0 };
-	char ip[INET6_ADDRSTRLEN];
-	unsigned port;
+	char ip[INET6_ADDRSTRLEN], lip[INET6_ADDRSTRLEN];
+	unsigned port, lport;
 
 	netaddr_ip((const struct sockaddr *)&s->client_ss, ip, sizeof(ip), &port);
 	c.url = cf->lookup_http;
@@ -429,6 +429,14 @@ prelogin_http(struct session *s)
 	if (s->client_tls) {
 		q.ssl_protocol = endpoint_tls_version(s->client.ep);
 		q.ssl_cipher = endpoint_tls_cipher(s->client.ep);
+	}
+	if (s->lc->proxy_protocol) {
+		/* The addresses came in a PROXY header: nginx passes them on as Proxy-Protocol-*. */
+		netaddr_ip((const struct sockaddr *)&s->local_ss, lip, sizeof(lip), &lport);
+		q.pp_addr = ip;
+		q.pp_port = port;
+		q.pp_server_addr = lip;
+		q.pp_server_port = lport;
 	}
 	pl->lookup_started = session_now_us(s);
 	s->route = "http";

@@ -1319,6 +1319,13 @@ test_shipped(void)
 		    cf->connect_tries == 1, "starttls-legacy preset");
 	config_free(cf);
 
+	cf = test_load_shipped("config/presets/login-routing.yaml", __LINE__);
+	if (cf != NULL)
+		CHECK(cf->route == CONFIG_ROUTE_LOGIN && cf->lookup == CONFIG_LOOKUP_HASH &&
+		    cf->nservers == 3 && cf->servers[2].weight == 2 &&
+		    cf->listen[1].require_tls == 1, "login-routing preset");
+	config_free(cf);
+
 	cf = test_load_shipped("config/presets/wildduck.yaml", __LINE__);
 	if (cf != NULL) {
 		test_guard_defaults_present(cf);
