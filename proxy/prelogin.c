@@ -130,6 +130,7 @@ prelogin_free(struct session *s)
 	login_creds_wipe(&pl->creds);
 	login_ctx_free(&pl->ctx);
 	free(pl->postcaps);
+	free(pl->ok_text);
 	free(pl);
 	s->pl = NULL;
 }
@@ -452,7 +453,15 @@ prelogin_route(struct session *s)
 	const struct config *cf = s->gen->cf;
 	const struct usermap_entry *e;
 
+	/* A new attempt starts from nothing the last one learnt. */
 	pl->fixed = 0;
+	pl->fixed_tries = 0;
+	pl->bcaps_known = pl->bcaps = 0;
+	pl->id_sent = pl->cont = pl->authed = 0;
+	free(pl->postcaps);
+	pl->postcaps = NULL;
+	free(pl->ok_text);
+	pl->ok_text = NULL;
 	s->tried = 0;
 	if (cf->lookup == CONFIG_LOOKUP_HTTP) {
 		prelogin_http(s);

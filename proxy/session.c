@@ -1572,7 +1572,8 @@ session_client_event(struct session *s, enum endpoint_event what)
 		stats_name_add(&stats.tls_failures,
 		    strncmp(endpoint_error(ep), "tls: ", 5) == 0 ?
 		    endpoint_error(ep) + 5 : endpoint_error(ep));
-	if (what == ENDPOINT_EOF && s->life == SESSION_LOGIN) {
+	if (what == ENDPOINT_EOF && (s->life == SESSION_LOGIN ||
+	    (s->life == SESSION_SETUP && s->pl != NULL))) {
 		session_close(s, "client-eof");
 		return;
 	}
