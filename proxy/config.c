@@ -424,6 +424,12 @@ static const struct config_key config_keys[] = {
 	  .min = 60 * 1000, .max = 24 * 3600 * 1000, AT(struct config, idle_ms) },
 	{ .path = "timeouts.login_failure", .type = CFT_DURATION, .def = "2s",
 	  .min = 0, .max = 60 * 1000, AT(struct config, login_failure_delay_ms) },
+	{ .path = "timeouts.idle_keepalive", .type = CFT_DURATION, .def = "2m",
+	  .min = 0, .max = 3600 * 1000, AT(struct config, idle_keepalive_ms) },
+	{ .path = "timeouts.drain_spread", .type = CFT_DURATION, .def = "2s",
+	  .min = 0, .max = 3600 * 1000, AT(struct config, drain_spread_ms) },
+	{ .path = "control.socket", .type = CFT_PATH, AT(struct config, control_socket) },
+	{ .path = "control.group", .type = CFT_STRING, AT(struct config, control_group) },
 	{ .path = "timeouts.drain", .type = CFT_DURATION, .def = "30s",
 	  .min = 0, .max = 3600 * 1000, AT(struct config, drain_ms) },
 
@@ -2261,6 +2267,16 @@ config_top_check(struct config_loader *ld, struct config_scope *sc)
 		    cf->health_interval_ms);
 	config_health_login_check(ld, sc);
 	config_route_check(ld, sc);
+	if (cf->idle_keepalive_ms > 0 && cf->idle_keepalive_ms < 1000)
+		config_error(ld, config_vmark(sc, "timeouts.idle_keepalive"),
+		    "timeouts.idle_keepalive: 0 (off) or at least 1s");
+	errno = 0;
+	if (cf->control_group != NULL && getgrnam(cf->control_group) == NULL)
+		config_error(ld, config_vmark(sc, "control.group"), "control.group: no such group "
+		    "\"%s\"", cf->control_group);
+	if (cf->control_group != NULL && cf->control_socket == NULL)
+		config_error(ld, config_vmark(sc, "control.group"), "control.group: only used "
+		    "with control.socket");
 	/* Looked up here so that a typo fails "imapgate -t", not the start after binding. */
 	errno = 0;
 	if (cf->user != NULL && getpwnam(cf->user) == NULL)

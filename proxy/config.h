@@ -209,6 +209,10 @@ struct config {
 	uint64_t		 tls_handshake_ms;	/* timeouts.tls_handshake (10s) */
 	uint64_t		 preauth_ms;		/* timeouts.preauth (60s) */
 	uint64_t		 idle_ms;		/* timeouts.idle (30m) */
+	uint64_t		 idle_keepalive_ms;	/* timeouts.idle_keepalive (2m, 0 = off) */
+	uint64_t		 drain_spread_ms;	/* timeouts.drain_spread (5s) */
+	char			*control_socket;	/* control.socket: Unix socket path, NULL = none */
+	char			*control_group;		/* control.group: may use it too */
 	uint64_t		 drain_ms;		/* timeouts.drain (30s) */
 
 	size_t			 max_line;		/* limits.max_line */

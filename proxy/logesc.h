@@ -20,5 +20,9 @@
  * fit is cut between two escapes, never inside one.  Returns buf.
  */
 const char	*logesc_quote(const char *v, char *buf, size_t size);
+/* Bytes logesc_json needs for a value of n bytes, NUL included. */
+#define LOGESC_JSON_SIZE(n)	(6 * (n) + 1)
+/* v as the body of a JSON string (any bytes give valid JSON), cut to size. */
+const char	*logesc_json(const char *v, char *buf, size_t size);
 
 #endif

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "control.h"
 #include "log.h"
 #include "server.h"
 #include "tls.h"
@@ -13,7 +14,8 @@
 static void
 usage(FILE *f)
 {
-	fprintf(f, "usage: imapgate [-t] -c FILE\n       imapgate -V\n");
+	fprintf(f, "usage: imapgate [-t] -c FILE\n       imapgate -V\n"
+	    "       imapgate ctl [-S SOCKET] [--json] COMMAND [ARGS...]\n");
 }
 
 /* Print every configuration error as FILE:LINE:COL: message. */
@@ -40,6 +42,8 @@ main(int argc, char *argv[])
 	const char *path = NULL;
 	int test = 0, ch, rc;
 
+	if (argc > 1 && strcmp(argv[1], "ctl") == 0)
+		return control_client(argc - 1, argv + 1);
 	while ((ch = getopt(argc, argv, "c:tVh")) != -1) {
 		switch (ch) {
 		case 'c':

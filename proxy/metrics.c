@@ -126,11 +126,10 @@ metrics_sample_result(struct evbuffer *b, const char *name, const char *server,
 	evbuffer_add_printf(b, "\",result=\"%s\"} %llu\n", result, (unsigned long long)v);
 }
 
-/* Render every metric into b. */
-static void
-metrics_render(struct metrics *m, struct evbuffer *b)
+/* Render every metric into b (the /metrics page, and `imapgate ctl stats`). */
+void
+metrics_render(struct gate *g, struct evbuffer *b)
 {
-	struct gate *g = m->gate;
 	struct generation *gen = g->gen;
 	const struct config *cf = gen->cf;
 	struct pool *p = gen->pool;
@@ -186,6 +185,11 @@ metrics_render(struct metrics *m, struct evbuffer *b)
 	for (int i = 0; i < pool_size(p); i++)
 		metrics_sample1(b, "imapgate_backend_connects_total", "server", pool_name(p, i),
 		    pool_connects(p, i));
+	metrics_family(b, "imapgate_backend_admin_state", "gauge",
+	    "The operator's state of each backend server (0 enabled, 1 disabled, 2 draining).");
+	for (int i = 0; i < pool_size(p); i++)
+		metrics_sample1(b, "imapgate_backend_admin_state", "server", pool_name(p, i),
+		    (uint64_t)pool_admin(p, i));
 	metrics_family(b, "imapgate_backend_failures_total", "counter",
 	    "Connect, TLS, greeting and health-check failures of each backend server.");
 	for (int i = 0; i < pool_size(p); i++)
@@ -247,7 +251,7 @@ metrics_cb(struct evhttp_request *req, void *arg)
 		evhttp_send_error(req, 500, "Out of memory");
 		return;
 	}
-	metrics_render(m, b);
+	metrics_render(m->gate, b);
 	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
 	    "text/plain; version=0.0.4; charset=utf-8");
 	evhttp_send_reply(req, 200, "OK", b);

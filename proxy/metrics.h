@@ -4,10 +4,13 @@
 
 struct gate;
 struct metrics;
+struct evbuffer;
 
 /* Serve /metrics for gate g on its main loop; NULL after logging why. */
 struct metrics	*metrics_start(struct gate *g);
 /* Stop serving and free. */
 void		 metrics_stop(struct metrics *m);
+/* Every metric, in the exposition format, into b (main thread). */
+void		 metrics_render(struct gate *g, struct evbuffer *b);
 
 #endif

@@ -58,9 +58,12 @@ struct pool_state {
 	atomic_uint			 oks;		/* consecutive successes while down */
 	atomic_uint_fast64_t		 connects;
 	atomic_uint_fast64_t		 failures;
+	atomic_int			 admin;		/* POOL_ADMIN_*: set by the control socket */
+	atomic_uint			 weight;	/* the control socket's weight, 0 = the file's */
 	atomic_uint_fast64_t		 logins_ok;	/* route: login: logins through imapgate */
 	atomic_uint_fast64_t		 logins_failed;
-	pthread_mutex_t			 lock;		/* check_now */
+	pthread_mutex_t			 lock;		/* check_now, last_error */
+	char				 last_error[POOL_WHY_MAX];	/* the last failure's reason */
 	struct event			*check_now;	/* the checking pool's "check now" event */
 };
 
@@ -299,10 +302,14 @@ pool_free(struct pool *p)
 	free(p);
 }
 
-/* Weight of a server (at least 1). */
+/* Weight of a server (at least 1): the control socket's, else the file's. */
 static int
 pool_weight(const struct pool_server *s)
 {
+	unsigned w = atomic_load(&s->st->weight);
+
+	if (w > 0)
+		return (int)w;
 	return s->cf->weight > 0 ? (int)s->cf->weight : 1;
 }
 
@@ -311,6 +318,9 @@ static int
 pool_usable(const struct pool_server *s, uint64_t tried)
 {
 	if (tried & ((uint64_t)1 << s->index))
+		return 0;
+	/* Disabled or draining by the operator: no new sessions, even the only server. */
+	if (atomic_load(&s->st->admin) != POOL_ADMIN_ENABLED)
 		return 0;
 	/*
 	 * A server marked down gets no sessions, unless it is the only one:
@@ -538,6 +548,9 @@ pool_result(struct pool_server *s, int ok, int active, const char *why)
 	}
 	atomic_fetch_add(&st->failures, 1);
 	atomic_store(&st->oks, 0);
+	pthread_mutex_lock(&st->lock);
+	snprintf(st->last_error, sizeof(st->last_error), "%s", why != NULL ? why : "failed");
+	pthread_mutex_unlock(&st->lock);
 	if (atomic_fetch_add(&st->fails, 1) + 1 < cf->health_fall)
 		return;
 	if (!active) {
@@ -969,4 +982,87 @@ pool_logins(const struct pool *p, int i, int ok)
 	struct pool_state *st = pool_state_at(p, i);
 
 	return ok ? atomic_load(&st->logins_ok) : atomic_load(&st->logins_failed);
+}
+
+/* The operator's state of server i (POOL_ADMIN_*); kept across reloads with the rest. */
+int
+pool_admin(const struct pool *p, int i)
+{
+	return atomic_load(&pool_state_at(p, i)->admin);
+}
+
+/* Set the operator's state of server i; logged once per change. */
+void
+pool_admin_set(struct pool *p, int i, int admin)
+{
+	static const char *const names[] = { "enabled", "disabled", "draining" };
+	struct pool_state *st = pool_state_at(p, i);
+	int old = atomic_exchange(&st->admin, admin);
+
+	if (old != admin)
+		log_info("msg=backend-admin server=%s state=%s->%s", st->address, names[old],
+		    names[admin]);
+}
+
+/* The weight in force for server i. */
+unsigned
+pool_weight_of(const struct pool *p, int i)
+{
+	return (unsigned)pool_weight(&p->servers[i]);
+}
+
+/* Set server i's weight at run time (0: back to the file's). */
+void
+pool_weight_set(struct pool *p, int i, unsigned w)
+{
+	atomic_store(&pool_state_at(p, i)->weight, w);
+	log_info("msg=backend-weight server=%s weight=%u", pool_state_at(p, i)->address,
+	    (unsigned)pool_weight(&p->servers[i]));
+}
+
+/* The index of the server whose address text is name, -1 if none. */
+int
+pool_find_name(const struct pool *p, const char *name)
+{
+	for (int i = 0; i < p->n; i++)
+		if (strcmp(p->servers[i].cf->address, name) == 0)
+			return i;
+	return -1;
+}
+
+/* The last failure's reason for server i ("" if none). */
+void
+pool_last_error(const struct pool *p, int i, char *buf, size_t len)
+{
+	struct pool_state *st = pool_state_at(p, i);
+
+	pthread_mutex_lock(&st->lock);
+	snprintf(buf, len, "%s", st->last_error);
+	pthread_mutex_unlock(&st->lock);
+}
+
+/*
+ * The hash lookup's order of the servers for user (by its domain when
+ * domain is set): order[] gets every index, best first; returns how many,
+ * -1 if there is no key.
+ */
+int
+pool_rank(const struct pool *p, const char *user, int domain, int *order)
+{
+	const char *ids[HRW_MAX], *key = user, *at;
+	unsigned weights[HRW_MAX];
+	int n = p->n < HRW_MAX ? p->n : HRW_MAX;
+
+	if (domain) {
+		if ((at = strrchr(user, '@')) == NULL || at[1] == '\0')
+			return -1;
+		key = at + 1;
+	}
+	if (n <= 0 || key[0] == '\0')
+		return -1;
+	for (int i = 0; i < n; i++) {
+		ids[i] = p->servers[i].cf->address;
+		weights[i] = (unsigned)pool_weight(&p->servers[i]);
+	}
+	return hrw_order(key, strlen(key), ids, weights, (size_t)n, order) == 0 ? n : -1;
 }

@@ -55,6 +55,21 @@ int		 pool_pick_hash(struct pool *p, const char *key, size_t keylen, uint64_t tr
 int		 pool_take(struct pool *p, int i, uint64_t tried);
 /* The index of the server at sa, -1 if the pool has none there. */
 int		 pool_find(const struct pool *p, const struct sockaddr *sa, socklen_t len);
+/* The operator's state of a server (control socket): kept across reloads. */
+#define POOL_ADMIN_ENABLED	0	/* takes sessions as health allows */
+#define POOL_ADMIN_DISABLED	1	/* no new sessions; existing ones untouched */
+#define POOL_ADMIN_DRAINING	2	/* no new sessions; existing ones being kicked */
+int		 pool_admin(const struct pool *p, int i);
+void		 pool_admin_set(struct pool *p, int i, int admin);
+/* The weight in force for server i; set it at run time (0: the file's again). */
+unsigned	 pool_weight_of(const struct pool *p, int i);
+void		 pool_weight_set(struct pool *p, int i, unsigned w);
+/* The last failure's reason for server i ("" if none). */
+void		 pool_last_error(const struct pool *p, int i, char *buf, size_t len);
+/* The hash lookup's server order for user (or its domain); count, -1 if no key. */
+int		 pool_rank(const struct pool *p, const char *user, int domain, int *order);
+/* The index of the server written as name in the file, -1 if none. */
+int		 pool_find_name(const struct pool *p, const char *name);
 /* Count a login through imapgate on server i; read the counts. */
 void		 pool_login(struct pool *p, int i, int ok);
 uint64_t	 pool_logins(const struct pool *p, int i, int ok);

@@ -25,6 +25,7 @@
 #include "backend.h"
 #include "config.h"
 #include "connlimit.h"
+#include "control.h"
 #include "endpoint.h"
 #include "imapcmd.h"
 #include "log.h"
@@ -334,6 +335,17 @@ prelogin_timeout(struct session *s)
 
 	if (pl == NULL || !pl->busy || s->life != SESSION_LOGIN)
 		return;
+	if (pl->held) {
+		/* "delay user" is over (or still on: wait again). */
+		pl->held = 0;
+		if ((pl->held_ms = control_login_delay(pl->creds.user)) > 0) {
+			pl->held = 1;
+			session_due(s, SESSION_DUE_PHASE, pl->held_ms);
+			return;
+		}
+		prelogin_route(s);
+		return;
+	}
 	pl->busy = 0;
 	if (pl->ndelayed > 0)
 		session_inject_raw(s, pl->delayed, pl->ndelayed);
@@ -519,6 +531,15 @@ prelogin_auth(struct session *s, struct login_result *r)
 		pl->busy = 0;
 		session_inject(s, "%s NO [UNAVAILABLE] Too many failed logins from your address, "
 		    "try again later", pl->tag);
+		return;
+	}
+	if ((pl->held_ms = control_login_delay(pl->creds.user)) > 0) {
+		/*
+		 * The operator holds this user's logins (a mailbox being moved):
+		 * wait, then look up afresh, rather than fail the login.
+		 */
+		pl->held = 1;
+		session_due(s, SESSION_DUE_PHASE, pl->held_ms);
 		return;
 	}
 	prelogin_route(s);

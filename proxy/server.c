@@ -23,6 +23,7 @@
 #include "config.h"
 #include "endpoint.h"
 #include "connlimit.h"
+#include "control.h"
 #include "log.h"
 #include "logesc.h"
 #include "metrics.h"
@@ -413,6 +414,7 @@ server_stop_cb(evutil_socket_t fd, short what, void *arg)
 	struct server *srv = arg;
 	struct session *s, *next;
 	struct timeval tv;
+	uint64_t spread, n, k;
 	int now;
 
 	(void)fd;
@@ -442,11 +444,31 @@ server_stop_cb(evutil_socket_t fd, short what, void *arg)
 	tv.tv_sec = (time_t)(srv->gen->cf->drain_ms / 1000);
 	tv.tv_usec = (suseconds_t)((srv->gen->cf->drain_ms % 1000) * 1000);
 	evtimer_add(srv->ev_drain, &tv);
+	/*
+	 * Spread the BYEs over timeouts.drain_spread (at most half the drain,
+	 * so the last ones still have time for their quiet point): a restart
+	 * with 50,000 sessions must not make 50,000 clients reconnect in the
+	 * same millisecond somewhere else.
+	 */
+	spread = srv->gen->cf->drain_spread_ms;
+	if (spread > srv->gen->cf->drain_ms / 2)
+		spread = srv->gen->cf->drain_ms / 2;
+	n = srv->nsessions;
+	k = 0;
 	for (s = TAILQ_FIRST(&srv->sessions); s != NULL; s = next) {
 		next = session_next(s);
-		session_drain(s);
+		session_kick(s, n > 0 ? spread * k++ / n : 0, NULL);
 	}
 	server_session_gone(srv);
+}
+
+/* The control socket has a job for this worker's sessions. */
+static void
+server_ctl_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	control_worker_run(arg);
 }
 
 /* Free the sessions closed since the last run (deferred from session_close). */
@@ -627,9 +649,11 @@ server_check_new_listeners(struct gate *g, const struct config *cf, char *err, s
  * SIGHUP: read the file and build everything on the side; commit only if
  * all of it worked, else keep the running configuration and log why.
  */
-static void
+int
 server_reload(struct gate *g)
 {
+	int rc = -1;
+
 	struct config_errors errs = { NULL, 0 };
 	struct generation *gen, *old = g->gen;
 	struct config *cf;
@@ -682,10 +706,13 @@ server_reload(struct gate *g)
 		metrics_stop(g->metrics);
 		g->metrics = metrics_start(g);
 	}
+	control_reload(g);
 	generation_unref(old);
 	log_info("msg=reloaded generation=%u", gen->id);
+	rc = 0;
 done:
 	sd_notify(0, "READY=1");
+	return rc;
 }
 
 /*
@@ -829,8 +856,10 @@ server_worker_open(struct gate *g, struct server *srv, unsigned index)
 	srv->ev_stop = event_new(srv->base, -1, 0, server_stop_cb, srv);
 	srv->ev_reload = event_new(srv->base, -1, 0, server_reload_cb, srv);
 	srv->ev_drain = evtimer_new(srv->base, server_drain_timeout_cb, srv);
+	srv->ev_ctl = event_new(srv->base, -1, 0, server_ctl_cb, srv);
 	srv->ev_reap = event_new(srv->base, -1, 0, server_reap_cb, srv);
 	if (srv->ev_stop == NULL || srv->ev_reload == NULL || srv->ev_drain == NULL ||
+	    srv->ev_ctl == NULL ||
 	    srv->ev_reap == NULL)
 		return -1;
 	pthread_mutex_init(&srv->lock, NULL);
@@ -933,6 +962,8 @@ server_gate_open(struct gate *g, struct config *cf)
 	}
 	if (cf->metrics_address != NULL && (g->metrics = metrics_start(g)) == NULL)
 		return -1;
+	if (control_open(g) != 0)
+		return -1;
 	pool_health_start(g->gen->pool, g->base, g->gen->btls);
 	if (server_drop_privileges(cf) != 0)
 		return -1;
@@ -983,6 +1014,8 @@ server_worker_close(struct server *srv)
 		event_free(srv->ev_reload);
 	if (srv->ev_drain != NULL)
 		event_free(srv->ev_drain);
+	if (srv->ev_ctl != NULL)
+		event_free(srv->ev_ctl);
 	if (srv->ev_reap != NULL) {
 		session_reap(srv);
 		event_free(srv->ev_reap);
@@ -1012,6 +1045,7 @@ server_gate_close(struct gate *g)
 	if (g->ev_trim != NULL)
 		event_free(g->ev_trim);
 	metrics_stop(g->metrics);
+	control_close(g);
 	if (g->gen != NULL)
 		pool_health_stop(g->gen->pool);
 	generation_unref(g->gen);

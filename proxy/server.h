@@ -17,6 +17,7 @@
 
 struct config;
 struct config_listen;
+struct control_job;
 struct event;
 struct event_base;
 struct connlimit;
@@ -52,6 +53,8 @@ struct server {
 	struct event		*ev_stop;	/* drain (first SIGTERM) or stop now (second) */
 	struct event		*ev_reload;	/* take next_gen */
 	struct event		*ev_drain;	/* timeouts.drain */
+	struct event		*ev_ctl;	/* a control socket job is waiting (ctl_job) */
+	struct control_job	*ctl_job;	/* under lock */
 	pthread_mutex_t		 lock;		/* next_gen, stop_now */
 	struct generation	*next_gen;
 	int			 stop_now;
@@ -102,6 +105,8 @@ void	generation_unref(struct generation *g);
 int	server_gate_open(struct gate *g, struct config *cf);
 /* Start the workers and run the main loop until a signal stops it. */
 int	server_gate_run(struct gate *g);
+/* Reload the configuration now (SIGHUP, or the control socket); 0 if it took. */
+int	server_reload(struct gate *g);
 /* A worker's session list became empty: leave the loop if the worker is draining. */
 void	server_session_gone(struct server *srv);
 /* Stop and free everything (the configuration too). */

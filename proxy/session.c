@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <event2/buffer.h>
 #include <event2/event.h>
 
 #include "config.h"
@@ -29,6 +30,7 @@
 #include "session_priv.h"
 #include "backend.h"
 #include "prelogin.h"
+#include "control.h"
 #include "stats.h"
 #include "state.h"
 
@@ -117,6 +119,7 @@ static uint64_t session_refuse_slot;	/* second << 20 | refusals in it */
 static void session_trace_client(struct session *, const struct imap_line *, const char *,
     uint64_t, int);
 static void session_guard_check(struct session *);
+static void session_drain_bye(struct session *, const char *, size_t);
 static void session_response_timer(struct session *, int);
 static void session_readable(struct endpoint *, void *);
 static void session_drained(struct endpoint *, void *);
@@ -193,6 +196,15 @@ session_set_client(struct session *s, enum session_client to)
 	    session_client_names[s->cl], session_client_names[to]);
 	s->cl = to;
 	s->rerun = 1;
+	if (to == CLIENT_IDLE && s->gen->cf->idle_keepalive_ms > 0) {
+		/* IDLE began: the keepalive's clock starts now, and is looked at in time. */
+		uint64_t at = session_now_us(s) + s->gen->cf->idle_keepalive_ms * 1000 / 4;
+
+		s->ka_bytes = endpoint_bytes_out(s->client.ep);
+		s->ka_since = session_now_us(s);
+		if (s->due[SESSION_DUE_GUARD] == 0 || s->due[SESSION_DUE_GUARD] > at)
+			session_due(s, SESSION_DUE_GUARD, s->gen->cf->idle_keepalive_ms / 4);
+	}
 }
 
 /* The one place the backend half's lifecycle changes. */
@@ -244,6 +256,7 @@ session_free(struct session *s)
 	free(s->greeting);
 	free(s->greeting_line);
 	free(s->detail);
+	free(s->kick_text);
 	prelogin_free(s);
 	if (s->ev_timer != NULL)
 		event_free(s->ev_timer);
@@ -492,33 +505,80 @@ static void
 session_drain_check(struct session *s)
 {
 	static const char bye[] = "* BYE [UNAVAILABLE] Server shutting down\r\n";
+	enum stats_bye kind = s->kick_text != NULL ? STATS_BYE_KICK : STATS_BYE_SHUTDOWN;
+	const char *reason = s->kick_text != NULL ? "kicked" : "shutdown";
 
 	if (!s->draining || !session_live(s))
 		return;
-	if (s->life == SESSION_SETUP) {
+	if (s->life == SESSION_SETUP && s->pl == NULL) {
 		/* The client has seen nothing yet: a BYE greeting is all it gets. */
-		endpoint_write(s->client.ep, bye, sizeof(bye) - 1);
-		session_bye_count(s, STATS_BYE_SHUTDOWN);
-		session_finish(s, "shutdown");
+		session_drain_bye(s, bye, sizeof(bye) - 1);
+		session_bye_count(s, kind);
+		session_finish(s, reason);
 		return;
 	}
+	if (s->life == SESSION_SETUP && s->pl != NULL)
+		return;	/* a login under way: its answer first */
 	if (!(s->st.ninflight == 0 || (s->st.ninflight == 1 && s->cl == CLIENT_IDLE)))
 		return;
 	if ((s->cl != CLIENT_COMMAND && s->cl != CLIENT_IDLE) || s->client.pending > 0 ||
 	    !imap_parse_at_boundary(&s->client.parser) ||
-	    !session_backend_at_boundary(s) || s->ninject > 0)
+	    !session_backend_at_boundary(s) || s->ninject > 0 || prelogin_busy(s))
 		return;
-	session_bye_count(s, STATS_BYE_SHUTDOWN);
-	endpoint_write(s->client.ep, bye, sizeof(bye) - 1);
-	session_finish(s, "shutdown");
+	session_bye_count(s, kind);
+	session_drain_bye(s, bye, sizeof(bye) - 1);
+	session_finish(s, reason);
 }
 
-/* Start draining s. */
+/* The drain's or the kick's BYE, written straight to the client (a quiet point). */
+static void
+session_drain_bye(struct session *s, const char *dflt, size_t n)
+{
+	char line[SESSION_KICK_TEXT_MAX + 64];
+	int len;
+
+	if (s->kick_text == NULL) {
+		endpoint_write(s->client.ep, dflt, n);
+		return;
+	}
+	len = snprintf(line, sizeof(line), "* BYE [UNAVAILABLE] %s\r\n", s->kick_text);
+	if (len > 0 && (size_t)len < sizeof(line))
+		endpoint_write(s->client.ep, line, (size_t)len);
+}
+
+/* Start draining s now. */
 void
 session_drain(struct session *s)
 {
 	s->draining = 1;
 	session_run(s);
+}
+
+/*
+ * Drain s (text NULL: shutting down) or kick it (text: the BYE's text)
+ * after delay_ms, so that many sessions leave spread over a window
+ * instead of all reconnecting in the same millisecond.
+ */
+void
+session_kick(struct session *s, uint64_t delay_ms, const char *text)
+{
+	if (!session_live(s) || s->draining)
+		return;
+	if (text != NULL && s->kick_text == NULL) {
+		size_t n = strnlen(text, SESSION_KICK_TEXT_MAX);
+
+		if ((s->kick_text = malloc(n + 1)) != NULL) {
+			/* Printable ASCII only: it goes into the client's stream. */
+			for (size_t i = 0; i < n; i++)
+				s->kick_text[i] = text[i] >= 0x20 && text[i] < 0x7f ? text[i] : '?';
+			s->kick_text[n] = '\0';
+		}
+	}
+	if (delay_ms == 0) {
+		session_drain(s);
+		return;
+	}
+	session_due(s, SESSION_DUE_DRAIN, delay_ms);
 }
 
 /* The next session of the same worker. */
@@ -1739,6 +1799,11 @@ session_timer_cb(evutil_socket_t fd, short what, void *arg)
 		s->due[SESSION_DUE_GUARD] = 0;
 		session_guard_check(s);
 	}
+	if (s->life != SESSION_CLOSED && s->due[SESSION_DUE_DRAIN] != 0 &&
+	    s->due[SESSION_DUE_DRAIN] <= now) {
+		s->due[SESSION_DUE_DRAIN] = 0;
+		s->draining = 1;
+	}
 	if (session_live(s))
 		session_run(s);
 	session_timer_arm(s);
@@ -1788,6 +1853,34 @@ session_guard_check(struct session *s)
 		}
 		if (cf->preauth_ms - age_ms < next)
 			next = cf->preauth_ms - age_ms;
+	}
+	if (cf->idle_keepalive_ms > 0 && s->life == SESSION_RELAY) {
+		/*
+		 * IDLE keepalive: nothing went to the client for idle_keepalive,
+		 * so NAT boxes and mobile networks may forget the connection.
+		 * An untagged OK at a response boundary (session_inject waits for
+		 * one) keeps it alive; RFC 2177 lets the server send any
+		 * untagged response during IDLE.
+		 */
+		uint64_t out = endpoint_bytes_out(s->client.ep), now_us = session_now_us(s);
+		uint64_t quiet;
+
+		if (out != s->ka_bytes || s->ka_since == 0) {
+			s->ka_bytes = out;
+			s->ka_since = now_us;
+		}
+		quiet = (now_us - s->ka_since) / 1000;
+		if (s->cl == CLIENT_IDLE && quiet >= cf->idle_keepalive_ms) {
+			session_inject(s, "* OK Still here");
+			s->ka_since = now_us;
+		}
+		/*
+		 * Looked at four times per period: the client's output is only
+		 * sampled here, so a keepalive comes 1 to 1.25 periods after
+		 * the last byte, whenever IDLE began.
+		 */
+		if (cf->idle_keepalive_ms / 4 + 1 < next)
+			next = cf->idle_keepalive_ms / 4 + 1;
 	}
 	if (idle_ms >= cf->idle_ms) {
 		session_bye_count(s, STATS_BYE_TIMEOUT);
@@ -1971,4 +2064,103 @@ session_start(struct server *srv, const struct config_listen *lc, int fd,
 		prelogin_start(s);	/* imapgate greets; the login picks the backend */
 	else
 		backend_connect(s);
+}
+
+/* Is the client address a inside network c? */
+static int
+session_in_cidr(const union session_addr *a, const struct config_cidr *c)
+{
+	const unsigned char *b;
+	unsigned char v4[16];
+	unsigned bits = c->prefix;
+
+	if (a->sa.sa_family == AF_INET) {
+		if (c->family == AF_INET)
+			b = (const unsigned char *)&a->sin.sin_addr;
+		else {
+			/* A v4 client matches a v4-mapped v6 network too. */
+			memset(v4, 0, 10);
+			v4[10] = v4[11] = 0xff;
+			memcpy(v4 + 12, &a->sin.sin_addr, 4);
+			b = v4;
+		}
+	} else if (a->sa.sa_family == AF_INET6 && c->family == AF_INET6)
+		b = (const unsigned char *)&a->sin6.sin6_addr;
+	else
+		return 0;
+	for (unsigned i = 0; bits > 0; i++, bits = bits >= 8 ? bits - 8 : 0) {
+		unsigned char m = bits >= 8 ? 0xff : (unsigned char)(0xff << (8 - bits));
+
+		if ((b[i] & m) != (c->addr[i] & m))
+			return 0;
+	}
+	return 1;
+}
+
+/* Does s match the control socket's filter? */
+int
+session_match(const struct session *s, const struct control_filter *f)
+{
+	char bk[NETADDR_STRLEN];
+
+	if (s->life == SESSION_CLOSED)
+		return 0;
+	if (f->id[0] != '\0' && strcmp(f->id, s->id) != 0)
+		return 0;
+	if (f->user != NULL && strcasecmp(f->user, state_user(&s->st)) != 0)
+		return 0;
+	if (f->state >= 0 && (int)s->st.proto != f->state)
+		return 0;
+	if (f->server != NULL) {
+		const char *name = s->server >= 0 ? pool_name(s->gen->pool, s->server) :
+		    s->baddr.len > 0 ? netaddr_str((const struct sockaddr *)&s->baddr.ss, bk,
+		    sizeof(bk)) : "";
+
+		if (strcmp(f->server, name) != 0)
+			return 0;
+	}
+	if (f->has_cidr && !session_in_cidr(&s->client_ss, &f->cidr))
+		return 0;
+	return 1;
+}
+
+/* Append one line (a table row, or a JSON object) describing s to out. */
+void
+session_describe(const struct session *s, int json, struct evbuffer *out)
+{
+	char bk[NETADDR_STRLEN], user[LOGESC_JSON_SIZE(IMAP_MAX_ARG)];
+	char mbox[LOGESC_JSON_SIZE(IMAP_MAX_ARG)];
+	uint64_t now = session_now_us(s), start, last;
+	const char *server = s->server >= 0 ? pool_name(s->gen->pool, s->server) :
+	    s->baddr.len > 0 ? netaddr_str((const struct sockaddr *)&s->baddr.ss, bk,
+	    sizeof(bk)) : "-";
+
+	start = (uint64_t)s->start.tv_sec * 1000000 + (uint64_t)s->start.tv_usec;
+	last = (uint64_t)s->last_activity.tv_sec * 1000000 + (uint64_t)s->last_activity.tv_usec;
+	/* Peer-controlled values are escaped: logesc quotes for the table, JSON rules in JSON. */
+	if (json) {
+		logesc_json(state_user(&s->st), user, sizeof(user));
+		logesc_json(state_mailbox(&s->st), mbox, sizeof(mbox));
+	} else {
+		logesc_quote(state_user(&s->st), user, sizeof(user));
+		logesc_quote(state_mailbox(&s->st), mbox, sizeof(mbox));
+	}
+	if (json)
+		evbuffer_add_printf(out, "{\"id\":\"%s\",\"client\":\"%s\",\"user\":\"%s\","
+		    "\"server\":\"%s\",\"state\":\"%s\",\"mailbox\":\"%s\",\"age_ms\":%llu,"
+		    "\"idle_ms\":%llu,\"bytes_in\":%llu,\"bytes_out\":%llu,\"route\":\"%s\"}",
+		    s->id, s->client_addr, user, server, state_name(s->st.proto), mbox,
+		    (unsigned long long)(now > start ? (now - start) / 1000 : 0),
+		    (unsigned long long)(now > last ? (now - last) / 1000 : 0),
+		    (unsigned long long)(s->client.ep ? endpoint_bytes_in(s->client.ep) : 0),
+		    (unsigned long long)(s->client.ep ? endpoint_bytes_out(s->client.ep) : 0),
+		    s->route != NULL ? s->route : "-");
+	else
+		evbuffer_add_printf(out, "%-14s %-23s %-24s %-23s %-16s %-16s %8llu %8llu %10llu "
+		    "%10llu\n", s->id, s->client_addr, user[0] ? user : "-", server,
+		    state_name(s->st.proto), mbox[0] ? mbox : "-",
+		    (unsigned long long)(now > start ? (now - start) / 1000000 : 0),
+		    (unsigned long long)(now > last ? (now - last) / 1000000 : 0),
+		    (unsigned long long)(s->client.ep ? endpoint_bytes_in(s->client.ep) : 0),
+		    (unsigned long long)(s->client.ep ? endpoint_bytes_out(s->client.ep) : 0));
 }

@@ -8,6 +8,7 @@
 #ifndef IMAPGATE_SESSION_H
 #define IMAPGATE_SESSION_H
 
+#include <stdint.h>
 #include <sys/socket.h>
 
 struct config_listen;
@@ -34,5 +35,19 @@ struct session *session_next(struct session *s);
  * IDLE, never inside a literal), then close.
  */
 void	session_drain(struct session *s);
+/* Longest BYE text of a kick. */
+#define SESSION_KICK_TEXT_MAX	200
+/*
+ * After delay_ms, BYE at the next quiet point: text NULL is the shutdown
+ * BYE (a spread drain), else "* BYE [UNAVAILABLE] text" (a kick).
+ */
+void	session_kick(struct session *s, uint64_t delay_ms, const char *text);
+
+struct control_filter;
+struct evbuffer;
+/* Does s match the control socket's filter? */
+int	session_match(const struct session *s, const struct control_filter *f);
+/* One line describing s (table row, or a JSON object without a line end). */
+void	session_describe(const struct session *s, int json, struct evbuffer *out);
 
 #endif

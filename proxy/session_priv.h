@@ -111,7 +111,8 @@ union session_addr {
 enum session_due {
 	SESSION_DUE_PHASE,	/* backend connect/greeting, then the final flush */
 	SESSION_DUE_RESPONSE,	/* timeouts.backend_response */
-	SESSION_DUE_GUARD,	/* tls_handshake, preauth and idle checks */
+	SESSION_DUE_GUARD,	/* tls_handshake, preauth and idle checks, IDLE keepalive */
+	SESSION_DUE_DRAIN,	/* a kick or a spread drain begins (then BYE at a quiet point) */
 	SESSION_NDUE
 };
 
@@ -162,7 +163,10 @@ struct session {
 	struct imap_line	*greeting_line;	/* what the parser said of it (held with it) */
 	union session_addr	 client_ss;	/* the real client (after any PROXY header) */
 	union session_addr	 local_ss;	/* the address the client connected to */
-	int			 draining;	/* shutting down: BYE at the next quiet point */
+	int			 draining;	/* shutting down or kicked: BYE at the next quiet point */
+	char			*kick_text;	/* a kick's BYE text (NULL: the shutdown one) */
+	uint64_t		 ka_bytes;	/* client bytes out at the last IDLE keepalive look */
+	uint64_t		 ka_since;	/* since when they have not moved (session_now_us) */
 	struct prelogin		*pl;		/* route: login, until relaying: the dialog and login */
 	const char		*route;		/* how the backend was chosen (summary line) */
 	struct netaddr		 baddr;		/* the backend connected to (family 0: none yet) */
@@ -191,6 +195,8 @@ struct prelogin {
 	struct netaddr		 addr;		/* ... this one (static, http) */
 	unsigned		 fixed_tries;
 	unsigned		 wait_s;	/* http Auth-Wait for a refusal */
+	int			 held;		/* "delay user": the login waits (SESSION_DUE_PHASE) */
+	uint64_t		 held_ms;
 	char			 delayed[IMAP_MAX_TAG + 128];	/* a failure's NO, after the delay */
 	size_t			 ndelayed;
 	/* The backend's side of the login (backend.c). */

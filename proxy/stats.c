@@ -16,7 +16,7 @@ static const char *const stats_guard_names[STATS_GUARD_MAX] = {
 
 static const char *const stats_bye_names[STATS_BYE_MAX] = {
 	"unavailable", "client_state", "desync", "protocol", "timeout", "limit",
-	"shutdown",
+	"shutdown", "kick",
 };
 
 /* Name of guard event g. */

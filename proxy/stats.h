@@ -31,6 +31,7 @@ enum stats_bye {
 	STATS_BYE_TIMEOUT,		/* autologout: preauth or idle */
 	STATS_BYE_LIMIT,		/* too many connections */
 	STATS_BYE_SHUTDOWN,		/* drain on SIGTERM */
+	STATS_BYE_KICK,			/* the control socket's kick or server drain */
 	STATS_BYE_MAX,
 };
 
