@@ -44,8 +44,10 @@ def t_limit_total(env):
     (a msg=refused line with reason limit-total, no session); the three open sessions go on; a slot freed is
     usable again."""
     b = pc.named_backend(env, "b")
+    mport = harness.free_port()
     g = pc.pool_gate(env, [b.port], backend=pc.QUIET_HEALTH,
-                     extra="limits:\n  max_connections: 3\n  max_connections_per_ip: 0\n")
+                     extra="limits:\n  max_connections: 3\n  max_connections_per_ip: 0\n"
+                     "metrics:\n  address: 127.0.0.1:%d\n" % mport)
     held = [pc.client(g) for _ in range(3)]
     for c in held:
         pc.backend_of(c)
@@ -58,7 +60,15 @@ def t_limit_total(env):
         c.cmd("NOOP")
     held.pop().logout()
     pc.session_ends(g, 1)
-    time.sleep(0.2)         # the slot is released when the session is freed
+    # The slot is released when the session is freed, just after its
+    # session-end line: wait (bounded) until the gauge shows it.
+    end = time.monotonic() + 5.0
+    while True:
+        open_now = metrics(mport).get("imapgate_connections")
+        if open_now == 2 or time.monotonic() >= end:
+            break
+        time.sleep(0.05)
+    check(open_now == 2, "imapgate_connections %s after one of 3 sessions ended" % open_now)
     c = pc.client(g)
     check(pc.backend_of(c) == "b", "after a slot freed: %r" % c.greeting)
     for c in held + [c]:

@@ -274,13 +274,23 @@ def run_sessions(env, g):
               "tag with byte 0x%02x -> %r" % (b, line))
     c.logout()
     sent["user"].append(b"user")
-    # SNI: any byte but NUL, in a hand-built ClientHello.
-    for v in vals:
-        sni = upto_nul(v) or b"-"
-        time.sleep(0.25)    # unfinished handshakes are logged at most 5 a second
+    # SNI: any byte but NUL, in a hand-built ClientHello.  Unfinished
+    # handshakes are logged at most 5 a second (of imapgate's clock): each
+    # one's session-end line is waited for, and the next one starts 0.25 s
+    # after it, so that a stalled imapgate (a busy machine) cannot log
+    # several late lines in one second and drop some.
+    # The last name holds a NUL: OpenSSL refuses it, there is no name to log.
+    hellos = [(upto_nul(v) or b"-", True) for v in vals] + [(b"nul\0inside", False)]
+    ends = len(sent["user"])            # one session per user value so far
+    check(wait_ends(g, ends) >= ends, "%d sessions, fewer session-end lines" % ends)
+    for sni, named in hellos:
+        time.sleep(0.25)
         send_sni(g, sni)
-        sent["sni"].append(sni)
-    send_sni(g, b"nul\0inside")     # refused by OpenSSL: no name to log
+        ends += 1
+        check(wait_ends(g, ends) >= ends, "no session-end line for the ClientHello "
+              "naming %r:\n%s" % (sni, g.log_text()[g.mark:][-1500:]))
+        if named:
+            sent["sni"].append(sni)
     return sent
 
 

@@ -32,8 +32,13 @@ import test_pool_common as pc
 import test_tls_common as tc
 
 FAST_HEALTH = "  health: {interval: 300ms, timeout: 300ms, rise: 2, fall: 2}\n"
-PROXY_HEALTH = "  health: {interval: 400ms, timeout: 400ms, rise: 2, fall: 2}\n"
-HEALTH_WAIT = 4.0           # seconds for a state change with FAST_HEALTH
+# The checks that must all succeed (watch_checks): a check's connect, TLS,
+# PROXY header, greeting, login and LOGOUT may take more than 300 ms on a
+# busy machine (Dovecot forks and authenticates), and one late check would
+# count as a failure; what those tests prove is how a check talks, not how fast.
+STEADY_HEALTH = "  health: {interval: 1s, timeout: 1s, rise: 2, fall: 2}\n"
+HEALTH_WAIT = 10.0          # seconds at most for a state change (2 checks)
+LOG_WAIT = 5.0              # seconds at most for Dovecot's line of a finished check
 METRIC_WAIT = 5.0           # seconds for a gauge to reach a value
 RELOAD_WAIT = 5.0           # seconds for "reloaded" after SIGHUP
 QUIET_PERIOD = 2.0          # seconds of health checks alone the protocol tests watch
@@ -253,11 +258,11 @@ def t_removed_server(env):
         close_all(held)
 
 
-def dovecot_checks(d, mark):
-    """Dovecot's imap-login lines after mark for connections that never
+def dovecot_checks(d, mark, end=None):
+    """Dovecot's imap-login lines from mark to end for connections that never
     logged in: the health checks (every client session of these tests logs
     in, and a login is logged as such, not as a disconnect)."""
-    return [x for x in d.log_text()[mark:].splitlines()
+    return [x for x in d.log_text()[mark:end].splitlines()
             if "imap-login:" in x and "Disconnected" in x and "user=<>" in x]
 
 
@@ -331,7 +336,7 @@ def t_dovecot_proxy_v2(env):
     pwfile = os.path.join(env.tmp, "health.pw")
     with open(pwfile, "w") as f:
         f.write(harness.USERS["other"] + "\n")
-    health = PROXY_HEALTH.replace("}", ", user: other, password_file: %s}" % pwfile)
+    health = STEADY_HEALTH.replace("}", ", user: other, password_file: %s}" % pwfile)
     g = pc.pool_gate(env, ports, backend="  client_ip: proxy-v2\n" + health,
                      extra=metrics_extra(mport))
     marks = after_probe(ds, marks)
@@ -345,8 +350,17 @@ def t_dovecot_proxy_v2(env):
         c.logout()
 
     rounds = watch_checks(g, mport, ports, session)
-    time.sleep(0.3)     # Dovecot writes its lines as the connections end
     for d, mark in zip(ds, marks):
+        # Dovecot writes its lines as the connections end: wait (bounded)
+        # until every check login but one (in flight) has its "Logged out".
+        end = time.monotonic() + LOG_WAIT
+        while True:
+            lines = health_login_lines(d, mark, "other")
+            n_in = sum(1 for x in lines if "Login: user=<other>" in x)
+            n_out = sum(1 for x in lines if "Logged out" in x)
+            if n_out >= n_in - 1 or time.monotonic() >= end:
+                break
+            time.sleep(0.05)
         text = d.log_text()[mark:]
         logins = [x for x in text.splitlines() if "Login: user=<demo>" in x]
         check(logins, "no client logged in through imapgate:\n%s" % text[-1500:])
@@ -378,7 +392,7 @@ def t_wildduck_proxy_v1(env):
         wds.append(wd)
     mport = harness.free_port()
     ports = [wd.port for wd in wds]
-    g = pc.pool_gate(env, ports, backend="  client_ip: proxy-v1\n" + PROXY_HEALTH,
+    g = pc.pool_gate(env, ports, backend="  client_ip: proxy-v1\n" + STEADY_HEALTH,
                      extra=metrics_extra(mport))
     g.mark = len(g.log_text())
     want = re.compile(rb"^\* OK WildDuck IMAP Server ready for requests from "
@@ -402,12 +416,16 @@ def t_tls_checks(env):
         return "skip"
     ca = tc.make_ca(env.tmp, "hc")
     leaf = tc.make_leaf(env.tmp, "hc-leaf", ca, SERVER_NAME, ["DNS:" + SERVER_NAME])
-    d = tc.start_dovecot(env, tls_cert=leaf)
     tls_keys = "  ca_file: %s\n  server_name: %s\n" % (ca[0], SERVER_NAME)
-    for mode, port in (("starttls", d.port), ("implicit", d.tls_port)):
+    for mode in ("starttls", "implicit"):
+        # A Dovecot per mode: a check cut by the stop of the first gate
+        # logs its disconnect whenever Dovecot gets to it, and must not be
+        # taken for the second gate's probe or checks.
+        d = tc.start_dovecot(env, tls_cert=leaf)
+        port = d.port if mode == "starttls" else d.tls_port
         mport = harness.free_port()
         mark = len(d.log_text())
-        g = pc.pool_gate(env, [port], backend="  tls: %s\n" % mode + tls_keys + FAST_HEALTH,
+        g = pc.pool_gate(env, [port], backend="  tls: %s\n" % mode + tls_keys + STEADY_HEALTH,
                          extra=metrics_extra(mport))
         mark = after_probe([d], [mark])[0]
         g.mark = len(g.log_text())
@@ -419,9 +437,12 @@ def t_tls_checks(env):
             c.logout()
 
         watch_checks(g, mport, [port], session)
+        # The checks that ended before the stop (whole lines); one under
+        # way is cut by the stop, and ends without LOGOUT.
+        text = d.log_text()
+        end = text.rfind("\n") + 1
         env.stop_gate(g)
-        time.sleep(0.3)     # a check cut by the stop is logged before the next mark
-        checks = dovecot_checks(d, mark)
+        checks = dovecot_checks(d, mark, end)
         check(len(checks) >= MIN_CHECKS, "%s: %d checks in Dovecot's log" % (mode, len(checks)))
         bad = [x for x in checks if "Aborted login by logging out" not in x or "TLS" not in x]
         check(not bad, "%s: checks not over TLS or not ended by LOGOUT: %s" % (mode, bad[:3]))
@@ -441,13 +462,22 @@ def t_health_login_refused(env):
     pwfile = os.path.join(env.tmp, "bad-health.pw")
     with open(pwfile, "w") as f:
         f.write(secret + "\n")
-    health = FAST_HEALTH.replace("}", ", user: other, password_file: %s}" % pwfile)
+    # Dovecot answers a failed LOGIN after 0.5 s even with auth_failure_delay
+    # = 0: a 300 ms check timeout would end every check first ("health check
+    # timeout"), and the refusal would never be seen.
+    health = ("  health: {interval: 2s, timeout: 2s, rise: 2, fall: 2, user: other, "
+              "password_file: %s}\n" % pwfile)
     g = pc.pool_gate(env, [d.port], backend=health)
-    g.wait_log(r'msg=backend-down server=127\.0\.0\.1:%d error="health check login refused"'
-               % d.port, timeout=HEALTH_WAIT)
-    time.sleep(0.3)
+    pc.wait_log(g, r'msg=backend-down server=127\.0\.0\.1:%d error="health check login '
+                r'refused"' % d.port, timeout=HEALTH_WAIT)
     check(secret not in g.log_text(), "the health password is in imapgate's log")
-    fails = [x for x in d.log_text().splitlines() if "user=<other>" in x and "auth failed" in x]
+    end = time.monotonic() + LOG_WAIT
+    while True:
+        fails = [x for x in d.log_text().splitlines()
+                 if "user=<other>" in x and "auth failed" in x]
+        if fails or time.monotonic() >= end:
+            break
+        time.sleep(0.05)
     check(fails, "Dovecot saw no failed login of the health user")
     say("   down after %d refused check logins" % len(fails))
 
