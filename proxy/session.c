@@ -210,11 +210,16 @@ session_set_backend(struct session *s, enum session_backend to)
 	s->rerun = 1;
 }
 
-/* Is the session still reading and relaying (not finishing or closed)? */
+/*
+ * Is the session still reading and relaying (not finishing or closed)?
+ * LOGIN is live too: imapgate talks to the client itself then, and the
+ * timeouts, backpressure, drain and session_finish must apply to it.
+ */
 int
 session_live(const struct session *s)
 {
-	return s->life == SESSION_SETUP || s->life == SESSION_RELAY;
+	return s->life == SESSION_LOGIN || s->life == SESSION_SETUP ||
+	    s->life == SESSION_RELAY;
 }
 
 /* Note what went wrong, for the summary line (the last note wins). */

@@ -1,0 +1,261 @@
+#!/usr/bin/env python3
+"""backend.route: login under attack: a hostile client before login, a
+hostile or broken backend during the login, and a hostile lookup.
+
+Each check starts its own imapgate (route: login, plaintext listener) in
+front of a real Dovecot (test_route_common.RouteDovecot) or a scripted
+backend (FakeBackend) or lookup (FakeLookup), and every imapgate must
+exit 0 on SIGTERM with no sanitizer report and no illegal lifecycle
+transition in its log (run it with an ASan/UBSan build).
+
+usage: test_route_attack.py PATH-TO-IMAPGATE
+Skips (77) without dovecot.
+"""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import harness
+from harness import Fail, check, say
+import test_route_common as rc
+
+HOST = "127.0.0.1"
+USERS = {"alice": "alice-Pw-1", "bob": "bob-Pw-2"}
+IO = 5.0                   # seconds any single wait may take
+BIN = None
+
+
+class Gate:
+    """One imapgate with backend.route: login on a plaintext listener."""
+
+    def __init__(self, env, name, servers, lookup="  lookup:\n    type: hash\n", extra="",
+                 listen_extra="", backend_extra="", level="debug"):
+        self.port = harness.free_port()
+        d = env.dir(name)
+        self.conf = os.path.join(d, "imapgate.yaml")
+        self.logfile = os.path.join(d, "imapgate.log")
+        self.name = name
+        text = ("listen:\n  - address: %s:%d\n    tls: none\n%s"
+                "backend:\n  servers:\n%s  route: login\n%s%s"
+                "log:\n  level: %s\n%s"
+                % (HOST, self.port, listen_extra,
+                   "".join("    - address: %s:%d\n" % (HOST, p) for p in servers),
+                   lookup, backend_extra, level, extra))
+        with open(self.conf, "w") as f:
+            f.write(text)
+        r = subprocess.run([BIN, "-t", "-c", self.conf], capture_output=True,
+                           timeout=harness.START_TIMEOUT)
+        if r.returncode != 0:
+            raise Fail("imapgate -t rejected %s:\n%s%s" % (
+                self.conf, r.stdout.decode(), r.stderr.decode()))
+        self.proc = harness.Proc(name, [BIN, "-c", self.conf], self.logfile)
+        harness.wait_port(self.port, self.proc)
+        env.add(self)
+
+    def log_text(self):
+        return self.proc.log_text()
+
+    def wait_log(self, pattern, timeout=IO):
+        rx = re.compile(pattern)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            m = rx.search(self.log_text())
+            if m:
+                return m
+            time.sleep(0.05)
+        return None
+
+    def stop(self):
+        """SIGTERM; Fail unless it exited 0 with a clean log."""
+        if self.proc.stopped:
+            return
+        status = self.proc.stop()
+        text = self.log_text()
+        for bad in ("AddressSanitizer", "LeakSanitizer", "runtime error:",
+                    "illegal-transition"):
+            check(bad not in text, "%s: %s in its log:\n%s" % (self.name, bad, text[-3000:]))
+        check(status == 0, "%s exited with status %s:\n%s" % (self.name, status, text[-3000:]))
+
+
+class Conn:
+    """A byte-exact client connection."""
+
+    def __init__(self, port, greet=True):
+        self.s = socket.create_connection((HOST, port), timeout=IO)
+        self.buf = b""
+        self.eof = False
+        if greet:
+            g = self.until(rb"\r\n")
+            check(g is not None and g.startswith(b"* OK "), "greeting: %r" % g)
+
+    def send(self, data):
+        self.s.sendall(data.encode() if isinstance(data, str) else data)
+
+    def _fill(self, deadline):
+        self.s.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            d = self.s.recv(65536)
+        except socket.timeout:
+            return None
+        except ConnectionResetError:
+            d = b""
+        if not d:
+            self.eof = True
+            return False
+        self.buf += d
+        return True
+
+    def until(self, rx, timeout=IO):
+        """Everything up to and including the first match of rx, or None."""
+        rx = re.compile(rx if isinstance(rx, bytes) else rx.encode())
+        end = time.monotonic() + timeout
+        while True:
+            m = rx.search(self.buf)
+            if m:
+                out, self.buf = self.buf[:m.end()], self.buf[m.end():]
+                return out
+            if self.eof or time.monotonic() >= end or not self._fill(end):
+                return None
+
+    def tagged(self, tag, timeout=IO):
+        """Everything up to and including tag's tagged reply; Fail without one."""
+        out = self.until(rb"(?:^|\r\n)" + re.escape(tag.encode()) + rb" [^\r\n]*\r\n", timeout)
+        check(out is not None, "no tagged reply for %s (have %r, eof=%s)"
+              % (tag, self.buf[:300], self.eof))
+        return out
+
+    def rest(self, timeout=0.5):
+        """What arrives within timeout (stops at EOF)."""
+        end = time.monotonic() + timeout
+        while not self.eof and time.monotonic() < end:
+            if self._fill(end) is None:
+                break
+        out, self.buf = self.buf, b""
+        return out
+
+    def closed(self, timeout=IO):
+        """True once the server closed the connection within timeout."""
+        end = time.monotonic() + timeout
+        while not self.eof and time.monotonic() < end:
+            self._fill(end)
+        return self.eof
+
+    def close(self):
+        try:
+            self.s.close()
+        except OSError:
+            pass
+
+
+def status_of(reply, tag):
+    m = re.search(rb"(?:^|\r\n)" + re.escape(tag.encode()) + rb" (OK|NO|BAD)\b", reply)
+    return m.group(1).decode() if m else None
+
+
+def fast(extra=""):
+    """timeouts that keep the checks quick."""
+    return "timeouts:\n  login_failure: 0s\n" + extra
+
+
+# ------------------------------------------------------- session lifecycle
+
+def t_retry_after_failed_login(env):
+    """A wrong password, then the right one on the same connection: the
+    failed login (which reached the backend) must not leave the client
+    unread, and pipelined commands run after the NO, in order."""
+    g = Gate(env, "retry", [env.dv.port], extra="timeouts:\n  login_failure: 200ms\n")
+    c = Conn(g.port)
+    c.send("a LOGIN alice wrong\r\nb CAPABILITY\r\nc NOOP\r\n")
+    out = c.tagged("c")
+    check(status_of(out, "a") == "NO" and status_of(out, "b") == "OK" and
+          status_of(out, "c") == "OK", "pipelined after a failed login: %r" % out)
+    check(out.index(b"a NO") < out.index(b"b OK") < out.index(b"c OK"), "order: %r" % out)
+    c.send("d LOGIN alice %s\r\ne SELECT INBOX\r\n" % USERS["alice"])
+    out = c.tagged("e")
+    check(status_of(out, "d") == "OK" and status_of(out, "e") == "OK", "retry: %r" % out)
+    c.close()
+    g.stop()
+
+
+def t_preauth_timeout_before_login(env):
+    """timeouts.preauth holds before login too: a silent client is closed."""
+    g = Gate(env, "preauth", [env.dv.port], extra=fast("  preauth: 1s\n"))
+    c = Conn(g.port)
+    out = c.until(rb"\* BYE [^\r\n]*\r\n", timeout=IO)
+    check(out is not None and c.closed(), "no BYE/close for a silent client: %r" % c.buf)
+    c.close()
+    g.stop()
+
+
+def t_logout_and_bad_limit(env):
+    """LOGOUT before login ends the connection; so do 50 BAD commands."""
+    g = Gate(env, "logout", [env.dv.port], extra=fast())
+    c = Conn(g.port)
+    c.send("a LOGOUT\r\n")
+    out = c.tagged("a")
+    check(b"* BYE" in out and c.closed(), "LOGOUT did not close: %r" % out)
+    c.close()
+    c = Conn(g.port)
+    c.send("".join("x%d FROB\r\n" % i for i in range(60)))
+    check(c.closed(), "60 BAD commands: still open")
+    c.close()
+    g.stop()
+
+
+def t_drain_before_login(env):
+    """SIGTERM: a session before login gets BYE and imapgate exits well
+    before timeouts.drain."""
+    g = Gate(env, "drain", [env.dv.port], extra=fast("  drain: 60s\n"))
+    c = Conn(g.port)
+    c2 = Conn(g.port)
+    c2.send("a LOGIN alice wrong\r\n")
+    c2.tagged("a")
+    os.kill(g.proc.pid, signal.SIGTERM)
+    out = c.until(rb"\* BYE [^\r\n]*\r\n")
+    check(out is not None, "no BYE on drain: %r" % c.buf)
+    check(c2.until(rb"\* BYE [^\r\n]*\r\n") is not None, "no BYE on drain after a failure")
+    try:
+        g.proc.p.wait(timeout=IO * 2)
+    except subprocess.TimeoutExpired:
+        raise Fail("imapgate still running %.0fs after SIGTERM with only pre-login "
+                   "sessions" % (IO * 2))
+    c.close()
+    c2.close()
+    g.stop()
+
+
+TESTS = [
+    ("retry after a failed login, pipelined commands in order", t_retry_after_failed_login),
+    ("preauth timeout before login", t_preauth_timeout_before_login),
+    ("LOGOUT and the BAD limit before login", t_logout_and_bad_limit),
+    ("drain with sessions before login", t_drain_before_login),
+]
+
+
+def main(argv):
+    global BIN
+    BIN = harness.imapgate_binary(argv)
+    if shutil.which("dovecot") is None:
+        say("SKIP: dovecot is not installed")
+        sys.exit(harness.SKIP)
+    if not BIN or not os.access(BIN, os.X_OK):
+        say("FAIL: imapgate binary not given or not executable: %r" % BIN)
+        sys.exit(1)
+    t0 = time.monotonic()
+    env = rc.RouteEnv(prefix="imapgate-route-attack-")
+    (env.dv,) = rc.start_dovecots(env.tmp, [("one", USERS)])
+    env.add(env.dv)
+    only = os.environ.get("IMAPGATE_TEST_ONLY")
+    tests = [t for t in TESTS if not only or only in t[0]]
+    rc.run(env, tests, started=t0)
+
+
+if __name__ == "__main__":
+    main(sys.argv)
