@@ -154,6 +154,82 @@ class Conn:
             pass
 
 
+class FakeLookup:
+    """An nginx auth_http endpoint that sends every user to server_port
+    (Auth-Status OK) after delay seconds, or (delay None) once go is set;
+    n counts the requests."""
+
+    def __init__(self, server_port, delay=0.0, status="OK"):
+        self.server_port = server_port
+        self.delay = delay
+        self.go = threading.Event()
+        self.status = status
+        self.n = 0
+        self._stop = threading.Event()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((HOST, 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.name = "fake-lookup"
+        self.threads = [threading.Thread(target=self._loop, daemon=True)]
+        self.threads[0].start()
+
+    @property
+    def url(self):
+        return "http://%s:%d/auth" % (HOST, self.port)
+
+    def _loop(self):
+        while not self._stop.is_set():
+            try:
+                c, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            t = threading.Thread(target=self._serve, args=(c,), daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def _serve(self, c):
+        try:
+            c.settimeout(IO)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                d = c.recv(4096)
+                if not d:
+                    return
+                data += d
+            self.n += 1
+            if self.delay is None:
+                while not self.go.wait(0.05):
+                    if self._stop.is_set():
+                        return
+            elif self._stop.wait(self.delay):
+                return
+            if self.status == "OK":
+                c.sendall(b"HTTP/1.0 200 OK\r\nAuth-Status: OK\r\nAuth-Server: 127.0.0.1\r\n"
+                          b"Auth-Port: %d\r\n\r\n" % self.server_port)
+            else:
+                c.sendall(b"HTTP/1.0 200 OK\r\nAuth-Status: %s\r\nAuth-Wait: 0\r\n\r\n"
+                          % self.status.encode())
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def stop(self):
+        self._stop.set()
+        self.sock.close()
+        for t in self.threads:
+            t.join(timeout=2.0)
+
+
+def http_lookup(url, timeout="5s"):
+    return "  lookup:\n    type: http\n    url: %s\n    timeout: %s\n" % (url, timeout)
+
+
 def status_of(reply, tag):
     m = re.search(rb"(?:^|\r\n)" + re.escape(tag.encode()) + rb" (OK|NO|BAD)\b", reply)
     return m.group(1).decode() if m else None
@@ -231,11 +307,43 @@ def t_drain_before_login(env):
     g.stop()
 
 
+def t_lookup_answers_after_session_end(env):
+    """An http lookup whose answer is read in the same loop round as the
+    preauth timeout ends the session must not revive it (it asserted:
+    illegal transition finishing->setup).  imapgate is stopped (SIGSTOP)
+    while the lookup answers and the timeout passes, so both are ready
+    together when it goes on."""
+    lk = env.add(FakeLookup(env.dv.port, delay=None))
+    g = Gate(env, "late-lookup", [env.dv.port], lookup=http_lookup(lk.url),
+             extra=fast("  preauth: 1s\n"))
+    for i in range(2):
+        lk.go.clear()
+        t0 = time.monotonic()
+        c = Conn(g.port)
+        c.send("a LOGIN alice %s\r\n" % USERS["alice"])
+        end = time.monotonic() + IO
+        while lk.n < i + 1 and time.monotonic() < end:
+            time.sleep(0.01)
+        check(lk.n == i + 1, "the lookup was not asked")
+        os.kill(g.proc.pid, signal.SIGSTOP)
+        try:
+            lk.go.set()
+            time.sleep(max(0.2, 1.2 - (time.monotonic() - t0)))
+        finally:
+            os.kill(g.proc.pid, signal.SIGCONT)
+        c.closed()
+        c.close()
+        check(g.proc.alive(), "imapgate died on a lookup answer for an ended session:\n%s"
+              % g.log_text()[-3000:])
+    g.stop()
+
+
 TESTS = [
     ("retry after a failed login, pipelined commands in order", t_retry_after_failed_login),
     ("preauth timeout before login", t_preauth_timeout_before_login),
     ("LOGOUT and the BAD limit before login", t_logout_and_bad_limit),
     ("drain with sessions before login", t_drain_before_login),
+    ("a lookup answer after the session ended", t_lookup_answers_after_session_end),
 ]
 
 
