@@ -226,6 +226,104 @@ class FakeLookup:
             t.join(timeout=2.0)
 
 
+class FakeBackend:
+    """A scripted IMAP backend: script(conn, n) runs for the n-th
+    connection (0-based) in a thread; conn is a BackendConn."""
+
+    def __init__(self, script):
+        self.script = script
+        self.conns = []
+        self.errors = []
+        self._stop = threading.Event()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((HOST, 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.name = "fake-backend"
+        self.threads = [threading.Thread(target=self._loop, daemon=True)]
+        self.threads[0].start()
+
+    def _loop(self):
+        while not self._stop.is_set():
+            try:
+                c, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            bc = BackendConn(c, self._stop)
+            self.conns.append(bc)
+            t = threading.Thread(target=self._serve, args=(bc, len(self.conns) - 1),
+                                 daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def _serve(self, bc, n):
+        try:
+            self.script(bc, n)
+        except Exception as e:      # the script's own failure, reported by the test
+            self.errors.append("connection %d: %r" % (n, e))
+        finally:
+            bc.close()
+
+    def stop(self):
+        self._stop.set()
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+        for t in self.threads:
+            t.join(timeout=2.0)
+
+
+class BackendConn:
+    """The backend's side of one connection: line reads, raw sends, RST."""
+
+    def __init__(self, s, stop):
+        self.s = s
+        self.stop_ev = stop
+        self.s.settimeout(IO)
+        self.buf = b""
+        self.received = b""
+
+    def line(self):
+        """The next line from imapgate (CRLF included); Fail at EOF."""
+        while b"\n" not in self.buf:
+            d = self.s.recv(65536)
+            if not d:
+                raise Fail("imapgate closed (have %r)" % self.buf)
+            self.buf += d
+            self.received += d
+        i = self.buf.index(b"\n") + 1
+        out, self.buf = self.buf[:i], self.buf[i:]
+        return out
+
+    def send(self, data):
+        self.s.sendall(data)
+
+    def wait(self, secs):
+        self.stop_ev.wait(secs)
+
+    def reset(self):
+        """Close with RST."""
+        self.s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        self.close()
+
+    def close(self):
+        try:
+            self.s.close()
+        except OSError:
+            pass
+
+
+def tag_of(line):
+    return line.split(b" ", 1)[0]
+
+
+GREET_CAPS = b"* OK [CAPABILITY IMAP4rev1 SASL-IR LITERAL+ AUTH=PLAIN] fake ready\r\n"
+
+
 def http_lookup(url, timeout="5s"):
     return "  lookup:\n    type: http\n    url: %s\n    timeout: %s\n" % (url, timeout)
 
@@ -338,12 +436,37 @@ def t_lookup_answers_after_session_end(env):
     g.stop()
 
 
+# ------------------------------------------------- hostile or broken backend
+
+def t_backend_reset_after_login_ok(env):
+    """The backend says OK to the login (no capability list), then resets
+    the connection during the CAPABILITY imapgate asks: the client gets
+    NO [UNAVAILABLE] (the error text was read after its endpoint was
+    freed: heap-use-after-free)."""
+    def script(b, n):
+        b.send(GREET_CAPS)
+        tag = tag_of(b.line())
+        b.send(tag + b" OK Logged in\r\n")
+        b.line()                        # imapgate-cap CAPABILITY
+        b.send(b"* CAPABILITY IMAP4rev1 " + b"X" * 70000)   # unread: the close is a RST
+        b.reset()
+    fb = env.add(FakeBackend(script))
+    g = Gate(env, "reset-after-ok", [fb.port], extra=fast())
+    c = Conn(g.port)
+    c.send("a LOGIN alice pw\r\n")
+    out = c.tagged("a")
+    check(out.startswith(b"a NO [UNAVAILABLE]"), "reply: %r" % out)
+    c.close()
+    g.stop()
+
+
 TESTS = [
     ("retry after a failed login, pipelined commands in order", t_retry_after_failed_login),
     ("preauth timeout before login", t_preauth_timeout_before_login),
     ("LOGOUT and the BAD limit before login", t_logout_and_bad_limit),
     ("drain with sessions before login", t_drain_before_login),
     ("a lookup answer after the session ended", t_lookup_answers_after_session_end),
+    ("backend resets after the login's OK", t_backend_reset_after_login_ok),
 ]
 
 
