@@ -460,6 +460,28 @@ def t_backend_reset_after_login_ok(env):
     g.stop()
 
 
+def t_login_ok_without_capability(env):
+    """A login OK without a capability list: imapgate asks CAPABILITY and
+    answers the client with it and the OK's text (which leaked)."""
+    def script(b, n):
+        b.send(GREET_CAPS)
+        tag = tag_of(b.line())
+        b.send(tag + b" OK Welcome aboard\r\n")
+        tag = tag_of(b.line())
+        b.send(b"* CAPABILITY IMAP4rev1 IDLE FAKECAP\r\n" + tag + b" OK done\r\n")
+        tag = tag_of(b.line())
+        b.send(b"* BYE bye\r\n" + tag + b" OK LOGOUT done\r\n")
+    fb = env.add(FakeBackend(script))
+    g = Gate(env, "ok-no-caps", [fb.port], extra=fast())
+    c = Conn(g.port)
+    c.send("a LOGIN alice pw\r\nb LOGOUT\r\n")
+    out = c.tagged("b")
+    check(re.match(rb"a OK \[CAPABILITY IMAP4rev1 IDLE FAKECAP\] Welcome aboard\r\n", out)
+          is not None, "reply: %r" % out)
+    c.close()
+    g.stop()
+
+
 TESTS = [
     ("retry after a failed login, pipelined commands in order", t_retry_after_failed_login),
     ("preauth timeout before login", t_preauth_timeout_before_login),
@@ -467,6 +489,7 @@ TESTS = [
     ("drain with sessions before login", t_drain_before_login),
     ("a lookup answer after the session ended", t_lookup_answers_after_session_end),
     ("backend resets after the login's OK", t_backend_reset_after_login_ok),
+    ("login OK without a capability list", t_login_ok_without_capability),
 ]
 
 
