@@ -447,7 +447,17 @@ prelogin_route(struct session *s)
 	const struct config *cf = s->gen->cf;
 	const struct usermap_entry *e;
 
+	/* A fresh login: nothing of a failed earlier one on this connection carries over. */
 	pl->fixed = 0;
+	pl->fixed_tries = 0;
+	pl->authed = 0;
+	pl->bcaps_known = 0;
+	pl->id_sent = 0;
+	pl->cont = 0;
+	free(pl->postcaps);
+	pl->postcaps = NULL;
+	free(pl->ok_text);
+	pl->ok_text = NULL;
 	s->tried = 0;
 	if (cf->lookup == CONFIG_LOOKUP_HTTP) {
 		prelogin_http(s);

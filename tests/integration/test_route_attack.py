@@ -482,6 +482,58 @@ def t_login_ok_without_capability(env):
     g.stop()
 
 
+def t_no_stale_login_state(env):
+    """A login whose backend died after its OK leaves nothing behind for the
+    client's next attempt: the next backend must get the new login (a
+    stale 'authed' flag made imapgate answer OK after only a CAPABILITY,
+    without logging in), and a static route must not run out of tries
+    after connect_tries failed logins."""
+    def script(b, n):
+        if n == 0:
+            b.send(GREET_CAPS)
+            tag = tag_of(b.line())
+            b.send(tag + b" OK Logged in\r\n")
+            b.line()                    # imapgate-cap CAPABILITY: no answer, close
+            return
+        b.send(b"* OK no capabilities here\r\n")
+        line = b.line()
+        if b"CAPABILITY" in line:
+            b.send(b"* CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR\r\n" + tag_of(line) + b" OK\r\n")
+            line = b.line()
+        b.send(tag_of(line) + b" NO [AUTHENTICATIONFAILED] wrong\r\n")
+    fb = env.add(FakeBackend(script))
+    g = Gate(env, "stale", [fb.port], extra=fast())
+    c = Conn(g.port)
+    c.send("a LOGIN alice pw\r\n")
+    out = c.tagged("a")
+    check(out.startswith(b"a NO [UNAVAILABLE]"), "first login: %r" % out)
+    c.send("b LOGIN alice wrong\r\n")
+    out = c.tagged("b")
+    check(out.startswith(b"b NO [AUTHENTICATIONFAILED]"), "second login: %r" % out)
+    check(len(fb.conns) == 2 and b"AUTHENTICATE PLAIN" in fb.conns[1].received,
+          "the second backend connection got no login: %r"
+          % [x.received for x in fb.conns])
+    c.close()
+    g.stop()
+
+    mapfile = os.path.join(env.dir("stale-static"), "users.map")
+    with open(mapfile, "w") as f:
+        f.write("alice 127.0.0.1:%d\n" % env.dv.port)
+    g = Gate(env, "stale-static", [env.dv.port],
+             lookup="  lookup:\n    type: static\n    file: %s\n" % mapfile, extra=fast())
+    c = Conn(g.port)
+    for i in range(5):
+        c.send("w%d LOGIN alice wrong%d\r\n" % (i, i))
+        out = c.tagged("w%d" % i)
+        check(out.startswith(b"w%d NO [AUTHENTICATIONFAILED]" % i),
+              "static route, failed login %d: %r" % (i + 1, out))
+    c.send("ok LOGIN alice %s\r\n" % USERS["alice"])
+    out = c.tagged("ok")
+    check(out.startswith(b"ok OK"), "static route, the right password at last: %r" % out)
+    c.close()
+    g.stop()
+
+
 TESTS = [
     ("retry after a failed login, pipelined commands in order", t_retry_after_failed_login),
     ("preauth timeout before login", t_preauth_timeout_before_login),
@@ -490,6 +542,7 @@ TESTS = [
     ("a lookup answer after the session ended", t_lookup_answers_after_session_end),
     ("backend resets after the login's OK", t_backend_reset_after_login_ok),
     ("login OK without a capability list", t_login_ok_without_capability),
+    ("no state of a failed login carries over", t_no_stale_login_state),
 ]
 
 
