@@ -534,6 +534,152 @@ def t_no_stale_login_state(env):
     g.stop()
 
 
+def t_no_secrets_in_debug_log(env):
+    """log.level debug: no password or SASL payload of any login mechanism
+    (LOGIN with literals, AUTHENTICATE PLAIN/LOGIN) reaches the log; user
+    names with quotes, backslashes and 8-bit bytes are escaped."""
+    import base64
+    g = Gate(env, "secrets", [env.dv.port], extra=fast())
+    pw = USERS["alice"]
+    plain = base64.b64encode(b"\0alice\0" + pw.encode())
+    sessions = [
+        b"a LOGIN alice {%d}\r\n%s\r\n" % (len(pw), pw.encode()),
+        b"a LOGIN alice {%d+}\r\n%s\r\n" % (len(pw), pw.encode()),
+        b"a LOGIN alice \"%s-x\"\r\n" % pw.encode(),
+        b"a AUTHENTICATE PLAIN %s\r\n" % plain,
+        b"a AUTHENTICATE PLAIN\r\n%s\r\n" % plain,
+        b"a AUTHENTICATE LOGIN\r\n%s\r\n%s\r\n" % (base64.b64encode(b"alice"),
+                                                  base64.b64encode(pw.encode())),
+        b"a LOGIN \"q\\\"u\\\\ote\xc3\xa9 msg=x\" \"%s\"\r\n" % pw.encode(),
+    ]
+    for data in sessions:
+        c = Conn(g.port)
+        c.send(data + b"b LOGOUT\r\n")
+        c.tagged("b")
+        c.close()
+    check(g.wait_log(r'user="q\\"u\\\\ote\\xc3\\xa9 msg=x"') is not None,
+          "the odd user name is not logged escaped")
+    text = g.log_text()
+    for secret in (pw, plain.decode(), base64.b64encode(pw.encode()).decode()):
+        check(secret not in text, "a secret (%r) is in the debug log" % secret)
+    g.stop()
+
+
+# ------------------------------------------------------------ random clients
+
+def _fuzz_string(rng, value):
+    """value as an atom, quoted string, synchronizing literal or LITERAL+."""
+    k = rng.randrange(4)
+    if k == 0 and re.match(r"^[A-Za-z0-9._-]+$", value):
+        return value.encode()
+    if k <= 1:
+        return b'"' + value.replace("\\", "\\\\").replace('"', '\\"').encode() + b'"'
+    return b"{%d%s}\r\n" % (len(value), b"+" if k == 3 else b"") + value.encode()
+
+
+def _fuzz_plan(rng):
+    """[(tag, bytes, expected status or None)] for one random session."""
+    import base64
+    out = []
+    logged_in = False
+    for i in range(rng.randrange(1, 12)):
+        tag = "t%d" % i
+        k = rng.randrange(10)
+        if logged_in:
+            out.append((tag, b"%s %s\r\n" % (tag.encode(), rng.choice([b"NOOP", b"CAPABILITY"])),
+                        "OK"))
+            continue
+        if k == 0:
+            out.append((tag, b"%s %s\r\n" % (tag.encode(), rng.choice([b"NOOP", b"CAPABILITY"])),
+                        "OK"))
+        elif k == 1:
+            out.append((tag, b"%s ID (\"name\" %s \"version\" NIL)\r\n"
+                        % (tag.encode(), _fuzz_string(rng, "fuzz client")), "OK"))
+        elif k == 2:
+            out.append((tag, rng.choice([b"%s FROB\r\n", b"%s NOOP {3}\r\nabc\r\n",
+                                         b"%s SELECT INBOX\r\n", b"%s LOGIN\r\n",
+                                         b"%s LOGIN a b c\r\n"]) % tag.encode(), None))
+        elif k in (3, 4, 5, 6):
+            user = rng.choice(["alice", "bob", "nobody"])
+            right = rng.random() < 0.4 and user != "nobody"
+            pw = USERS[user] if right else "wrong-%d" % rng.randrange(100)
+            out.append((tag, b"%s LOGIN %s %s\r\n" % (tag.encode(), _fuzz_string(rng, user),
+                                                       _fuzz_string(rng, pw)),
+                        "OK" if right else "NO"))
+            logged_in = right
+        else:
+            user = rng.choice(["alice", "bob"])
+            right = rng.random() < 0.4
+            pw = USERS[user] if right else "nope"
+            blob = base64.b64encode(b"\0" + user.encode() + b"\0" + pw.encode())
+            if k == 7:
+                data = b"%s AUTHENTICATE PLAIN %s\r\n" % (tag.encode(), blob)
+            elif k == 8:
+                data = b"%s AUTHENTICATE PLAIN\r\n%s\r\n" % (tag.encode(), blob)
+            else:
+                data = b"%s AUTHENTICATE LOGIN\r\n%s\r\n%s\r\n" % (
+                    tag.encode(), base64.b64encode(user.encode()),
+                    base64.b64encode(pw.encode()))
+            out.append((tag, data, "OK" if right else "NO"))
+            logged_in = right
+    out.append(("z", b"z LOGOUT\r\n", "OK"))
+    return out
+
+
+def t_random_clients(env):
+    """Random pre-login sessions (every LOGIN/ID argument as atom, quoted,
+    literal or LITERAL+; AUTHENTICATE with and without SASL-IR; garbage),
+    pipelined in random chunks down to single bytes, sometimes cut short:
+    every tag is answered at most once, in the order sent, with the
+    expected status, and a session that ran to LOGOUT got every answer.
+    IMAPGATE_FUZZ_SECONDS (default 6) and IMAPGATE_FUZZ_SEED apply."""
+    import random
+    seed = int(os.environ.get("IMAPGATE_FUZZ_SEED") or random.SystemRandom().randrange(1 << 32))
+    seconds = float(os.environ.get("IMAPGATE_FUZZ_SECONDS") or 6)
+    say("   seed %d (IMAPGATE_FUZZ_SEED=%d IMAPGATE_TEST_ONLY=random to replay)" % (seed, seed))
+    g = Gate(env, "fuzz", [env.dv.port], level="info",
+             extra=fast("  preauth: 30s\nlimits:\n  login_failures_per_ip: 0\n"))
+    end = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < end and n < 2000:
+        rng = random.Random("%d:%d" % (seed, n))
+        plan = _fuzz_plan(rng)
+        data = b"".join(x[1] for x in plan)
+        cut = len(data) if rng.random() < 0.8 else rng.randrange(len(data))
+        chunk = rng.choice([1, 3, 7, 64, 1 << 16])
+        where = "seed %d session %d" % (seed, n)
+        c = Conn(g.port)
+        try:
+            for i in range(0, cut, chunk):
+                c.send(data[i:min(cut, i + chunk)])
+            if cut < len(data):
+                c.close()
+            else:
+                c.closed(timeout=IO)
+                got = c.buf
+                tags = [m.group(1).decode() for m in
+                        re.finditer(rb"(?:^|\n)(t\d+|z) (?:OK|NO|BAD)\b", got)]
+                order = [t for t, _, _ in plan]
+                check(len(tags) == len(set(tags)), "%s: a tag answered twice: %r" % (where, got))
+                check(tags == [t for t in order if t in tags],
+                      "%s: answers out of order %r: %r" % (where, tags, got))
+                bye = re.search(rb"\* BYE (?!Logging out|IMAP)", got)
+                if not bye:
+                    check(tags == order, "%s: missing answers %r of %r:\n%r\nsent %r"
+                          % (where, tags, order, got, data))
+                for t, _, want in plan:
+                    st = status_of(got, t)
+                    check(want is None or st is None or st == want,
+                          "%s: %s got %s, want %s:\n%r\nsent %r"
+                          % (where, t, st, want, got, data))
+        finally:
+            c.close()
+        check(g.proc.alive(), "%s: imapgate died:\n%s" % (where, g.log_text()[-3000:]))
+        n += 1
+    say("   %d sessions" % n)
+    g.stop()
+
+
 TESTS = [
     ("retry after a failed login, pipelined commands in order", t_retry_after_failed_login),
     ("preauth timeout before login", t_preauth_timeout_before_login),
@@ -543,6 +689,8 @@ TESTS = [
     ("backend resets after the login's OK", t_backend_reset_after_login_ok),
     ("login OK without a capability list", t_login_ok_without_capability),
     ("no state of a failed login carries over", t_no_stale_login_state),
+    ("no secrets in the debug log", t_no_secrets_in_debug_log),
+    ("random clients before login", t_random_clients),
 ]
 
 
