@@ -742,10 +742,12 @@ backend_connect(struct session *s)
 void
 backend_failover(struct session *s, const char *why)
 {
-	char esc[LOGESC_SIZE(SESSION_DETAIL_MAX)];
-
+	char esc[LOGESC_SIZE(SESSION_DETAIL_MAX)], whybuf[SESSION_DETAIL_MAX];
 	char name[NETADDR_STRLEN];
 
+	/* why may be the endpoint's error text: backend_drop frees it. */
+	snprintf(whybuf, sizeof(whybuf), "%s", why);
+	why = whybuf;
 	backend_name(s, name, sizeof(name));
 	log_info("session=%s msg=backend-failed server=%s error=\"%s\"", s->id, name,
 	    logesc_quote(why, esc, sizeof(esc)));

@@ -361,6 +361,8 @@ prelogin_http_done(const struct authhttp_answer *a, void *arg)
 	char name[32];
 
 	pl->req = NULL;
+	if (s->life != SESSION_LOGIN)
+		return;	/* the session ended (or is ending) while the lookup ran */
 	snprintf(name, sizeof(name), "http:%s", a->outcome == AUTHHTTP_OK ? "ok" :
 	    a->outcome == AUTHHTTP_DENIED ? "denied" : a->outcome == AUTHHTTP_RETRY ? "retry" :
 	    authhttp_error_name(a->error));

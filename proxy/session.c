@@ -95,7 +95,8 @@ static const unsigned session_backend_next[SESSION_NBACKEND] = {
 	[BACKEND_UPGRADE] = B(BACKEND_ID) | B(BACKEND_CAPA) | B(BACKEND_AUTH) | B(BACKEND_READY) |
 	    SETUP_FAIL,
 	[BACKEND_ID] = B(BACKEND_CAPA) | B(BACKEND_AUTH) | B(BACKEND_READY) | SETUP_FAIL,
-	[BACKEND_CAPA] = B(BACKEND_ID) | B(BACKEND_AUTH) | SETUP_FAIL,
+	/* CAPA -> READY: the capability list asked for after a login OK without one. */
+	[BACKEND_CAPA] = B(BACKEND_ID) | B(BACKEND_AUTH) | B(BACKEND_READY) | SETUP_FAIL,
 	[BACKEND_AUTH] = B(BACKEND_CAPA) | B(BACKEND_READY) | SETUP_FAIL,
 	[BACKEND_READY] = 0,
 };
@@ -222,11 +223,16 @@ session_set_backend(struct session *s, enum session_backend to)
 	s->rerun = 1;
 }
 
-/* Is the session still reading and relaying (not finishing or closed)? */
+/*
+ * Is the session still reading and relaying (not finishing or closed)?
+ * LOGIN is live too: imapgate talks to the client itself then, and the
+ * timeouts, backpressure, drain and session_finish must apply to it.
+ */
 int
 session_live(const struct session *s)
 {
-	return s->life == SESSION_SETUP || s->life == SESSION_RELAY;
+	return s->life == SESSION_LOGIN || s->life == SESSION_SETUP ||
+	    s->life == SESSION_RELAY;
 }
 
 /* Note what went wrong, for the summary line (the last note wins). */
