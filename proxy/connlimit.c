@@ -217,20 +217,43 @@ connlimit_total(struct connlimit *l)
 }
 
 /*
- * Count a failed login from sa; returns the failures in the window with
- * this one.  The address holds a session (its slot keeps the entry).
+ * The key failed logins are counted under: the address for IPv4, its /64
+ * for IPv6 (one host usually holds a whole /64: counting single addresses
+ * would let it try 2^64 times).  The /64 key is marked so that it is never
+ * the key of a real address's connections.
  */
+static void
+connlimit_fail_key(const struct sockaddr *sa, unsigned char key[16])
+{
+	connlimit_key(sa, key);
+	if (sa->sa_family == AF_INET6) {
+		memset(key + 8, 0xff, 8);
+		key[8] = 0xfe;
+	}
+}
+
+/* Count a failed login from sa; returns the failures in the window with this one. */
 unsigned
 connlimit_login_failed(struct connlimit *l, const struct sockaddr *sa)
 {
 	unsigned char key[16];
 	struct connlimit_entry *e;
 	time_t now = connlimit_now();
+	size_t b;
 	unsigned n = 1;
 
-	connlimit_key(sa, key);
+	connlimit_fail_key(sa, key);
+	b = connlimit_bucket(key);
 	pthread_mutex_lock(&l->lock);
-	if ((e = connlimit_find(l, connlimit_bucket(key), key, now)) != NULL) {
+	if ((e = connlimit_find(l, b, key, now)) == NULL && l->failing < CONNLIMIT_MAX_FAILING &&
+	    (e = calloc(1, sizeof(*e))) != NULL) {
+		/* An IPv6 /64 has no connection of its own: an entry for its failures only. */
+		memcpy(e->addr, key, 16);
+		e->next = l->buckets[b];
+		l->buckets[b] = e;
+		l->failing++;
+	}
+	if (e != NULL) {
 		if (!connlimit_failing(e, now))
 			e->fails = 0;
 		if (e->fails < UINT32_MAX)
@@ -251,7 +274,7 @@ connlimit_login_failures(struct connlimit *l, const struct sockaddr *sa)
 	time_t now = connlimit_now();
 	unsigned n = 0;
 
-	connlimit_key(sa, key);
+	connlimit_fail_key(sa, key);
 	pthread_mutex_lock(&l->lock);
 	if ((e = connlimit_find(l, connlimit_bucket(key), key, now)) != NULL &&
 	    connlimit_failing(e, now))
