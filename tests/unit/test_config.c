@@ -972,6 +972,22 @@ test_route(void)
 	BAD(LISTEN CERTS BACKEND "  route: login\n  login: {greeting: \"a\\tb\"}\n", 1, 11, 21,
 	    "backend.login.greeting: printable ASCII");
 
+	/* Runtime control keys. */
+	BAD(LISTEN CERTS BACKEND "timeouts: {idle_keepalive: 500ms}\n", 1, 10, 28,
+	    "timeouts.idle_keepalive: 0 (off) or at least 1s");
+	BAD(LISTEN CERTS BACKEND "control: {group: root}\n", 1, 10, 18,
+	    "control.group: only used with control.socket");
+	BAD(LISTEN CERTS BACKEND "control: {socket: /tmp/x.sock, group: no-such-group-x}\n", 1, 10,
+	    39, "control.group: no such group");
+	if ((cf = test_load_good(test_write(LISTEN CERTS BACKEND
+	    "control: {socket: /run/imapgate/control.sock}\n"
+	    "timeouts: {idle_keepalive: 0s, drain_spread: 10s}\n"), __LINE__)) != NULL) {
+		CHECK(cf->control_socket != NULL &&
+		    strcmp(cf->control_socket, "/run/imapgate/control.sock") == 0, "socket");
+		CHECK(cf->idle_keepalive_ms == 0 && cf->drain_spread_ms == 10000, "timeouts");
+		config_free(cf);
+	}
+
 	/* Errors in the map file are reported against the map file, positioned. */
 	snprintf(map, sizeof(map), "%s", test_scratch("bad.map",
 	    "alice@a.test 127.0.0.1:1143\nbob@a.test\nalice@A.test 127.0.0.1:1\n"));
