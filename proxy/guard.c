@@ -233,7 +233,7 @@ guard_rewrite(const struct config *cf, const struct imap_line *l,
 	const char *status = NULL, *codename = NULL, *codeargs = NULL;
 	const struct config_rule *rule = NULL;
 	char *text;
-	int has_code, keep_code;
+	int has_code, keep_code, fails;
 
 	memset(out, 0, sizeof(*out));
 	if (l->nliterals > 0 || l->toolong)
@@ -255,7 +255,8 @@ guard_rewrite(const struct config *cf, const struct imap_line *l,
 	 * a capability list.  Most tagged OKs end here.
 	 */
 	if (cf->nrules == 0 && l->status != IMAP_STATUS_OTHER &&
-	    (!has_code || ((cf->rewrite_keep_unknown || imap_code_is_standard(l->code)) &&
+	    (!has_code || ((cf->rewrite_keep_unknown || imap_code_is_standard(l->code) ||
+	    l->status == IMAP_STATUS_OK || l->status == IMAP_STATUS_PREAUTH) &&
 	    strcmp(l->code, "CAPABILITY") != 0)))
 		return 0;
 	if ((text = guard_substr(line, l->text_off, clen)) == NULL)
@@ -274,14 +275,23 @@ guard_rewrite(const struct config *cf, const struct imap_line *l,
 	if (status != NULL && strcasecmp(status, l->status_word) == 0)
 		status = NULL;
 
-	/* Code: a rule's set.code, else strip what the registry does not know. */
+	/*
+	 * Code: a rule's set.code, else strip what the registry does not know
+	 * from a failure (NO, BAD, BYE: clients act on those codes).  On OK
+	 * and PREAUTH an unknown code passes: RFC 3501 tells clients to ignore
+	 * codes they do not know, so removing one protects nobody and loses
+	 * what clients that know it use (Courier's [MYRIGHTS ...]).
+	 */
 	keep_code = has_code;
+	fails = status != NULL ? strcasecmp(status, "OK") != 0 && strcasecmp(status, "PREAUTH") != 0 :
+	    l->status != IMAP_STATUS_OK && l->status != IMAP_STATUS_PREAUTH;
 	if (rule != NULL && rule->set_code != NULL) {
 		if (strcasecmp(rule->set_code, "none") == 0)
 			keep_code = 0;
 		else
 			codename = rule->set_code;
-	} else if (has_code && !cf->rewrite_keep_unknown && !imap_code_is_standard(l->code)) {
+	} else if (has_code && fails && !cf->rewrite_keep_unknown &&
+	    !imap_code_is_standard(l->code)) {
 		int allowed = 0;
 		for (size_t i = 0; i < cf->nallow_codes && !allowed; i++)
 			allowed = strcasecmp(cf->allow_codes[i], l->code) == 0;

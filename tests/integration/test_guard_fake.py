@@ -211,12 +211,23 @@ def t_tagged_maybe(env):
 
 
 def t_unknown_code_stripped(env):
-    """[X-FOO] is dropped from untagged and tagged status responses."""
+    """[X-FOO] is dropped from failures (NO, BAD), where clients act on
+    codes, and kept on OK, where RFC 3501 has clients ignore codes they do
+    not know (issue 17: Courier's [MYRIGHTS ...] on SELECT)."""
     fb, g = setup(env, "x_foo_code")
     c = logged_in(env, g)
     t, items = c.cmd("NOOP")
-    check(t == b"T2 OK NOOP completed\r\n", "tagged: %r" % t)
-    check([x for x, _ in items] == [b"* OK untagged note\r\n"], "untagged: %r" % items)
+    check(t == b"T2 OK [X-FOO] NOOP completed\r\n", "tagged: %r" % t)
+    check([x for x, _ in items] == [b"* OK [X-FOO] untagged note\r\n"], "untagged: %r" % items)
+    c.logout()
+    f = session_end(g)
+    check(f.get("rewrites") == "0", "rewrites=%r, want 0" % f.get("rewrites"))
+    fb, g = setup(env, {"commands": {"NOOP": [{"send": "* BAD [X-FOO] untagged note\r\n"},
+                                              {"send": "{tag} NO [X-FOO] NOOP failed\r\n"}]}})
+    c = logged_in(env, g)
+    t, items = c.cmd("NOOP", ok=False)
+    check(t == b"T2 NO NOOP failed\r\n", "tagged NO: %r" % t)
+    check([x for x, _ in items] == [b"* BAD untagged note\r\n"], "untagged BAD: %r" % items)
     c.logout()
     f = session_end(g)
     check(f.get("rewrites") == "2", "rewrites=%r, want 2" % f.get("rewrites"))
@@ -237,10 +248,10 @@ def t_unknown_code_keep_and_allow(env):
 def t_empty_text_gets_code_name(env):
     """A code dropped from a line with no text leaves its name as the text."""
     fb, g = setup(env, {"commands": {"NOOP": [{"send": "* NO [X-QUOTA-WARN]\r\n"},
-                                              {"send": "{tag} OK [X-FOO]\r\n"}]}})
+                                              {"send": "{tag} NO [X-FOO]\r\n"}]}})
     c = logged_in(env, g)
-    t, items = c.cmd("NOOP")
-    check(t == b"T2 OK X-FOO\r\n", "tagged: %r" % t)
+    t, items = c.cmd("NOOP", ok=False)
+    check(t == b"T2 NO X-FOO\r\n", "tagged: %r" % t)
     check([x for x, _ in items] == [b"* NO X-QUOTA-WARN\r\n"], "untagged: %r" % items)
     c.logout()
 

@@ -220,12 +220,15 @@ test_status_and_codes(void)
 	EXPECT(&cf, "a NO [X-FOO 1 (a b)] text\r\n", "a NO text\r\n");
 	/* resp-text needs text: an empty one keeps the dropped code's name. */
 	EXPECT(&cf, "a NO [X-FOO]\r\n", "a NO X-FOO\r\n");
-	EXPECT(&cf, "a OK [X-FOO]\r\n", "a OK X-FOO\r\n");
+	/* On OK and PREAUTH an unknown code passes (RFC 3501: clients ignore unknown codes). */
+	EXPECT(&cf, "a OK [X-FOO]\r\n", NULL);
+	EXPECT(&cf, "* OK [MYRIGHTS \"acdilrsw\"] ACL\r\n", NULL);
+	EXPECT(&cf, "* PREAUTH [X-FOO] welcome\r\n", NULL);
 	EXPECT(&cf, "* NO [X-FOO] text\r\n", "* NO text\r\n");
 	EXPECT(&cf, "* BAD [X-FOO] text\r\n", "* BAD text\r\n");
 	EXPECT(&cf, "* BYE [X-FOO] going\r\n", "* BYE going\r\n");
-	EXPECT(&cf, "* OK [RateLimitedError] slow down\r\n", "* OK slow down\r\n");
-	EXPECT_GREETING(&cf, "* OK [X-FOO] ready\r\n", "* OK ready\r\n");
+	EXPECT(&cf, "* OK [RateLimitedError] slow down\r\n", NULL);
+	EXPECT_GREETING(&cf, "* OK [X-FOO] ready\r\n", NULL);
 
 	/* Standard codes, with or without arguments, stay. */
 	EXPECT(&cf, "a NO [TRYCREATE] x\r\n", NULL);
