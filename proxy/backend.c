@@ -344,7 +344,9 @@ backend_login_done(struct session *s, const char *ok, size_t oklen)
 		l = imap_parse_line(&p);
 	if (l != NULL) {
 		session_note_caps(s, l, reply, n);
-		r = guard_rewrite(s->gen->cf, l, reply, n, 0, &out);
+		/* After login: imapgate's own COMPRESS=DEFLATE when the listener offers it. */
+		r = guard_rewrite(s->gen->cf, l, reply, n,
+		    s->lc->compress ? GUARD_CAP_COMPRESS : 0, &out);
 		if (r == 1) {
 			free(reply);
 			reply = out.buf;

@@ -309,6 +309,8 @@ static const struct config_key config_keys[] = {
 	  AT(struct config_listen, insecure) },
 	{ .path = "listen[].proxy_protocol", .type = CFT_BOOL, .def = "false",
 	  AT(struct config_listen, proxy_protocol) },
+	{ .path = "listen[].compress", .type = CFT_BOOL, .def = "false",
+	  AT(struct config_listen, compress) },
 	{ .path = "listen[].trusted_proxies", .type = CFT_CIDRLIST, .max = CONFIG_MAX_ENTRIES,
 	  AT(struct config_listen, trusted_proxies),
 	  .off2 = offsetof(struct config_listen, ntrusted_proxies),

@@ -81,6 +81,7 @@ struct config_listen {
 	int			 require_tls;	/* listen[].require_tls (starttls): no LOGIN before TLS */
 	int			 insecure;	/* listen[].insecure: allow tls: none off loopback */
 	int			 proxy_protocol;	/* listen[].proxy_protocol: PROXY v1/v2 header first */
+	int			 compress;	/* listen[].compress: COMPRESS=DEFLATE at imapgate */
 	char			**trusted_proxies;	/* listen[].trusted_proxies, as written */
 	size_t			 ntrusted_proxies;
 	struct config_cidr	*trusted;	/* parsed at load */

@@ -17,6 +17,7 @@
 #include <event2/event.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <zlib.h>
 
 #include "endpoint.h"
 #include "netaddr.h"
@@ -30,6 +31,18 @@
 #define ENDPOINT_ERROR_MAX	128	/* longest error text kept */
 /* Most bytes written to a TLS endpoint with one direct SSL_write (one record). */
 #define ENDPOINT_STAGE_MAX	16384
+/*
+ * COMPRESS=DEFLATE (RFC 4978).  Inflate must take the client's window
+ * (up to 32 KiB, raw deflate).  Our own deflater is smaller (8 KiB window,
+ * memLevel 6, level 1: fast, most of the gain on mail text) and is only
+ * held while the session sends: an idle session gives it back
+ * (endpoint_deflate_idle), which leaves the inflater's 32 KiB window as
+ * the cost of an idle compressed session.
+ */
+#define ENDPOINT_Z_LEVEL	1
+#define ENDPOINT_Z_WBITS	13
+#define ENDPOINT_Z_MEMLEVEL	6
+#define ENDPOINT_Z_CHUNK	16384	/* bytes (de)compressed per step */
 
 struct endpoint {
 	struct bufferevent	*bev;
@@ -44,6 +57,13 @@ struct endpoint {
 	uint64_t		 bytes_in;	/* counted as the session takes bytes */
 	uint64_t		 bytes_out;
 	char			*error;		/* last error text (NULL: none) */
+	/* COMPRESS=DEFLATE (zin NULL: off) */
+	z_stream		*zin;		/* the peer's stream, inflated into plain_in */
+	z_stream		*zout;		/* ours; NULL between bursts when idle */
+	struct evbuffer		*plain_in;	/* inflated input the session reads */
+	size_t			 in_high;	/* inflate no further ahead than this */
+	struct event		*zflush;	/* deferred sync flush of zout */
+	int			 zpending;	/* zout holds bytes not yet flushed */
 };
 
 /*
@@ -79,7 +99,7 @@ endpoint_unstage(struct endpoint *ep)
 static int
 endpoint_direct_ok(const struct endpoint *ep)
 {
-	return ep->ssl != NULL && ep->tls_pending == NULL && !ep->flushing &&
+	return ep->ssl != NULL && ep->tls_pending == NULL && !ep->flushing && ep->zin == NULL &&
 	    SSL_is_init_finished(ep->ssl) &&
 	    evbuffer_get_length(bufferevent_get_output(ep->bev)) == 0;
 }
@@ -229,6 +249,139 @@ endpoint_read_more(struct endpoint *ep)
 	evbuffer_freeze(in, 0);
 }
 
+static void endpoint_set_error(struct endpoint *, const char *, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* The input the session reads: the inflated stream when compressed. */
+static struct evbuffer *
+endpoint_in(const struct endpoint *ep)
+{
+	return ep->zin != NULL ? ep->plain_in : bufferevent_get_input(ep->bev);
+}
+
+/*
+ * Inflate what the peer sent into plain_in, no further than in_high
+ * ahead of the session (a small input can inflate to a huge one: a
+ * compression bomb is read at the session's pace).  -1 with the error
+ * set when the stream is not valid deflate.
+ */
+static int
+endpoint_inflate(struct endpoint *ep)
+{
+	struct evbuffer *raw = bufferevent_get_input(ep->bev);
+	z_stream *z = ep->zin;
+
+	while (evbuffer_get_length(raw) > 0 &&
+	    (ep->in_high == 0 || evbuffer_get_length(ep->plain_in) < ep->in_high)) {
+		struct evbuffer_iovec src, dst;
+		size_t used, made;
+		int r;
+
+		if (evbuffer_peek(raw, -1, NULL, &src, 1) < 1 ||
+		    evbuffer_reserve_space(ep->plain_in, ENDPOINT_Z_CHUNK, &dst, 1) < 1) {
+			endpoint_set_error(ep, "compress: out of memory");
+			return -1;
+		}
+		z->next_in = src.iov_base;
+		z->avail_in = (uInt)src.iov_len;
+		z->next_out = dst.iov_base;
+		z->avail_out = (uInt)dst.iov_len;
+		r = inflate(z, Z_SYNC_FLUSH);
+		used = src.iov_len - z->avail_in;
+		made = dst.iov_len - z->avail_out;
+		dst.iov_len = made;
+		evbuffer_commit_space(ep->plain_in, &dst, 1);
+		evbuffer_drain(raw, used);
+		if (r == Z_STREAM_END || (r != Z_OK && r != Z_BUF_ERROR)) {
+			/* RFC 4978 has no end: a final block is as broken as garbage. */
+			endpoint_set_error(ep, "compress: %s", r == Z_STREAM_END ?
+			    "the deflate stream ended" : z->msg != NULL ? z->msg : "bad deflate data");
+			return -1;
+		}
+		if (used == 0 && made == 0)
+			break;	/* needs more input than one chain: the next read brings it */
+	}
+	return 0;
+}
+
+/* Deflate len bytes at p into the output (flush: Z_NO_FLUSH or Z_SYNC_FLUSH); -1 on error. */
+static int
+endpoint_deflate(struct endpoint *ep, const unsigned char *p, size_t len, int flush)
+{
+	struct evbuffer *out = bufferevent_get_output(ep->bev);
+	z_stream *z;
+
+	if (ep->zout == NULL) {
+		/* A fresh deflater continues the same raw stream: the peer keeps its state. */
+		if ((z = calloc(1, sizeof(*z))) == NULL)
+			return -1;
+		if (deflateInit2(z, ENDPOINT_Z_LEVEL, Z_DEFLATED, -ENDPOINT_Z_WBITS,
+		    ENDPOINT_Z_MEMLEVEL, Z_DEFAULT_STRATEGY) != Z_OK) {
+			free(z);
+			return -1;
+		}
+		ep->zout = z;
+	}
+	z = ep->zout;
+	z->next_in = (Bytef *)(uintptr_t)p;
+	z->avail_in = (uInt)len;
+	do {
+		struct evbuffer_iovec v;
+
+		if (evbuffer_reserve_space(out, ENDPOINT_Z_CHUNK, &v, 1) < 1)
+			return -1;
+		z->next_out = v.iov_base;
+		z->avail_out = (uInt)v.iov_len;
+		if (deflate(z, flush) == Z_STREAM_ERROR)
+			return -1;
+		v.iov_len -= z->avail_out;
+		evbuffer_commit_space(out, &v, 1);
+	} while (z->avail_in > 0 || z->avail_out == 0);
+	return 0;
+}
+
+/* Flush our deflate stream (Z_SYNC_FLUSH): the peer can read all we sent. */
+static void
+endpoint_zflush_now(struct endpoint *ep)
+{
+	if (!ep->zpending || ep->zout == NULL)
+		return;
+	ep->zpending = 0;
+	if (endpoint_deflate(ep, NULL, 0, Z_SYNC_FLUSH) != 0)
+		endpoint_set_error(ep, "compress: deflate failed");
+}
+
+/* The deferred sync flush: once per burst of output, after the callbacks that made it. */
+static void
+endpoint_zflush_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	endpoint_zflush_now(arg);
+}
+
+/* Compress n bytes of src (evbuffer) into ep's output, then drain them from src. */
+static void
+endpoint_deflate_from(struct endpoint *ep, struct evbuffer *src, size_t n)
+{
+	while (n > 0) {
+		struct evbuffer_iovec v;
+		size_t k;
+
+		if (evbuffer_peek(src, -1, NULL, &v, 1) < 1)
+			break;
+		k = v.iov_len < n ? v.iov_len : n;
+		if (endpoint_deflate(ep, v.iov_base, k, Z_NO_FLUSH) != 0)
+			endpoint_set_error(ep, "compress: deflate failed");
+		evbuffer_drain(src, k);
+		n -= k;
+	}
+	if (!ep->zpending) {
+		ep->zpending = 1;
+		event_active(ep->zflush, EV_TIMEOUT, 0);
+	}
+}
+
 /* Input arrived: hand it to the session. */
 static void
 endpoint_readcb(struct bufferevent *bev, void *arg)
@@ -239,6 +392,10 @@ endpoint_readcb(struct bufferevent *bev, void *arg)
 	if (ep->ssl == NULL && ep->tls_pending == NULL &&
 	    evbuffer_get_length(bufferevent_get_input(bev)) >= ENDPOINT_LIBEVENT_READ)
 		endpoint_read_more(ep);
+	if (ep->zin != NULL && endpoint_inflate(ep) != 0) {
+		ep->cbs->event(ep, ENDPOINT_ERROR, ep->arg);
+		return;
+	}
 	ep->cbs->readable(ep, ep->arg);
 }
 
@@ -495,6 +652,18 @@ endpoint_free(struct endpoint *ep)
 		}
 		bufferevent_free(ep->bev);
 	}
+	if (ep->zin != NULL) {
+		inflateEnd(ep->zin);
+		free(ep->zin);
+	}
+	if (ep->zout != NULL) {
+		deflateEnd(ep->zout);
+		free(ep->zout);
+	}
+	if (ep->plain_in != NULL)
+		evbuffer_free(ep->plain_in);
+	if (ep->zflush != NULL)
+		event_free(ep->zflush);
 	free(ep->error);
 	free(ep);
 }
@@ -504,6 +673,7 @@ void
 endpoint_set_limits(struct endpoint *ep, size_t out_high, size_t in_high)
 {
 	ep->out_high = out_high;
+	ep->in_high = in_high;
 	bufferevent_setwatermark(ep->bev, EV_WRITE, out_high / 2, 0);
 	bufferevent_setwatermark(ep->bev, EV_READ, 0, in_high);
 }
@@ -512,7 +682,18 @@ endpoint_set_limits(struct endpoint *ep, size_t out_high, size_t in_high)
 size_t
 endpoint_input_len(const struct endpoint *ep)
 {
-	return evbuffer_get_length(bufferevent_get_input(ep->bev));
+	if (ep->zin != NULL) {
+		/*
+		 * Inflate on as the session reads: what arrived may have been
+		 * held back at in_high.  An error shows on the next read.
+		 */
+		struct endpoint *w = (struct endpoint *)(uintptr_t)ep;
+
+		if (evbuffer_get_length(bufferevent_get_input(w->bev)) > 0 &&
+		    endpoint_inflate(w) != 0)
+			return evbuffer_get_length(w->plain_in);
+	}
+	return evbuffer_get_length(endpoint_in(ep));
 }
 
 /* Output bytes waiting. */
@@ -534,7 +715,7 @@ endpoint_output_full(const struct endpoint *ep)
 const unsigned char *
 endpoint_peek(struct endpoint *ep, size_t off, size_t *len)
 {
-	struct evbuffer *in = bufferevent_get_input(ep->bev);
+	struct evbuffer *in = endpoint_in(ep);
 	struct evbuffer_ptr pos;
 	struct evbuffer_iovec v;
 
@@ -551,19 +732,23 @@ endpoint_peek(struct endpoint *ep, size_t off, size_t *len)
 const unsigned char *
 endpoint_pullup(struct endpoint *ep, size_t n)
 {
-	return evbuffer_pullup(bufferevent_get_input(ep->bev), (ssize_t)n);
+	return evbuffer_pullup(endpoint_in(ep), (ssize_t)n);
 }
 
 /* Move n input bytes of src to dst's output, chain by chain. */
 void
 endpoint_move(struct endpoint *src, struct endpoint *dst, size_t n)
 {
-	struct evbuffer *in = bufferevent_get_input(src->bev);
+	struct evbuffer *in = endpoint_in(src);
 	struct evbuffer *out = bufferevent_get_output(dst->bev);
 	size_t left = n;
 
 	src->bytes_in += n;
 	dst->bytes_out += n;
+	if (dst->zin != NULL) {
+		endpoint_deflate_from(dst, in, n);
+		return;
+	}
 	/*
 	 * To an idle plaintext socket, write at once from the source buffer:
 	 * queueing would cost an epoll registration and its removal per
@@ -589,7 +774,7 @@ endpoint_move(struct endpoint *src, struct endpoint *dst, size_t n)
 void
 endpoint_drop(struct endpoint *ep, size_t n)
 {
-	evbuffer_drain(bufferevent_get_input(ep->bev), n);
+	evbuffer_drain(endpoint_in(ep), n);
 	ep->bytes_in += n;
 }
 
@@ -598,8 +783,64 @@ void
 endpoint_write(struct endpoint *ep, const void *buf, size_t len)
 {
 	endpoint_unstage(ep);
-	bufferevent_write(ep->bev, buf, len);
 	ep->bytes_out += len;
+	if (ep->zin != NULL) {
+		if (endpoint_deflate(ep, buf, len, Z_NO_FLUSH) != 0)
+			endpoint_set_error(ep, "compress: deflate failed");
+		if (!ep->zpending) {
+			ep->zpending = 1;
+			event_active(ep->zflush, EV_TIMEOUT, 0);
+		}
+		return;
+	}
+	bufferevent_write(ep->bev, buf, len);
+}
+
+/*
+ * From here on the stream is compressed both ways (COMPRESS=DEFLATE, RFC
+ * 4978, raw deflate).  Bytes already received behind the command are the
+ * peer's first compressed bytes: they are inflated with the rest.
+ */
+int
+endpoint_start_deflate(struct endpoint *ep)
+{
+	if (ep->zin != NULL)
+		return -1;
+	endpoint_unstage(ep);
+	if ((ep->zin = calloc(1, sizeof(*ep->zin))) == NULL)
+		return -1;
+	if (inflateInit2(ep->zin, -15) != Z_OK) {
+		free(ep->zin);
+		ep->zin = NULL;
+		return -1;
+	}
+	if ((ep->plain_in = evbuffer_new()) == NULL ||
+	    (ep->zflush = event_new(ep->base, -1, 0, endpoint_zflush_cb, ep)) == NULL)
+		return -1;	/* freed with the endpoint; the caller closes */
+	/* Input beyond what the session took so far is compressed. */
+	return endpoint_inflate(ep);
+}
+
+/* Is the stream compressed? */
+int
+endpoint_is_deflate(const struct endpoint *ep)
+{
+	return ep->zin != NULL;
+}
+
+/*
+ * The session is idle: give our deflater back (its window and hash are
+ * most of a compressed session's memory).  The next output starts a new
+ * one; the stream stays valid because every burst ended in a sync flush.
+ */
+void
+endpoint_deflate_idle(struct endpoint *ep)
+{
+	if (ep->zout == NULL || ep->zpending)
+		return;
+	deflateEnd(ep->zout);
+	free(ep->zout);
+	ep->zout = NULL;
 }
 
 /* Enable or disable reading. */
@@ -621,6 +862,7 @@ void
 endpoint_flush(struct endpoint *ep)
 {
 	endpoint_unstage(ep);
+	endpoint_zflush_now(ep);
 	ep->flushing = 1;
 	/* The write callback must fire at empty, not at the low mark. */
 	bufferevent_setwatermark(ep->bev, EV_WRITE, 0, 0);

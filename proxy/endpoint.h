@@ -49,6 +49,12 @@ int		 endpoint_is_tls(const struct endpoint *ep);
 /* The SNI name the client asked for, or NULL. */
 const char	*endpoint_sni(const struct endpoint *ep);
 /* Close the socket and free everything. */
+/* Compress both directions from here on (COMPRESS=DEFLATE); -1 on failure. */
+int		 endpoint_start_deflate(struct endpoint *ep);
+/* Is the stream compressed? */
+int		 endpoint_is_deflate(const struct endpoint *ep);
+/* The session is idle: release the deflater until the next output. */
+void		 endpoint_deflate_idle(struct endpoint *ep);
 void		 endpoint_free(struct endpoint *ep);
 
 /* Set the output high mark: above it the session stops reading the peer. */

@@ -114,6 +114,9 @@ guard_caps(const struct config *cf, const char *in, size_t len, unsigned caps, c
 		o = guard_caps_add(out, o, "STARTTLS");
 	if (caps & GUARD_CAP_LOGINDISABLED)
 		o = guard_caps_add(out, o, "LOGINDISABLED");
+	/* imapgate's own COMPRESS (the backend's is removed above). */
+	if (caps & GUARD_CAP_COMPRESS)
+		o = guard_caps_add(out, o, "COMPRESS=DEFLATE");
 	return o;
 }
 
@@ -125,7 +128,7 @@ guard_caps_slack(const struct config *cf)
 
 	for (size_t k = 0; k < cf->ncap_add; k++)
 		n += strlen(cf->cap_add[k]) + 1;
-	return n + sizeof(" STARTTLS LOGINDISABLED");
+	return n + sizeof(" STARTTLS LOGINDISABLED COMPRESS=DEFLATE");
 }
 
 /* Does rule r match this status response? */

@@ -17,6 +17,7 @@ struct config;
 /* Capabilities the session itself adds (a STARTTLS listener before TLS). */
 #define GUARD_CAP_STARTTLS		0x01
 #define GUARD_CAP_LOGINDISABLED		0x02
+#define GUARD_CAP_COMPRESS		0x04	/* listen[].compress, after login, not yet active */
 
 struct guard_out {
 	char	*buf;				/* the new line, malloc'd; the caller frees */

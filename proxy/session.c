@@ -48,6 +48,8 @@
 #define SESSION_MAX_INJECT		(16 * 1024)
 /* The largest non-synchronizing literal LITERAL- allows (RFC 7888 section 5). */
 #define SESSION_LITERAL_MINUS_MAX	4096
+/* A compressed session idle this long gives its deflater back. */
+#define SESSION_DEFLATE_IDLE_MS		2000
 /* Past this much queued of our own replies the client is not read. */
 #define SESSION_INJECT_HIGH		(SESSION_MAX_INJECT / 2)
 
@@ -598,9 +600,15 @@ session_next(struct session *s)
 unsigned
 session_caps(const struct session *s)
 {
+	unsigned caps = 0;
+
+	/* COMPRESS=DEFLATE after login (RFC 4978 allows it only then), until it is on. */
+	if (s->lc->compress && s->st.proto != STATE_NOT_AUTH && s->client.ep != NULL &&
+	    !endpoint_is_deflate(s->client.ep))
+		caps |= GUARD_CAP_COMPRESS;
 	if (s->lc->tls != CONFIG_TLS_STARTTLS || s->client_tls)
-		return 0;
-	return GUARD_CAP_STARTTLS | (s->lc->require_tls ? GUARD_CAP_LOGINDISABLED : 0);
+		return caps;
+	return caps | GUARD_CAP_STARTTLS | (s->lc->require_tls ? GUARD_CAP_LOGINDISABLED : 0);
 }
 
 /* Longest line shown whole in the debug protocol trace. */
@@ -700,7 +708,7 @@ session_trace_backend(struct session *s)
 void
 session_client_reset(struct session_half *h)
 {
-	h->drop = h->replied = h->forwarded = h->streaming = h->starttls = 0;
+	h->drop = h->replied = h->forwarded = h->streaming = h->starttls = h->compress = 0;
 	h->fwd_bytes = 0;
 }
 
@@ -848,6 +856,31 @@ session_client_decide(struct session *s, const struct imap_line *l, int lit, int
 		session_client_answer(s, "%s NO [PRIVACYREQUIRED] Use STARTTLS first", l->tag);
 		return 0;
 	}
+	if (kind == IMAPCMD_COMPRESS && s->lc->compress && s->st.proto != STATE_NOT_AUTH) {
+		/*
+		 * COMPRESS=DEFLATE is imapgate's (RFC 4978): answered here, never
+		 * forwarded; the client leg is compressed from the byte after our
+		 * OK, the backend leg stays plain.  Like STARTTLS, only alone: a
+		 * response still coming would straddle the switch.
+		 */
+		if (endpoint_is_deflate(s->client.ep)) {
+			session_client_answer(s, "%s NO [COMPRESSIONACTIVE] DEFLATE is active already",
+			    l->tag);
+			return 0;
+		}
+		if (lit || strcasecmp(l->arg, "DEFLATE") != 0) {
+			session_client_answer(s, "%s BAD Only COMPRESS DEFLATE is known", l->tag);
+			return 0;
+		}
+		if (s->st.ninflight > 0 || s->ninject > 0 || !session_backend_at_boundary(s) ||
+		    s->cl != CLIENT_COMMAND) {
+			session_client_answer(s, "%s BAD COMPRESS must be sent alone", l->tag);
+			return 0;
+		}
+		session_client_answer(s, "%s OK DEFLATE active", l->tag);
+		s->client.compress = 1;
+		return 0;
+	}
 	if (kind == IMAPCMD_STARTTLS || kind == IMAPCMD_COMPRESS) {
 		/*
 		 * Either would change the byte stream under the parser; neither
@@ -928,6 +961,20 @@ session_client_starttls(struct session *s)
 	imap_parse_restart(&h->parser);
 	if (endpoint_start_tls(h->ep, s->gen->tls) != 0)
 		session_close(s, "client-tls-failed");
+}
+
+/* Switch the client leg to DEFLATE once our OK to COMPRESS has been queued. */
+static void
+session_client_compress(struct session *s)
+{
+	/* Our OK must go out uncompressed: it is written before the switch. */
+	session_inject_flush(s);
+	if (s->ninject > 0 || endpoint_start_deflate(s->client.ep) != 0) {
+		session_detail(s, "cannot start compression");
+		session_close(s, "compress-failed");
+		return;
+	}
+	log_debug("session=%s msg=compress-active", s->id);
 }
 
 /* A client line part ended with a literal header. */
@@ -1039,6 +1086,11 @@ session_client_command_line(struct session *s, const struct imap_line *l)
 		if (h->starttls) {
 			session_client_reset(h);
 			session_client_starttls(s);
+			return;
+		}
+		if (h->compress) {
+			session_client_reset(h);
+			session_client_compress(s);
 			return;
 		}
 		session_client_reset(h);
@@ -1638,6 +1690,15 @@ session_client_event(struct session *s, enum endpoint_event what)
 		stats_name_add(&stats.tls_failures,
 		    strncmp(endpoint_error(ep), "tls: ", 5) == 0 ?
 		    endpoint_error(ep) + 5 : endpoint_error(ep));
+	if (what == ENDPOINT_ERROR && endpoint_is_deflate(ep) &&
+	    strncmp(endpoint_error(ep), "compress:", 9) == 0 && session_live(s)) {
+		/* A broken deflate stream: nothing more can be read; say so, then close. */
+		session_detail(s, "%s", endpoint_error(ep));
+		session_bye_count(s, STATS_BYE_PROTOCOL);
+		endpoint_write(ep, "* BYE Compression error\r\n", 25);
+		session_finish(s, "client-compress-error");
+		return;
+	}
 	if (what == ENDPOINT_EOF && (s->life == SESSION_LOGIN ||
 	    (s->life == SESSION_SETUP && s->pl != NULL))) {
 		session_close(s, "client-eof");
@@ -1888,6 +1949,8 @@ session_guard_check(struct session *s)
 		if (cf->idle_keepalive_ms / 4 + 1 < next)
 			next = cf->idle_keepalive_ms / 4 + 1;
 	}
+	if (idle_ms >= SESSION_DEFLATE_IDLE_MS && s->client.ep != NULL)
+		endpoint_deflate_idle(s->client.ep);	/* an idle compressed session keeps less */
 	if (idle_ms >= cf->idle_ms) {
 		session_bye_count(s, STATS_BYE_TIMEOUT);
 		session_inject(s, "* BYE Autologout; idle for too long");

@@ -93,6 +93,7 @@ struct session_half {
 	int			 replied;	/* imapgate's answer to it is queued */
 	int			 forwarded;	/* part of it went to the backend already */
 	int			 starttls;	/* imapgate accepted STARTTLS: TLS after this line */
+	int			 compress;	/* imapgate accepted COMPRESS: deflate after this line */
 	uint64_t		 fwd_bytes;	/* bytes of it forwarded (for the trace) */
 };
 
