@@ -147,9 +147,9 @@ endpoint_stage_cb(evutil_socket_t fd, short what, void *arg)
 	endpoint_stage_write();
 }
 
-/* Take n bytes from in into ep's stage; -1 if ep cannot take the direct path. */
+/* Make room for n more bytes in ep's stage; -1 if ep cannot take the direct path. */
 static int
-endpoint_stage_take(struct endpoint *ep, struct evbuffer *in, size_t n)
+endpoint_stage_claim(struct endpoint *ep, size_t n)
 {
 	struct endpoint_stage *st = &endpoint_stage;
 
@@ -170,8 +170,25 @@ endpoint_stage_take(struct endpoint *ep, struct evbuffer *in, size_t n)
 		st->owner = ep;
 		event_active(st->ev, EV_TIMEOUT, 0);
 	}
-	evbuffer_remove_buffer(in, st->buf, n);
 	return 0;
+}
+
+/* Take n bytes from in into ep's stage; -1 if ep cannot take the direct path. */
+static int
+endpoint_stage_take(struct endpoint *ep, struct evbuffer *in, size_t n)
+{
+	if (endpoint_stage_claim(ep, n) != 0)
+		return -1;
+	evbuffer_remove_buffer(in, endpoint_stage.buf, n);
+	return 0;
+}
+
+/* Is ep an idle, connected plaintext socket (bytes may go to the kernel at once)? */
+static int
+endpoint_plain_idle(const struct endpoint *ep)
+{
+	return ep->ssl == NULL && ep->tls_pending == NULL && ep->connected && ep->zin == NULL &&
+	    !ep->flushing && evbuffer_get_length(bufferevent_get_output(ep->bev)) == 0;
 }
 
 /* Free this thread's stage (the worker's loop is about to go). */
@@ -755,8 +772,7 @@ endpoint_move(struct endpoint *src, struct endpoint *dst, size_t n)
 	 * command, plus a loop iteration.  What the kernel does not take is
 	 * queued as usual.
 	 */
-	if (dst->ssl == NULL && dst->tls_pending == NULL && dst->connected &&
-	    !dst->flushing && evbuffer_get_length(out) == 0) {
+	if (endpoint_plain_idle(dst)) {
 		int w = evbuffer_write_atmost(in, bufferevent_getfd(dst->bev),
 		    (ev_ssize_t)n);
 
@@ -778,13 +794,20 @@ endpoint_drop(struct endpoint *ep, size_t n)
 	ep->bytes_in += n;
 }
 
-/* Queue len bytes for writing. */
+/*
+ * Write len bytes: like endpoint_move, straight to an idle plaintext socket
+ * or into the stage of an idle TLS endpoint (one SSL_write from the loop),
+ * else queued.  imapgate's own lines (the pre-login greeting and replies,
+ * the backend login) would otherwise cost two epoll registrations each.
+ */
 void
 endpoint_write(struct endpoint *ep, const void *buf, size_t len)
 {
-	endpoint_unstage(ep);
-	ep->bytes_out += len;
+	const char *p = buf;
+
 	if (ep->zin != NULL) {
+		ep->bytes_out += len;
+		endpoint_unstage(ep);
 		if (endpoint_deflate(ep, buf, len, Z_NO_FLUSH) != 0)
 			endpoint_set_error(ep, "compress: deflate failed");
 		if (!ep->zpending) {
@@ -793,7 +816,23 @@ endpoint_write(struct endpoint *ep, const void *buf, size_t len)
 		}
 		return;
 	}
-	bufferevent_write(ep->bev, buf, len);
+	ep->bytes_out += len;
+	if (len > 0 && endpoint_plain_idle(ep)) {
+		ssize_t w = send(bufferevent_getfd(ep->bev), p, len, MSG_NOSIGNAL);
+
+		/* Not taken or failed: queued below; libevent reports a failure. */
+		if (w > 0) {
+			p += w;
+			len -= (size_t)w;
+		}
+		if (len == 0)
+			return;
+	} else if (len > 0 && ep->ssl != NULL && endpoint_stage_claim(ep, len) == 0) {
+		if (evbuffer_add(endpoint_stage.buf, p, len) == 0)
+			return;
+	}
+	endpoint_unstage(ep);
+	bufferevent_write(ep->bev, p, len);
 }
 
 /*

@@ -10,6 +10,8 @@
  *   connect  C concurrent slots doing connect, TLS handshake, greeting,
  *            LOGIN, LOGOUT, close; per second (--resume reuses the last
  *            TLS session / ticket)
+ *   session  like connect with a SELECT between LOGIN and LOGOUT: what a
+ *            short-lived client (a phone checking mail) costs; per second
  *   idle     K sessions LOGIN, SELECT, IDLE; once all idle, the resident
  *            memory growth of the watched processes per session
  *   soak     K session slots, started evenly over the first 15% of T; each
@@ -164,6 +166,7 @@ struct bench {
 	unsigned		 uid_min, uid_max;
 	bool			 plain;
 	bool			 resume;
+	bool			 select;	/* session: SELECT before LOGOUT */
 	pid_t			 pids[BENCH_MAX_PIDS];
 	unsigned		 npids;
 	const char		*pid_cmd;
@@ -375,7 +378,7 @@ bench_report(struct bench *b)
 	if (wall <= 0)
 		wall = 1e-9;
 	printf("scenario=%s%s target=%s tls=%s conns=%u seconds=%.2f",
-	    names[b->scenario], b->resume ? "-resume" : "", b->target,
+	    b->select ? "session" : names[b->scenario], b->resume ? "-resume" : "", b->target,
 	    b->plain ? "no" : "yes", b->conns, wall);
 	switch (b->scenario) {
 	case BENCH_BULK:
@@ -521,7 +524,7 @@ conn_tagged(struct conn *c, bool ok)
 			conn_close(c, true);
 			return false;
 		}
-		if (b->scenario == BENCH_CONNECT) {
+		if (b->scenario == BENCH_CONNECT && !b->select) {
 			c->state = ST_LOGOUT;
 			conn_send(c, "LOGOUT");
 			return true;
@@ -538,6 +541,11 @@ conn_tagged(struct conn *c, bool ok)
 		if (b->scenario == BENCH_IDLE) {
 			c->state = ST_IDLE_WAIT;
 			conn_send(c, "IDLE");
+			return true;
+		}
+		if (b->scenario == BENCH_CONNECT) {
+			c->state = ST_LOGOUT;
+			conn_send(c, "LOGOUT");
 			return true;
 		}
 		c->state = ST_RUN;
@@ -1193,10 +1201,11 @@ static void
 bench_usage(FILE *f)
 {
 	fprintf(f,
-	    "usage: imapbench --scenario bulk|ops|connect|idle|soak [options] HOST:PORT\n"
-	    "  --conns N         sessions (bulk, ops), concurrent slots (connect),\n"
-	    "                    idle sessions (idle), session slots (soak);\n"
-	    "                    default 8/64/16/5000/200\n"
+	    "usage: imapbench --scenario bulk|ops|connect|session|idle|soak [options]"
+	    " HOST:PORT\n"
+	    "  --conns N         sessions (bulk, ops), concurrent slots (connect,\n"
+	    "                    session), idle sessions (idle), session slots\n"
+	    "                    (soak); default 8/64/16/16/5000/200\n"
 	    "  --seconds T       measured window, whole run for soak (default 10)\n"
 	    "  --seed S          soak: seed of the random choices (default 1)\n"
 	    "  --interval I      soak: seconds between sample lines (default 10)\n"
@@ -1206,7 +1215,7 @@ bench_usage(FILE *f)
 	    "  --concurrency C   idle: sessions being set up at once (default 200)\n"
 	    "  --setup-timeout S seconds allowed for setup (default 60)\n"
 	    "  --plain           plaintext IMAP instead of TLS\n"
-	    "  --resume          connect: reuse the TLS session (tickets)\n"
+	    "  --resume          connect, session: reuse the TLS session (tickets)\n"
 	    "  --user U --pass P login (default demo/demo; $IMAPBENCH_PASS)\n"
 	    "  --mailbox M       mailbox to SELECT (default INBOX)\n"
 	    "  --uids A-B        UIDs to fetch, in turn (default 1-1)\n"
@@ -1297,6 +1306,10 @@ bench_options(struct bench *b, int argc, char **argv)
 				b->scenario = BENCH_OPS;
 			else if (strcmp(optarg, "connect") == 0)
 				b->scenario = BENCH_CONNECT;
+			else if (strcmp(optarg, "session") == 0) {
+				b->scenario = BENCH_CONNECT;
+				b->select = true;
+			}
 			else if (strcmp(optarg, "idle") == 0)
 				b->scenario = BENCH_IDLE;
 			else if (strcmp(optarg, "soak") == 0)
