@@ -434,6 +434,23 @@ pool_pick(struct pool *p, const struct sockaddr *addr, uint64_t tried)
 	return best->index;
 }
 
+/* The servers in key's rendezvous order, best first: how many, -1 if none. */
+static int
+pool_order(const struct pool *p, const char *key, size_t keylen, int *order)
+{
+	const char *ids[HRW_MAX];
+	unsigned weights[HRW_MAX];
+	int n = p->n < HRW_MAX ? p->n : HRW_MAX;
+
+	if (n <= 0 || keylen == 0)
+		return -1;
+	for (int i = 0; i < n; i++) {
+		ids[i] = p->servers[i].cf->address;
+		weights[i] = (unsigned)pool_weight(&p->servers[i]);
+	}
+	return hrw_order(key, keylen, ids, weights, (size_t)n, order) == 0 ? n : -1;
+}
+
 /*
  * Pick a server for key by rendezvous hashing (backend.lookup.type: hash):
  * the first usable one in key's order over every server of the pool, so
@@ -443,19 +460,9 @@ pool_pick(struct pool *p, const struct sockaddr *addr, uint64_t tried)
 int
 pool_pick_hash(struct pool *p, const char *key, size_t keylen, uint64_t tried)
 {
-	const char *ids[HRW_MAX];
-	unsigned weights[HRW_MAX];
-	int order[HRW_MAX], n = p->n < HRW_MAX ? p->n : HRW_MAX;
+	int order[HRW_MAX], n = pool_order(p, key, keylen, order);
 	struct pool_server *best = NULL;
 
-	if (n <= 0)
-		return -1;
-	for (int i = 0; i < n; i++) {
-		ids[i] = p->servers[i].cf->address;
-		weights[i] = (unsigned)pool_weight(&p->servers[i]);
-	}
-	if (hrw_order(key, keylen, ids, weights, (size_t)n, order) != 0)
-		return -1;
 	for (int i = 0; i < n && best == NULL; i++)
 		if (pool_usable(&p->servers[order[i]], tried))
 			best = &p->servers[order[i]];
@@ -1049,20 +1056,12 @@ pool_last_error(const struct pool *p, int i, char *buf, size_t len)
 int
 pool_rank(const struct pool *p, const char *user, int domain, int *order)
 {
-	const char *ids[HRW_MAX], *key = user, *at;
-	unsigned weights[HRW_MAX];
-	int n = p->n < HRW_MAX ? p->n : HRW_MAX;
+	const char *key = user, *at;
 
 	if (domain) {
-		if ((at = strrchr(user, '@')) == NULL || at[1] == '\0')
+		if ((at = strrchr(user, '@')) == NULL)
 			return -1;
 		key = at + 1;
 	}
-	if (n <= 0 || key[0] == '\0')
-		return -1;
-	for (int i = 0; i < n; i++) {
-		ids[i] = p->servers[i].cf->address;
-		weights[i] = (unsigned)pool_weight(&p->servers[i]);
-	}
-	return hrw_order(key, strlen(key), ids, weights, (size_t)n, order) == 0 ? n : -1;
+	return pool_order(p, key, strlen(key), order);
 }

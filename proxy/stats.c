@@ -73,30 +73,30 @@ stats_rewrite(const char *original)
 	stats_name_add(&stats.rewrites, original);
 }
 
+/* Count us microseconds in a histogram (buckets by stats_rtt_bounds_us) and its sum. */
+static void
+stats_hist(uint64_t *buckets, uint64_t *sum, uint64_t us)
+{
+	size_t b = 0;
+
+	while (b < STATS_RTT_BUCKETS && us > stats_rtt_bounds_us[b])
+		b++;
+	stats_add(&buckets[b], 1);
+	stats_add(sum, us);
+}
+
 /* One round trip of us microseconds for class cls. */
 void
 stats_rtt(unsigned cls, uint64_t us)
 {
-	size_t b = 0;
-
-	if (cls >= STATS_CMD_CLASSES)
-		return;
-	while (b < STATS_RTT_BUCKETS && us > stats_rtt_bounds_us[b])
-		b++;
-	stats_add(&stats.rtt[cls][b], 1);
-	stats_add(&stats.rtt_sum_us[cls], us);
+	if (cls < STATS_CMD_CLASSES)
+		stats_hist(stats.rtt[cls], &stats.rtt_sum_us[cls], us);
 }
 
 /* Count one lookup (route: login) of type that took us. */
 void
 stats_lookup_time(unsigned type, uint64_t us)
 {
-	size_t b = 0;
-
-	if (type >= STATS_LOOKUP_TYPES)
-		return;
-	while (b < STATS_RTT_BUCKETS && us > stats_rtt_bounds_us[b])
-		b++;
-	stats_add(&stats.lookup_time[type][b], 1);
-	stats_add(&stats.lookup_sum_us[type], us);
+	if (type < STATS_LOOKUP_TYPES)
+		stats_hist(stats.lookup_time[type], &stats.lookup_sum_us[type], us);
 }
