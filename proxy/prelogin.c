@@ -403,6 +403,18 @@ prelogin_http_done(const struct authhttp_answer *a, void *arg)
 			    pl->creds.mech == LOGIN_MECH_OAUTHBEARER)
 				pl->creds.mech = LOGIN_MECH_PLAIN;
 		}
+		/*
+		 * An override is the service's credential (often a master
+		 * user's): the backend login is exactly Auth-User and
+		 * Auth-Pass, as in nginx.  The client's authorization
+		 * identity must not ride on it, or a client could name any
+		 * user as authzid and be logged in as them with the
+		 * override's rights.
+		 */
+		if ((a->user != NULL || a->pass != NULL) && pl->creds.authz != NULL) {
+			free(pl->creds.authz);
+			pl->creds.authz = NULL;
+		}
 		s->route = "http";
 		session_set_life(s, SESSION_SETUP);
 		backend_connect(s);
