@@ -1613,7 +1613,12 @@ session_flow(struct session *s)
 	if (!session_live(s))
 		return;
 	/* Reading stays on in CLIENT_TLS: the handshake needs it (nothing is parsed then). */
-	session_read(&s->client, !session_client_blocked(s));
+	/*
+	 * While a login is looked up or answered (route: login), the client is
+	 * not parsed but still read, up to the input limit: a client that
+	 * leaves is noticed at once and its lookup abandoned.
+	 */
+	session_read(&s->client, !session_client_blocked(s) || prelogin_busy(s));
 	if (s->backend.ep != NULL)
 		session_read(&s->backend, s->bk != BACKEND_READY ||
 		    !endpoint_output_full(s->client.ep));
