@@ -210,11 +210,16 @@ session_set_backend(struct session *s, enum session_backend to)
 	s->rerun = 1;
 }
 
-/* Is the session still reading and relaying (not finishing or closed)? */
+/*
+ * Is the session still reading and relaying (not finishing or closed)?
+ * SESSION_LOGIN is live too: imapgate is the client's server then, and
+ * reading, timeouts, LOGOUT's finish and draining apply as in relay.
+ */
 int
 session_live(const struct session *s)
 {
-	return s->life == SESSION_SETUP || s->life == SESSION_RELAY;
+	return s->life == SESSION_LOGIN || s->life == SESSION_SETUP ||
+	    s->life == SESSION_RELAY;
 }
 
 /* Note what went wrong, for the summary line (the last note wins). */
