@@ -445,6 +445,7 @@ prelogin_route(struct session *s)
 	const struct usermap_entry *e;
 
 	pl->fixed = 0;
+	pl->fixed_tries = 0;	/* each login gets backend.connect_tries of its own */
 	s->tried = 0;
 	if (cf->lookup == CONFIG_LOOKUP_HTTP) {
 		prelogin_http(s);
