@@ -130,6 +130,7 @@ prelogin_free(struct session *s)
 	login_creds_wipe(&pl->creds);
 	login_ctx_free(&pl->ctx);
 	free(pl->postcaps);
+	free(pl->ok_text);
 	free(pl);
 	s->pl = NULL;
 }
