@@ -670,8 +670,6 @@ prelogin_succeeded(struct session *s, const char *reply, size_t len)
 	endpoint_write(s->client.ep, reply, len);
 	stats_add(&stats.client_out, len);
 	stats_name_add(&stats.logins, "ok");
-	if (s->server >= 0)
-		pool_login(s->gen->pool, s->server, 1);
 	if (state_login(&s->st, pl->creds.user) != 0) {
 		session_close(s, "out-of-memory");
 		return;

@@ -22,6 +22,11 @@ except BrokenAuth (no real server misbehaves on demand):
                    expected server
   login_exchange   byte-exact LOGIN attempts on one connection, recording
                    every reply and whether/when the connection closed
+  login_gate       imapgate with `backend.route: login` in a
+                   test_guard_common.GuardEnv (test_route_static/hash/input)
+  Raw, quick_login, land_all
+                   a raw-socket client; one login plus the landed Subject;
+                   many of those a few at a time
 
 Python 3 stdlib only; nginx (plus libnginx-mod-mail), curl and isync are
 Debian packages (scripts/test installs them).  All waits are bounded.
@@ -1048,3 +1053,219 @@ def run(env, tests, started=None):
             time.monotonic() - t_all))
     env.cleanup()
     sys.exit(1 if failed else (SKIP if skipped == len(tests) else 0))
+
+
+# ------------------------------------------------- imapgate with route: login
+
+def login_gate_config(port, servers, lookup, backend="", extra="", tls="none", listen="",
+                      certs=None, level="info", metrics_port=None):
+    """imapgate YAML for `backend.route: login`: one listener on 127.0.0.1:port
+    (tls mode, plus listen lines 4-space indented), the pool servers (ports,
+    or (port, "weight: 2") pairs), `lookup` as a flow mapping text (e.g.
+    "{type: static, file: /x}"), more backend lines (2-space indented),
+    certificates [(cert, key)], log level, metrics on metrics_port, extra
+    top-level YAML."""
+    text = "listen:\n  - address: %s:%d\n    tls: %s\n%s" % (HOST, port, tls, listen)
+    if certs:
+        text += "tls:\n  certificates:\n"
+        for c, k in certs:
+            text += "    - cert: %s\n      key: %s\n" % (c, k)
+    text += "backend:\n  route: login\n  lookup: %s\n%s  servers:\n" % (lookup, backend)
+    for s in servers:
+        p, opts = (s, "") if isinstance(s, int) else s
+        text += "    - {address: %s:%d%s}\n" % (HOST, p, ", " + opts if opts else "")
+    text += "log:\n  level: %s\n" % level
+    if metrics_port:
+        text += "metrics:\n  address: %s:%d\n" % (HOST, metrics_port)
+    return text + extra
+
+
+def login_gate(env, servers, lookup, backend="", extra="", tls="none", listen="",
+               level="info", metrics=False, name=None, proc_env=None):
+    """Start an imapgate with login_gate_config(...) in a
+    test_guard_common.GuardEnv (stopped and checked for a clean exit with
+    the test, or at exit when started before the tests).  The start-up
+    probe's session is waited for, then the log is marked (g.mark);
+    g.metrics_port is set when metrics is true; proc_env: more environment
+    for the process (e.g. ASAN_OPTIONS)."""
+    env.nth += 1
+    g = harness.Imapgate(env.binary, env.tmp, env.cert, env.key, 1,
+                         name=name or "imapgate%d" % env.nth, env=proc_env)
+    g.metrics_port = harness.free_port() if metrics else None
+    with open(g.conf, "w") as f:
+        f.write(login_gate_config(g.port, servers, lookup, backend, extra, tls, listen,
+                                  [(env.cert, env.key)] if tls != "none" else None,
+                                  level, g.metrics_port))
+    g.start()
+    env.gates.append(g)
+    g.wait_log(r"msg=session-end", timeout=3.0)
+    g.mark = len(g.log_text())
+    return g
+
+
+def gate_log(g):
+    """imapgate's log since the gate's mark."""
+    return g.log_text()[getattr(g, "mark", 0):]
+
+
+def log_fields(line):
+    """The key=value fields of one log line as a dict (quotes kept)."""
+    return dict(re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)', line))
+
+
+def wait_lines(g, pattern, count, timeout=5.0, after=None):
+    """The log lines after g's mark (or offset after) matching pattern, once
+    there are at least count of them (Fail with the log tail if not)."""
+    rx = re.compile(pattern)
+    start = getattr(g, "mark", 0) if after is None else after
+    end = time.monotonic() + timeout
+    while True:
+        lines = [x for x in g.log_text()[start:].splitlines() if rx.search(x)]
+        if len(lines) >= count or time.monotonic() >= end:
+            break
+        time.sleep(0.05)
+    check(len(lines) >= count, "%d log lines /%s/, want %d:\n%s"
+          % (len(lines), pattern, count, g.log_text()[start:][-2500:]))
+    return lines
+
+
+def connect(port, timeout=CLIENT_TIMEOUT, src=None):
+    """A TCP socket to 127.0.0.1:port (from source address src if given)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    if src:
+        s.bind((src, 0))
+    s.connect((HOST, port))
+    return s
+
+
+class Raw:
+    """A byte-level client on a plain socket: send bytes, read lines or up
+    to a tagged line; every read bounded by timeout."""
+
+    def __init__(self, port, timeout=CLIENT_TIMEOUT, src=None, greeting=True):
+        self.sock = connect(port, timeout, src)
+        self.timeout = timeout
+        self.buf = bytearray()
+        self.greeting = self.line() if greeting else b""
+
+    def fill(self):
+        """Read once more; False at EOF."""
+        data = self.sock.recv(65536)
+        self.buf += data
+        return bool(data)
+
+    def line(self):
+        """One line, CRLF included (Fail at EOF)."""
+        end = time.monotonic() + self.timeout
+        while b"\r\n" not in self.buf:
+            check(time.monotonic() < end and len(self.buf) < (1 << 20),
+                  "no line in %.0fs: %r" % (self.timeout, bytes(self.buf[:200])))
+            if not self.fill():
+                raise Fail("connection closed (partial line %r)" % bytes(self.buf[:200]))
+        i = self.buf.index(b"\r\n") + 2
+        out = bytes(self.buf[:i])
+        del self.buf[:i]
+        return out
+
+    def send(self, data):
+        """Send raw bytes."""
+        self.sock.sendall(data)
+
+    def until(self, tag):
+        """Everything up to and including the line tagged tag (bytes)."""
+        t = tag.encode() if isinstance(tag, str) else tag
+        rx = re.compile(rb"(?:^|\r\n)" + re.escape(t) + rb" [^\r\n]*\r\n")
+        end = time.monotonic() + self.timeout
+        while True:
+            m = rx.search(self.buf)
+            if m:
+                out = bytes(self.buf[:m.end()])
+                del self.buf[:m.end()]
+                return out
+            check(time.monotonic() < end and len(self.buf) < (8 << 20),
+                  "no %r line in %.0fs: %r" % (t, self.timeout, bytes(self.buf[-300:])))
+            if not self.fill():
+                raise Fail("connection closed before %r: %r" % (t, bytes(self.buf[-300:])))
+
+    def cmd(self, tag, text):
+        """Send `tag text` and return everything up to its tagged line."""
+        self.send(("%s %s\r\n" % (tag, text)).encode())
+        return self.until(tag)
+
+    def close(self):
+        """Close without LOGOUT."""
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def tagged_line(data, tag):
+    """The tagged line for tag in data (bytes), or b""."""
+    t = tag.encode() if isinstance(tag, str) else tag
+    m = re.search(rb"(?:^|\r\n)(" + re.escape(t) + rb" [^\r\n]*\r\n)", data)
+    return m.group(1) if m else b""
+
+
+LANDED_TAIL = (b"x1 EXAMINE INBOX\r\nx2 FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n"
+               b"x3 LOGOUT\r\n")
+
+
+def quick_login(port, user, password, timeout=CLIENT_TIMEOUT, src=None):
+    """LOGIN on a raw socket; on OK, EXAMINE INBOX, FETCH message 1's Subject
+    and LOGOUT pipelined.  Returns (tagged LOGIN reply, (server, user) or
+    None when the login failed)."""
+    c = Raw(port, timeout, src)
+    try:
+        reply = c.cmd("L", "LOGIN %s %s" % (_imap_quote(user), _imap_quote(password)))
+        line = tagged_line(reply, "L")
+        if not line.startswith(b"L OK"):
+            return line, None
+        c.send(LANDED_TAIL)
+        data = c.until("x3")
+        check(tagged_line(data, "x2").startswith(b"x2 OK"), "FETCH after login: %r" % data[-300:])
+        return line, parse_subject(data, "%s's message 1" % user)
+    finally:
+        c.close()
+
+
+def land_all(port, users, threads=6, src=None):
+    """quick_login for every (user, password) in users, a few at a time:
+    {user: server}; Fail listing every login that failed or landed in
+    another user's mailbox."""
+    from concurrent.futures import ThreadPoolExecutor
+    out, problems = {}, []
+
+    def one(item):
+        user, pw = item
+        try:
+            line, where = quick_login(port, user, pw, src=src)
+        except (Fail, OSError) as e:
+            return user, None, "%s: %s" % (user, e)
+        if where is None:
+            return user, None, "%s: %r" % (user, line)
+        if where[1] != user:
+            return user, None, "%s landed in %s's mailbox" % (user, where[1])
+        return user, where[0], None
+
+    with ThreadPoolExecutor(max_workers=threads) as ex:
+        for user, server, problem in ex.map(one, list(users.items())):
+            if problem:
+                problems.append(problem)
+            else:
+                out[user] = server
+    check(not problems, "%d of %d logins failed:\n  %s"
+          % (len(problems), len(users), "\n  ".join(problems[:20])))
+    return out
+
+
+def scrape_metrics(g):
+    """The gate's metrics as {(name, frozenset(labels)): value} (strict parse)."""
+    import test_ops_common as oc
+    return oc.parse_metrics(oc.scrape(g.metrics_port)[1])
+
+
+def metric(samples, name, **labels):
+    """One sample's value (0 when absent)."""
+    return samples.get((name, frozenset(labels.items())), 0.0)

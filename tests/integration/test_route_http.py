@@ -110,7 +110,7 @@ class Gate:
     (port), an implicit-TLS one (tls_port) and metrics, all on 127.0.0.1."""
 
     def __init__(self, env, name, url, servers, timeout=LOOKUP_TIMEOUT, level="debug",
-                 timeouts="", drain="3s"):
+                 timeouts="", drain="3s", backend=""):
         self.name = name
         self.port = harness.free_port()
         self.tls_port = harness.free_port()
@@ -127,14 +127,14 @@ class Gate:
                 "backend:\n  servers:\n%s"
                 "  health: {interval: 1h, timeout: 2s}\n"
                 "  route: login\n"
-                "  lookup:\n    type: http\n    url: %s\n    timeout: %gs\n"
+                "  lookup:\n    type: http\n    url: %s\n    timeout: %gs\n%s"
                 "timeouts:\n  login_failure: 0s\n  drain: %s\n%s"
                 "limits:\n  max_connections_per_ip: 0\n"
                 "metrics:\n  address: 127.0.0.1:%d\n"
                 "log:\n  level: %s\n"
                 % (self.port, self.tls_port, env.cert, env.key,
                    "".join("    - address: 127.0.0.1:%d\n" % p for p in servers),
-                   url, timeout, drain, timeouts, self.metrics_port, level))
+                   url, timeout, backend, drain, timeouts, self.metrics_port, level))
         with open(self.conf, "w") as f:
             f.write(text)
 
@@ -876,6 +876,44 @@ def _peer_closed(conn):
         return True
 
 
+def t_master_credentials(env):
+    """login.credentials: master with the http lookup: the auth service
+    checks the user's password (NginxAuth), then imapgate logs in to b as
+    the master user on the user's behalf (AUTHENTICATE PLAIN, authzid =
+    user): dave lands in his own mailbox; a wrong password never reaches
+    the backend (the lookup denies it)."""
+    pwfile = os.path.join(env.tmp, "master.pw")
+    with open(pwfile, "w") as f:
+        f.write(MASTER[1] + "\n")
+    os.chmod(pwfile, 0o600)
+    g = Gate(env, "imapgate-master", env.auth.http_url, (env.b.port,),
+             backend="  login:\n    credentials: master\n    master_user: %s\n"
+                     "    master_password_file: %s\n" % (MASTER[0], pwfile))
+    env.gates.append(g)
+    g.start()
+    before = len(env.b.log_text())
+    check(rc.client_imaplib(g.port, "dave", USERS_B["dave"]) == "b", "dave via master")
+    log = env.b.log_text()[before:]
+    logins = [x for x in log.splitlines() if "Login: user=<dave>" in x]
+    check(logins and "method=PLAIN" in logins[-1], "Dovecot b: no PLAIN login of dave: %s"
+          % log[-800:])
+    c = socket.create_connection((rc.HOST, g.port), timeout=5)
+    c.recv(4096)
+    c.sendall(b'M1 LOGIN dave "not-daves-password"\r\n')
+    c.settimeout(5)
+    data = b""
+    while b"M1 " not in data:
+        chunk = c.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    c.close()
+    check(b"M1 NO [AUTHENTICATIONFAILED]" in data, "wrong password: %r" % data)
+    say("   dave via the master user: %s" % logins[-1].split("imap-login: ")[-1][:120])
+    g.check_clean_exit()
+    env.gates.remove(g)
+
+
 def t_disconnect_in_flight(env):
     """A client that leaves while the lookup is in flight (BrokenAuth slow,
     lookup timeout 10 s): the session ends, the lookup connection is closed
@@ -1160,6 +1198,7 @@ def main():
         ("AUTHENTICATE PLAIN with an authzid, with and without an override",
          t_authzid_override),
         ("broken endpoints: NO [UNAVAILABLE], usable session, flat fds/RSS", t_broken),
+        ("login.credentials: master behind the http lookup", t_master_credentials),
         ("client leaves while the lookup is in flight", t_disconnect_in_flight),
         ("SIGTERM drain with sessions before login", t_drain),
         ("how a session before login ends: LOGOUT, preauth, TLS handshake, 50 BADs",
