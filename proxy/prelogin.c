@@ -488,6 +488,8 @@ prelogin_route(struct session *s)
 	pl->postcaps = NULL;
 	free(pl->ok_text);
 	pl->ok_text = NULL;
+	free(s->detail);	/* an earlier attempt's failure is not this one's */
+	s->detail = NULL;
 	s->tried = 0;
 	if (cf->lookup == CONFIG_LOOKUP_HTTP) {
 		prelogin_http(s);
