@@ -24,8 +24,8 @@ from fake_backend import FakeBackend, MESSAGE  # noqa: E402  (path set by common
 
 LIFETIME = 60.0         # seconds a scripted backend lives at most
 PASSWORD = "s3cret-PW"
-SCRIPT = {"commands": {"NOOP": [{"send": "* OK [X-FOO] untagged note\r\n"},
-                                {"send": "{tag} OK [X-FOO] NOOP completed\r\n"}]}}
+SCRIPT = {"commands": {"NOOP": [{"send": "* NO [X-FOO] untagged note\r\n"},
+                                {"send": "{tag} NO [X-FOO] NOOP failed\r\n"}]}}
 
 
 def fake(env, script=None):
@@ -71,7 +71,7 @@ def test_metrics(env):
     c.select()
     body = c.fetch_body(1)
     check(body == MESSAGE, "FETCH body differs")
-    tagged, items = c.cmd("NOOP")
+    tagged, items = c.cmd("NOOP", ok=False)
     check(b"X-FOO" not in tagged and all(b"X-FOO" not in t for t, _ in items),
           "[X-FOO] reached the client: %r %r" % (tagged, items))
     tagged, _ = c.cmd("COMPRESS DEFLATE", ok=False)
@@ -143,7 +143,7 @@ def test_json_log(env):
     c = ops.client(env, g)
     c.login("demo", PASSWORD)
     c.cmd('LIST "" "a\\"b\\\\c*"')
-    c.cmd("NOOP")
+    c.cmd("NOOP", ok=False)
     c.logout()
     end = time.monotonic() + 5
     while time.monotonic() < end and '"session-end"' not in g.log_text()[g.mark:]:
@@ -180,7 +180,7 @@ def test_trace_redacted(env):
     # LOGIN with quoted strings, lower case.
     c = ops.client(env, g)
     c.cmd('login "demo" "%s"' % PASSWORD)
-    c.cmd("NOOP")
+    c.cmd("NOOP", ok=False)
     c.logout()
     # LOGIN with an atom password.
     c = ops.client(env, g)
