@@ -759,7 +759,8 @@ server_monotonic_us(void)
 
 /*
  * Drop root once the sockets are bound and the keys read (user, group).
- * Reloads then read certificates and keys as that user.
+ * Reloads then read certificates and keys as that user.  Already running
+ * as that user and group (not root): keep it.
  */
 static int
 server_drop_privileges(const struct config *cf)
@@ -781,6 +782,16 @@ server_drop_privileges(const struct config *cf)
 			return -1;
 		}
 		gid = gr->gr_gid;
+	}
+	/*
+	 * Started as that user and group already (User=imapgate in the unit,
+	 * which allows no identity change): nothing to drop.
+	 */
+	if (geteuid() != 0 && (cf->user == NULL || pw->pw_uid == geteuid()) &&
+	    gid == getegid()) {
+		log_info("msg=privileges-kept user=%s group=%u", cf->user ? cf->user : "-",
+		    (unsigned)gid);
+		return 0;
 	}
 	if (setgroups(1, &gid) != 0 || setgid(gid) != 0 ||
 	    (cf->user != NULL && setuid(pw->pw_uid) != 0)) {

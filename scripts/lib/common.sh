@@ -37,6 +37,12 @@ ensure_packages() {
 BUILD_PACKAGES=(build-essential meson ninja-build pkg-config
 	libevent-dev libssl-dev libyaml-dev libsystemd-dev dovecot-imapd openssl python3)
 
+# What scripts/package needs to build and check the .deb (debian/control's
+# Build-Depends plus the tools; systemd for systemd-analyze).
+# shellcheck disable=SC2034
+DEB_PACKAGES=(build-essential debhelper dpkg-dev meson ninja-build pkg-config
+	libevent-dev libssl-dev libyaml-dev libsystemd-dev lintian systemd)
+
 # Configure and build the meson build dir $1; further args go to meson setup
 # (an existing dir is reconfigured with them, so options always apply).
 build_tree() {

@@ -21,6 +21,7 @@ import os
 import pwd
 import grp
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -201,6 +202,50 @@ def test_privileges(env):
     c.logout()
 
 
+def test_privileges_kept(env):
+    """Started as nobody:nogroup (User= in the unit) with user: nobody and
+    group: nogroup: nothing to drop (privileges-kept), sessions work; with
+    another user in the file the start fails (no identity change possible)."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        say("   SKIP: needs root and setpriv")
+        return "skip"
+    try:
+        gid = grp.getgrnam("nogroup").gr_gid
+        pwd.getpwnam("nobody")
+    except KeyError:
+        say("   SKIP: no nobody/nogroup")
+        return "skip"
+    fb = fake(env)
+    cert, key = tlsc.make_leaf(env.tmp, "nobodykey", None, "localhost",
+                               ["DNS:localhost", "IP:127.0.0.1"])
+    os.chmod(key, 0o640)
+    os.chown(key, 0, gid)
+    wrapper = os.path.join(env.tmp, "as-nobody")
+    with open(wrapper, "w") as f:
+        f.write('#!/bin/sh\nexec setpriv --reuid=nobody --regid=nogroup --clear-groups %s "$@"\n'
+                % env.binary)
+    os.chmod(wrapper, 0o755)
+    ctx = ops.ssl.create_default_context(cafile=cert)
+    g = ops.gate(env, fb.port, cert=cert, key=key, start=False,
+                 extra="user: nobody\ngroup: nogroup\n")
+    os.chmod(g.conf, 0o644)
+    g.binary = wrapper
+    g.start()
+    env.gates.append(g)
+    line = g.wait_log(r"msg=privileges-(kept|dropped)|msg=\"cannot", timeout=5.0)
+    check(line is not None and "privileges-kept" in line, "as nobody: %r\n%s" % (line, g.log_text()[-1500:]))
+    c = tlsc.tls_client(g.port, ctx)
+    c.login("demo", "demo")
+    c.logout()
+    line = ops.sighup(g, r"msg=reload(-failed|ed)")
+    check("msg=reloaded" in line, "reload as nobody: %r" % line)
+    g2 = ops.gate(env, fb.port, cert=cert, key=key, start=False, extra="user: root\n")
+    os.chmod(g2.conf, 0o644)
+    r = subprocess.run([wrapper, "-c", g2.conf], capture_output=True, text=True, timeout=10)
+    check(r.returncode != 0 and "cannot drop privileges" in r.stderr,
+          "as nobody with user: root: exit %d %r" % (r.returncode, r.stderr[-500:]))
+
+
 def haproxy_config(port, gates, base):
     """HAProxy in TCP mode, PROXY v2 to both gates, fast health checks."""
     servers = "".join("  server g%d 127.0.0.1:%d send-proxy-v2 check check-send-proxy check-ssl verify none "
@@ -297,6 +342,7 @@ def main():
         ("SIGTERM drain: IDLE, quiet, APPEND mid-literal", test_drain),
         ("SIGTERM drain: timeouts.drain and a second SIGTERM", test_drain_timeout),
         ("user/group: privileges dropped", test_privileges),
+        ("user/group: already that user (User= in the unit)", test_privileges_kept),
         ("HAProxy in front of two instances", test_haproxy),
     ])
 

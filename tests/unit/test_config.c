@@ -1313,6 +1313,18 @@ test_shipped(void)
 	}
 	config_free(cf);
 
+	/*
+	 * The Debian package's /etc/imapgate/imapgate.yaml: loads with no
+	 * certificate at all (the service starts right after installation), one
+	 * plaintext listener on loopback only.
+	 */
+	cf = test_load_shipped("config/default.yaml", __LINE__);
+	if (cf != NULL)
+		CHECK(cf->nlisten == 1 && cf->listen[0].tls == CONFIG_TLS_NONE &&
+		    cf->ncerts == 0 && cf->nservers == 1 && cf->backend_tls == CONFIG_TLS_NONE &&
+		    cf->user == NULL, "package default configuration");
+	config_free(cf);
+
 	cf = test_load_shipped("config/presets/dovecot.yaml", __LINE__);
 	if (cf != NULL) {
 		test_guard_defaults(cf);
