@@ -279,7 +279,8 @@ static const char *const config_greeting_defaults[] = {
 	"^Dovecot( \\([^)]*\\))? ready\\.?$",
 	/* Cyrus imapd: "* OK [CAPABILITY ...] mail.example.org Cyrus IMAP v3.6.1 server ready". */
 	"Cyrus IMAP.* server ready$",
-	/* Cyrus imapd with serverinfo: off: "* OK [CAPABILITY ...] mail.example.org server ready". */
+	/* Cyrus imapd with serverinfo: min: "* OK [CAPABILITY ...] mail.example.org server ready"
+	 * (serverinfo: off sends just "server ready": config/presets/cyrus.yaml). */
 	"^[^ ]+ server ready$",
 	/* Courier-IMAP: "* OK [CAPABILITY ...] Courier-IMAP ready. Copyright 1998-2018 ...". */
 	"^Courier-IMAP ready\\.",

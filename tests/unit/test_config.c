@@ -1381,6 +1381,56 @@ test_shipped(void)
 		    "preset recognises WildDuck's greeting");
 	}
 	config_free(cf);
+
+	/* Texts measured on Debian 12's servers (tests/integration/
+	 * test_legacy_backends.py). */
+	cf = test_load_shipped("config/presets/courier.yaml", __LINE__);
+	if (cf != NULL) {
+		test_guard_defaults_present(cf);
+		CHECK(cf->nlisten == 2 && cf->listen[1].tls == CONFIG_TLS_STARTTLS &&
+		    cf->backend_tls == CONFIG_TLS_NONE && cf->client_ip == CONFIG_CLIENT_IP_NONE &&
+		    cf->nservers == 1, "courier preset: listeners, plaintext backend, no client_ip");
+		CHECK(cf->ncap_add == 1 && test_in(cf->cap_add, cf->ncap_add, "AUTH=PLAIN") &&
+		    cf->ncap_remove == 0, "courier preset adds AUTH=PLAIN only");
+		CHECK(cf->nrules == 0 && cf->nallow_codes == 0, "courier preset: no rewrites");
+		CHECK(test_matches(cf->greeting_re, cf->ngreeting_patterns,
+		    "Courier-IMAP ready. Copyright 1998-2019 Double Precision, Inc.  "
+		    "See COPYING for distribution information."),
+		    "courier preset recognises Courier's greeting");
+		CHECK(!test_matches(cf->desync_re, cf->ndesync_patterns,
+		    "Error in IMAP command received by server."),
+		    "courier preset: Courier's one error text is no desync");
+	}
+	config_free(cf);
+
+	cf = test_load_shipped("config/presets/cyrus.yaml", __LINE__);
+	if (cf != NULL) {
+		CHECK(cf->guard_client_state == CONFIG_GUARD_BYE &&
+		    cf->guard_desync == CONFIG_GUARD_BYE, "cyrus preset guard modes");
+		CHECK(cf->nlisten == 2 && cf->listen[1].tls == CONFIG_TLS_STARTTLS &&
+		    cf->backend_tls == CONFIG_TLS_NONE && cf->client_ip == CONFIG_CLIENT_IP_NONE &&
+		    cf->nservers == 1, "cyrus preset: listeners, plaintext backend, no client_ip");
+		CHECK(cf->ncap_add == 0 && cf->ncap_remove == 0 && cf->nrules == 0 &&
+		    cf->nallow_codes == 0, "cyrus preset: no capability changes, no rewrites");
+		/* serverinfo: on, min, off. */
+		CHECK(cf->ngreeting_patterns == 3 &&
+		    test_matches(cf->greeting_re, cf->ngreeting_patterns,
+		    "vm Cyrus IMAP 3.6.1-Debian-3.6.1-4+deb12u5 server ready") &&
+		    test_matches(cf->greeting_re, cf->ngreeting_patterns, "vm server ready") &&
+		    test_matches(cf->greeting_re, cf->ngreeting_patterns, "server ready"),
+		    "cyrus preset recognises Cyrus's greetings");
+		for (size_t i = 0; test_greet_no[i] != NULL; i++)
+			CHECK(!test_matches(cf->greeting_re, cf->ngreeting_patterns,
+			    test_greet_no[i]), "cyrus preset greeting should not match \"%s\"",
+			    test_greet_no[i]);
+		CHECK(test_matches(cf->desync_re, cf->ndesync_patterns, "Please login first") &&
+		    test_matches(cf->desync_re, cf->ndesync_patterns,
+		    "Please select a mailbox first"), "cyrus preset: Cyrus's wrong-state texts");
+		CHECK(!test_matches(cf->desync_re, cf->ndesync_patterns, "Mailbox does not exist") &&
+		    !test_matches(cf->desync_re, cf->ndesync_patterns, "Permission denied"),
+		    "cyrus preset: Cyrus's ordinary errors are no desync");
+	}
+	config_free(cf);
 }
 
 /* Hard limits: entries in a list, keys in a mapping. */
