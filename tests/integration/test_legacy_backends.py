@@ -502,12 +502,9 @@ def t_courier_curl_starttls(env):
 
 
 def t_courier_myrights(env):
-    """Courier's `* OK [MYRIGHTS "acdilrsw"] ACL` reaches the client whole.
-
-    PENDING: this expects the code to be kept (unknown codes on OK pass by
-    default, being changed in parallel); until that change is merged it
-    fails, with imapgate sending `* OK ACL`.  With the change it passes as
-    written."""
+    """Courier's `* OK [MYRIGHTS "acdilrsw"] ACL` reaches the client whole:
+    unknown codes on OK pass (issue 17; before, imapgate sent `* OK ACL`
+    and imaplib's untagged_responses['MYRIGHTS'] was gone)."""
     s = server(env, "courier")
     g = start_gate(env, preset_sections("courier", s.port))
     c = harness.Client(g.port, tls_ctx(env))
@@ -522,7 +519,7 @@ def t_courier_myrights(env):
     check(b'* OK [MYRIGHTS "acdilrsw"] ACL\r\n' in [t for t, _ in ditems],
           "Courier itself sends %r" % [t for t, _ in ditems])
     check(lines == [b'* OK [MYRIGHTS "acdilrsw"] ACL\r\n'],
-          "PENDING unknown-codes-on-OK change: the client got %r" % lines)
+          "the MYRIGHTS code did not reach the client: %r" % lines)
 
 
 # ------------------------------------------------------------------ main
@@ -567,7 +564,7 @@ def main(argv):
                   ("%s: imaplib transcript direct = proxied" % name, t_transcript(name))]
     tests += [("courier: curl via STARTTLS needs capabilities.add AUTH=PLAIN (bug 3)",
                t_courier_curl_starttls),
-              ("courier: MYRIGHTS code on OK kept (PENDING unknown-codes change)",
+              ("courier: MYRIGHTS code on OK kept",
                t_courier_myrights)]
     try:
         common.run(env, tests)
