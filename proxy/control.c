@@ -578,19 +578,21 @@ control_route(struct control_conn *c, const char *user, int json)
 	evbuffer_free(b);
 }
 
-/* "reason TEXT" at w[i]: the rest of the line; NULL, or the error. */
+/*
+ * "reason TEXT" at w[i]: the rest of the line; NULL, or the error.  The
+ * words w[] point into base (the line strtok_r cut up); copy is the line
+ * as received, so the same offset there is the text as typed.
+ */
 static const char *
-control_reason(char **w, int n, int i, const char *line, char *text, size_t len)
+control_reason(char **w, int n, int i, const char *base, const char *copy, char *text,
+    size_t len)
 {
-	const char *r;
-
 	if (i >= n)
 		return NULL;
 	if (strcmp(w[i], "reason") != 0 || i + 1 >= n)
 		return "expected: reason TEXT";
 	/* The text as typed, spaces included: from the word after "reason" to the end. */
-	r = strstr(line, " reason ") + strlen(" reason ");
-	snprintf(text, len, "%s", r);
+	snprintf(text, len, "%s", copy + (w[i + 1] - base));
 	return NULL;
 }
 
@@ -664,7 +666,7 @@ control_command(struct control_conn *c, char *line)
 			j->spread_ms = (uint64_t)ms;
 			i += 2;
 		}
-		if ((err = control_reason(w, n, i, copy, j->text, sizeof(j->text))) != NULL) {
+		if ((err = control_reason(w, n, i, line, copy, j->text, sizeof(j->text))) != NULL) {
 			control_answer(c, err, NULL);
 			control_job_free(j);
 			return;
