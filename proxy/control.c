@@ -705,6 +705,16 @@ control_command(struct control_conn *c, char *line)
 				control_answer(c, "spread: a duration (10s, 500ms, 2m) up to 1h", NULL);
 				return;
 			}
+			/*
+			 * Refused before the state changes: control_job_start would
+			 * answer busy after the server was already set draining, and
+			 * its sessions would then never be kicked.
+			 */
+			if (control.job != NULL || control.g->stopping) {
+				control_answer(c, control.g->stopping ? "shutting down" :
+				    "busy: another command runs, try again", NULL);
+				return;
+			}
 			if ((j = control_job_new(CONTROL_JOB_KICK, json)) == NULL ||
 			    (j->f.server = strdup(w[1])) == NULL) {
 				if (j != NULL)
