@@ -1044,7 +1044,9 @@ control_client(int argc, char **argv)
 			close(fd);
 		return 2;
 	}
-	if (write(fd, cmd, len) != (ssize_t)len) {
+	/* MSG_NOSIGNAL: a daemon that closed at accept (too many control
+	 * connections) must give exit 2 and a message, not death by SIGPIPE. */
+	if (send(fd, cmd, len, MSG_NOSIGNAL) != (ssize_t)len) {
 		fprintf(stderr, "imapgate ctl: %s: %s\n", path, strerror(errno));
 		close(fd);
 		return 2;
