@@ -1024,8 +1024,10 @@ control_client(int argc, char **argv)
 		int k = snprintf(cmd + len, sizeof(cmd) - len, "%s%s", len ? " " : "", argv[i]);
 
 		if (k < 0 || (size_t)k >= sizeof(cmd) - len - 1) {
-			fprintf(stderr, "imapgate ctl: command too long\n");
-			return 2;
+			/* A bad command, as the daemon would say (exit 2 is "no connection"). */
+			fprintf(stderr, "imapgate ctl: error: command too long (at most %d bytes)\n",
+			    CONTROL_MAX_LINE - 2);
+			return 1;
 		}
 		len += (size_t)k;
 	}
