@@ -1326,6 +1326,25 @@ def t_disable_reload(env):
     check(servers[a]["admin"] == "disabled" and servers[b]["weight"] == 3,
           "after a changed config: %r" % servers)
     check(ops.value(metrics(g), "imapgate_backend_admin_state", server=a) == 1, "metric after 2nd SIGHUP")
+    # control.socket moved by a reload: to a directory that does not exist
+    # (the old socket must stay), then to a good path (it moves).
+    problems = []
+    good = open(g.conf).read()
+    bad_path = os.path.join(env.tmp, "no-such-dir", "ctl.sock")
+    ops._write(g.conf, good.replace("socket: %s\n" % g.ctl, "socket: %s\n" % bad_path))
+    ops.sighup(g, r"msg=reload(ed|-failed)")
+    if not os.path.exists(g.ctl) or ctl(g, "servers", ok=False)[0] != 0:
+        problems.append("a reload that moved control.socket to %s (no such directory) removed "
+                        "the old socket %s: no control socket at all until the next good "
+                        "reload; log: %s" % (bad_path, g.ctl, [x for x in g.log_text()[g.mark:]
+                                                              .splitlines() if "control" in x][-2:]))
+    moved = os.path.join(env.tmp, "ctl-moved.sock")
+    ops._write(g.conf, good.replace("socket: %s\n" % g.ctl, "socket: %s\n" % moved))
+    ops.sighup(g, r"msg=reloaded")
+    old, g.ctl = g.ctl, moved
+    check(ctl(g, "servers", ok=False)[0] == 0, "no control socket at %s after the reload" % moved)
+    check(not os.path.exists(old), "the old socket %s is still there" % old)
+    check(server_admin(g)[a] == "disabled", "A not disabled after the socket moved")
     on_a.cmd("NOOP")
     check(landed(on_a)[0] == "A", "the session on A moved")
     on_a.logout()
@@ -1333,8 +1352,9 @@ def t_disable_reload(env):
     check(ops.value(metrics(g), "imapgate_backend_admin_state", server=a) == 0, "metric after enable")
     got = collections.Counter(probe(g, "demo", "demo") for _ in range(8))
     check(got["A"] >= 1, "after enable nothing reached A: %s" % dict(got))
-    say("   disabled across two reloads (admin_state 1), the session on A kept; enable: %s"
+    say("   disabled across four reloads (admin_state 1), the session on A kept; enable: %s"
         % dict(got))
+    check(not problems, "daemon bugs:\n     " + "\n     ".join(problems))
 
 
 # ------------------------------------------------------------ 5. sessions vs metrics
