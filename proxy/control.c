@@ -956,12 +956,32 @@ void
 control_reload(struct gate *g)
 {
 	const char *want = g->gen->cf->control_socket;
+	struct evconnlistener *old_lev = control.lev;
+	char *old_path = control.path;
 
 	if ((want == NULL && control.path == NULL) ||
 	    (want != NULL && control.path != NULL && strcmp(want, control.path) == 0))
 		return;
-	control_close(g);
-	control_open(g);
+	if (want == NULL) {
+		control_close(g);
+		return;
+	}
+	/* The new socket first: closing the old one before would leave none. */
+	control.lev = NULL;
+	control.path = NULL;
+	if (control_open(g) != 0) {
+		control.lev = old_lev;
+		control.path = old_path;
+		if (old_path != NULL)
+			log_warn("msg=control-kept socket=%s", old_path);
+		return;
+	}
+	if (old_lev != NULL)
+		evconnlistener_free(old_lev);
+	if (old_path != NULL) {
+		unlink(old_path);
+		free(old_path);
+	}
 }
 
 /* Print the usage of `imapgate ctl`. */
