@@ -13,7 +13,9 @@
    get EACCES, malformed commands each get `error: ...` (ctl exits 1),
    1,000 commands a second beside a FETCH loop.
 4. `server A disable` survives SIGHUP (ctl servers, /metrics admin_state).
-5. `ctl --json sessions` agrees with /metrics imapgate_sessions_open.
+5. `ctl --json sessions` agrees with /metrics imapgate_sessions_open; a
+   kicked session mid-APPEND literal or with a stalled 4 MB FETCH gets
+   its whole response and tagged OK before the BYE.
 6. timeouts.idle_keepalive: `* OK Still here` in IDLE after the period of
    silence, repeatedly, between responses; 0 turns it off.
 7. SIGTERM with timeouts.drain_spread: the BYEs are spread, exit 0.
@@ -1418,6 +1420,76 @@ def t_sessions_metrics(env):
           ops.total(metrics(g), "imapgate_sessions_open") == 0, "sessions left after close")
 
 
+# ------------------------------------------------------------ 5b. quiet points
+
+def t_kick_quiet_point(env):
+    """kick session waits for a quiet point: an APPEND literal half sent
+    finishes and gets its OK first; a FETCH of 4 MB stalled by a client
+    that does not read comes whole, with its OK, before the BYE."""
+    users = {"demo": "demo"}
+    (d,) = dovecots(env, ["S"], users)
+    g = start_gate(env, [d.port])
+    kicked = b"* BYE [UNAVAILABLE] Please reconnect\r\n"
+    c = tlsc.tls_client(g.port, common_ctx[0])
+    c.login("demo", "demo")
+    c.select()
+    mid = "<quiet.%d@imapgate.test>" % os.getpid()
+    msg = clean_message(mid, "demo", 300 * 1024, random.Random(5))
+    c.send(b"a APPEND INBOX {%d}\r\n" % len(msg))
+    check(c.readline().startswith(b"+"), "APPEND: no continuation")
+    c.send(msg[:len(msg) // 2])
+    time.sleep(0.2)
+    sid = session_of(g, c)
+    _, out, _ = ctl(g, "kick", "session", sid)
+    check("kicked 1 session(s)" in out, "kick answer %r" % out)
+    c.sock.settimeout(0.7)
+    try:
+        early = c.sock.recv(100)
+    except (socket.timeout, TimeoutError):
+        early = b""
+    c.sock.settimeout(harness.IO_TIMEOUT)
+    check(early == b"", "inside the APPEND literal the client got %r" % early)
+    check(ctl_json(g, "sessions", "count", "session", sid)["count"] == 1, "session gone mid-APPEND")
+    c.send(msg[len(msg) // 2:] + b"\r\n")
+    data, how = common.read_to_close(c, timeout=5)
+    check(re.match(rb"^(\* \d+ (EXISTS|RECENT)\r\n)*a OK [^\r\n]*\r\n" + re.escape(kicked) + rb"$",
+                   data) is not None,
+          "after the literal: %r (%s)" % (data, how))
+    check(mid in direct_ids(d, "demo", "demo"), "the APPEND finished by the kicked session is missing")
+
+    # A stalled FETCH: the BYE comes after the whole response.
+    direct = harness.Client(d.port)
+    direct.login("demo", "demo")
+    direct.select()
+    big = clean_message("<quiet-big.%d@imapgate.test>" % os.getpid(), "demo", 4 << 20,
+                        random.Random(6))
+    uid = int(re.search(rb"APPENDUID \d+ (\d+)", direct.append("INBOX", big)).group(1))
+    want = direct.fetch_body(uid)
+    direct.logout()
+    c = env.small_client(g, 32 * 1024)
+    c.login("demo", "demo")
+    c.select()
+    sid = session_of(g, c)
+    c.send(b"f UID FETCH %d BODY.PEEK[]\r\n" % uid)
+    time.sleep(0.5)                 # the client reads nothing: imapgate holds the rest
+    _, out, _ = ctl(g, "kick", "session", sid)
+    check("kicked 1 session(s)" in out, "kick answer %r" % out)
+    time.sleep(0.3)
+    data, how = common.read_to_close(c, timeout=20)
+    st = Stream()
+    st.feed(data)
+    items = st.items()
+    check(st.at_boundary(), "the stream ends inside a response")
+    texts = [t for t, _ in items]
+    check(len(items) == 3 and texts[0].startswith(b"* ") and b"FETCH" in texts[0] and
+          texts[1].startswith(b"f OK") and texts[2] == kicked,
+          "stalled FETCH then kick: %r" % [t[:80] for t in texts])
+    check(items[0][1] == [want], "the FETCH literal differs (%s bytes, want %d)"
+          % ([len(x) for x in items[0][1]], len(want)))
+    say("   mid-APPEND: OK then BYE, stored; stalled %d-byte FETCH: whole, OK, then BYE (%s)"
+        % (len(want), how))
+
+
 # ------------------------------------------------------------ 6. keepalive
 
 class Recorder(threading.Thread):
@@ -1585,6 +1657,7 @@ def main():
         ("control socket: mode, other users, malformed commands, 1,000/s", t_control_socket),
         ("server disable survives SIGHUP (ctl, /metrics)", t_disable_reload),
         ("ctl --json sessions agrees with /metrics", t_sessions_metrics),
+        ("kick waits for a quiet point: mid-APPEND, stalled FETCH", t_kick_quiet_point),
         ("IDLE keepalive 2s, and 0", t_idle_keepalive),
         ("SIGTERM with drain_spread: BYEs spread, exit 0", t_sigterm_spread),
     ]
