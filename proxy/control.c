@@ -578,19 +578,21 @@ control_route(struct control_conn *c, const char *user, int json)
 	evbuffer_free(b);
 }
 
-/* "reason TEXT" at w[i]: the rest of the line; NULL, or the error. */
+/*
+ * "reason TEXT" at w[i]: the rest of the line; NULL, or the error.  The
+ * words w[] point into base (the line strtok_r cut up); copy is the line
+ * as received, so the same offset there is the text as typed.
+ */
 static const char *
-control_reason(char **w, int n, int i, const char *line, char *text, size_t len)
+control_reason(char **w, int n, int i, const char *base, const char *copy, char *text,
+    size_t len)
 {
-	const char *r;
-
 	if (i >= n)
 		return NULL;
 	if (strcmp(w[i], "reason") != 0 || i + 1 >= n)
 		return "expected: reason TEXT";
 	/* The text as typed, spaces included: from the word after "reason" to the end. */
-	r = strstr(line, " reason ") + strlen(" reason ");
-	snprintf(text, len, "%s", r);
+	snprintf(text, len, "%s", copy + (w[i + 1] - base));
 	return NULL;
 }
 
@@ -664,7 +666,7 @@ control_command(struct control_conn *c, char *line)
 			j->spread_ms = (uint64_t)ms;
 			i += 2;
 		}
-		if ((err = control_reason(w, n, i, copy, j->text, sizeof(j->text))) != NULL) {
+		if ((err = control_reason(w, n, i, line, copy, j->text, sizeof(j->text))) != NULL) {
 			control_answer(c, err, NULL);
 			control_job_free(j);
 			return;
@@ -701,6 +703,16 @@ control_command(struct control_conn *c, char *line)
 		    strcmp(w[3], "spread") == 0))) {
 			if ((ms = n == 5 ? control_duration(w[4]) : 0) < 0) {
 				control_answer(c, "spread: a duration (10s, 500ms, 2m) up to 1h", NULL);
+				return;
+			}
+			/*
+			 * Refused before the state changes: control_job_start would
+			 * answer busy after the server was already set draining, and
+			 * its sessions would then never be kicked.
+			 */
+			if (control.job != NULL || control.g->stopping) {
+				control_answer(c, control.g->stopping ? "shutting down" :
+				    "busy: another command runs, try again", NULL);
 				return;
 			}
 			if ((j = control_job_new(CONTROL_JOB_KICK, json)) == NULL ||
@@ -944,12 +956,32 @@ void
 control_reload(struct gate *g)
 {
 	const char *want = g->gen->cf->control_socket;
+	struct evconnlistener *old_lev = control.lev;
+	char *old_path = control.path;
 
 	if ((want == NULL && control.path == NULL) ||
 	    (want != NULL && control.path != NULL && strcmp(want, control.path) == 0))
 		return;
-	control_close(g);
-	control_open(g);
+	if (want == NULL) {
+		control_close(g);
+		return;
+	}
+	/* The new socket first: closing the old one before would leave none. */
+	control.lev = NULL;
+	control.path = NULL;
+	if (control_open(g) != 0) {
+		control.lev = old_lev;
+		control.path = old_path;
+		if (old_path != NULL)
+			log_warn("msg=control-kept socket=%s", old_path);
+		return;
+	}
+	if (old_lev != NULL)
+		evconnlistener_free(old_lev);
+	if (old_path != NULL) {
+		unlink(old_path);
+		free(old_path);
+	}
 }
 
 /* Print the usage of `imapgate ctl`. */
@@ -1012,8 +1044,10 @@ control_client(int argc, char **argv)
 		int k = snprintf(cmd + len, sizeof(cmd) - len, "%s%s", len ? " " : "", argv[i]);
 
 		if (k < 0 || (size_t)k >= sizeof(cmd) - len - 1) {
-			fprintf(stderr, "imapgate ctl: command too long\n");
-			return 2;
+			/* A bad command, as the daemon would say (exit 2 is "no connection"). */
+			fprintf(stderr, "imapgate ctl: error: command too long (at most %d bytes)\n",
+			    CONTROL_MAX_LINE - 2);
+			return 1;
 		}
 		len += (size_t)k;
 	}
@@ -1032,7 +1066,9 @@ control_client(int argc, char **argv)
 			close(fd);
 		return 2;
 	}
-	if (write(fd, cmd, len) != (ssize_t)len) {
+	/* MSG_NOSIGNAL: a daemon that closed at accept (too many control
+	 * connections) must give exit 2 and a message, not death by SIGPIPE. */
+	if (send(fd, cmd, len, MSG_NOSIGNAL) != (ssize_t)len) {
 		fprintf(stderr, "imapgate ctl: %s: %s\n", path, strerror(errno));
 		close(fd);
 		return 2;
