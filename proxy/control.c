@@ -50,6 +50,12 @@
 #define CONTROL_MAX_WORDS	16
 /* Longest answer body (sessions of a big instance); past it the list is cut. */
 #define CONTROL_MAX_OUTPUT	(64u * 1024 * 1024)
+/*
+ * Seconds a control client has to send its line; then it is closed, so a
+ * few silent clients cannot hold every slot.  Waiting for the answer is
+ * not bounded by it (a job may take its time on busy workers).
+ */
+#define CONTROL_CONN_TIMEOUT_S	10
 /* Control connections open at once; more are closed at accept. */
 #define CONTROL_MAX_CONNS	64
 /* The BYE text of a kick without "reason". */
@@ -85,6 +91,8 @@ struct control_job {
 struct control_conn {
 	struct endpoint		*ep;
 	int			 answered;
+	struct event		*ev_timeout;	/* CONTROL_CONN_TIMEOUT_S to send a line */
+	int			 lingering;	/* answered and half-closed: reading to EOF */
 };
 
 /* Logins held back by "delay user U D". */
@@ -821,20 +829,55 @@ control_drained(struct endpoint *ep, void *arg)
 	(void)arg;
 }
 
+/* Free a control connection (its job, if any, answers nobody). */
+static void
+control_conn_free(struct control_conn *c)
+{
+	if (control.job != NULL && control.job->conn == c)
+		control.job->conn = NULL;	/* its answer has nowhere to go */
+	if (c->ev_timeout != NULL)
+		event_free(c->ev_timeout);
+	endpoint_free(c->ep);
+	free(c);
+	control.nconns--;
+}
+
+/* A client that sent no line in time: closed without an answer. */
+static void
+control_conn_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	struct control_conn *c = arg;
+
+	(void)fd;
+	(void)what;
+	if (!c->answered || c->lingering)
+		control_conn_free(c);
+}
+
 /* The client went away, or our answer has gone out: free the connection. */
 static void
 control_event(struct endpoint *ep, enum endpoint_event what, void *arg)
 {
 	struct control_conn *c = arg;
 
-	(void)ep;
 	if (what == ENDPOINT_CONNECTED)
 		return;
-	if (control.job != NULL && control.job->conn == c)
-		control.job->conn = NULL;	/* its answer has nowhere to go */
-	endpoint_free(c->ep);
-	free(c);
-	control.nconns--;
+	if (what == ENDPOINT_FLUSHED && !c->lingering) {
+		/*
+		 * The answer is out.  Closing now, with bytes of the client's
+		 * still unread (a line over the limit), would reset the
+		 * connection and could destroy the answer before it is read:
+		 * half-close instead, and read to the client's EOF (bounded).
+		 */
+		struct timeval tv = { 2, 0 };
+
+		c->lingering = 1;
+		endpoint_shutdown_write(ep);
+		if (c->ev_timeout != NULL)
+			evtimer_add(c->ev_timeout, &tv);
+		return;
+	}
+	control_conn_free(c);
 }
 
 static const struct endpoint_cbs control_cbs = {
@@ -863,6 +906,11 @@ control_accept(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *
 	}
 	control.nconns++;
 	endpoint_set_limits(c->ep, CONTROL_MAX_OUTPUT, CONTROL_MAX_LINE);
+	if ((c->ev_timeout = evtimer_new(control.g->base, control_conn_timeout, c)) != NULL) {
+		struct timeval tv = { CONTROL_CONN_TIMEOUT_S, 0 };
+
+		evtimer_add(c->ev_timeout, &tv);
+	}
 }
 
 /*
@@ -1041,7 +1089,14 @@ control_client(int argc, char **argv)
 	if (json)
 		len = (size_t)snprintf(cmd, sizeof(cmd), "json");
 	for (int i = optind; i < argc; i++) {
-		int k = snprintf(cmd + len, sizeof(cmd) - len, "%s%s", len ? " " : "", argv[i]);
+		int k;
+
+		if (strpbrk(argv[i], "\r\n") != NULL) {
+			/* The protocol is one line: a line end would cut the command short. */
+			fprintf(stderr, "imapgate ctl: error: a line end in an argument\n");
+			return 1;
+		}
+		k = snprintf(cmd + len, sizeof(cmd) - len, "%s%s", len ? " " : "", argv[i]);
 
 		if (k < 0 || (size_t)k >= sizeof(cmd) - len - 1) {
 			/* A bad command, as the daemon would say (exit 2 is "no connection"). */

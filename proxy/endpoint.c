@@ -950,3 +950,11 @@ endpoint_error(const struct endpoint *ep)
 {
 	return ep->error != NULL ? ep->error : "";
 }
+
+/* No more output: the peer reads EOF once what is queued has gone (a lingering close). */
+void
+endpoint_shutdown_write(struct endpoint *ep)
+{
+	if (ep->ssl == NULL)
+		(void)shutdown(bufferevent_getfd(ep->bev), SHUT_WR);
+}

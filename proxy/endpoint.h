@@ -49,6 +49,8 @@ int		 endpoint_is_tls(const struct endpoint *ep);
 /* The SNI name the client asked for, or NULL. */
 const char	*endpoint_sni(const struct endpoint *ep);
 /* Close the socket and free everything. */
+/* Half-close a plaintext endpoint after its output has been written (FLUSHED). */
+void		 endpoint_shutdown_write(struct endpoint *ep);
 /* Compress both directions from here on (COMPRESS=DEFLATE); -1 on failure. */
 int		 endpoint_start_deflate(struct endpoint *ep);
 /* Is the stream compressed? */
