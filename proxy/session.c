@@ -596,15 +596,31 @@ session_next(struct session *s)
 	return TAILQ_NEXT(s, entry);
 }
 
+/* Is a LOGIN or AUTHENTICATE waiting for its answer? */
+static int
+session_login_inflight(const struct session *s)
+{
+	for (size_t i = 0; i < s->st.ninflight; i++)
+		if (s->st.inflight[i].kind == IMAPCMD_LOGIN)
+			return 1;
+	return 0;
+}
+
 /* Capabilities this session adds: STARTTLS (and LOGINDISABLED) before TLS. */
 unsigned
 session_caps(const struct session *s)
 {
 	unsigned caps = 0;
 
-	/* COMPRESS=DEFLATE after login (RFC 4978 allows it only then), until it is on. */
-	if (s->lc->compress && s->st.proto != STATE_NOT_AUTH && s->client.ep != NULL &&
-	    !endpoint_is_deflate(s->client.ep))
+	/*
+	 * COMPRESS=DEFLATE after login (RFC 4978 allows it only then), until
+	 * it is on.  The answer to LOGIN or AUTHENTICATE counts as after
+	 * login: a backend's untagged CAPABILITY sent before that tagged OK
+	 * (Dovecot does so for a client that asked CAPABILITY before) is the
+	 * list the client keeps.
+	 */
+	if (s->lc->compress && (s->st.proto != STATE_NOT_AUTH || session_login_inflight(s)) &&
+	    s->client.ep != NULL && !endpoint_is_deflate(s->client.ep))
 		caps |= GUARD_CAP_COMPRESS;
 	if (s->lc->tls != CONFIG_TLS_STARTTLS || s->client_tls)
 		return caps;
