@@ -979,6 +979,8 @@ session_client_starttls(struct session *s)
 		session_close(s, "client-tls-failed");
 }
 
+static void	session_client_event(struct session *, enum endpoint_event);
+
 /* Switch the client leg to DEFLATE once our OK to COMPRESS has been queued. */
 static void
 session_client_compress(struct session *s)
@@ -986,6 +988,15 @@ session_client_compress(struct session *s)
 	/* Our OK must go out uncompressed: it is written before the switch. */
 	session_inject_flush(s);
 	if (s->ninject > 0 || endpoint_start_deflate(s->client.ep) != 0) {
+		if (s->ninject == 0 && endpoint_is_deflate(s->client.ep) &&
+		    strncmp(endpoint_error(s->client.ep), "compress:", 9) == 0) {
+			/*
+			 * What the client sent behind COMPRESS is not deflate: our
+			 * OK is out, so the compressed BYE of a broken stream.
+			 */
+			session_client_event(s, ENDPOINT_ERROR);
+			return;
+		}
 		session_detail(s, "cannot start compression");
 		session_close(s, "compress-failed");
 		return;
