@@ -596,15 +596,31 @@ session_next(struct session *s)
 	return TAILQ_NEXT(s, entry);
 }
 
+/* Is a LOGIN or AUTHENTICATE waiting for its answer? */
+static int
+session_login_inflight(const struct session *s)
+{
+	for (size_t i = 0; i < s->st.ninflight; i++)
+		if (s->st.inflight[i].kind == IMAPCMD_LOGIN)
+			return 1;
+	return 0;
+}
+
 /* Capabilities this session adds: STARTTLS (and LOGINDISABLED) before TLS. */
 unsigned
 session_caps(const struct session *s)
 {
 	unsigned caps = 0;
 
-	/* COMPRESS=DEFLATE after login (RFC 4978 allows it only then), until it is on. */
-	if (s->lc->compress && s->st.proto != STATE_NOT_AUTH && s->client.ep != NULL &&
-	    !endpoint_is_deflate(s->client.ep))
+	/*
+	 * COMPRESS=DEFLATE after login (RFC 4978 allows it only then), until
+	 * it is on.  The answer to LOGIN or AUTHENTICATE counts as after
+	 * login: a backend's untagged CAPABILITY sent before that tagged OK
+	 * (Dovecot does so for a client that asked CAPABILITY before) is the
+	 * list the client keeps.
+	 */
+	if (s->lc->compress && (s->st.proto != STATE_NOT_AUTH || session_login_inflight(s)) &&
+	    s->client.ep != NULL && !endpoint_is_deflate(s->client.ep))
 		caps |= GUARD_CAP_COMPRESS;
 	if (s->lc->tls != CONFIG_TLS_STARTTLS || s->client_tls)
 		return caps;
@@ -963,6 +979,8 @@ session_client_starttls(struct session *s)
 		session_close(s, "client-tls-failed");
 }
 
+static void	session_client_event(struct session *, enum endpoint_event);
+
 /* Switch the client leg to DEFLATE once our OK to COMPRESS has been queued. */
 static void
 session_client_compress(struct session *s)
@@ -970,6 +988,15 @@ session_client_compress(struct session *s)
 	/* Our OK must go out uncompressed: it is written before the switch. */
 	session_inject_flush(s);
 	if (s->ninject > 0 || endpoint_start_deflate(s->client.ep) != 0) {
+		if (s->ninject == 0 && endpoint_is_deflate(s->client.ep) &&
+		    strncmp(endpoint_error(s->client.ep), "compress:", 9) == 0) {
+			/*
+			 * What the client sent behind COMPRESS is not deflate: our
+			 * OK is out, so the compressed BYE of a broken stream.
+			 */
+			session_client_event(s, ENDPOINT_ERROR);
+			return;
+		}
 		session_detail(s, "cannot start compression");
 		session_close(s, "compress-failed");
 		return;

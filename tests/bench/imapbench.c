@@ -14,6 +14,9 @@
  *            short-lived client (a phone checking mail) costs; per second
  *   idle     K sessions LOGIN, SELECT, IDLE; once all idle, the resident
  *            memory growth of the watched processes per session
+ *   (--compress: COMPRESS DEFLATE after LOGIN in bulk, ops, idle; RFC
+ *   4978 raw deflate both ways through a libevent filter; the result line
+ *   gains wire_in, the compressed bytes read in the measured window)
  *   soak     K session slots, started evenly over the first 15% of T; each
  *            connects, LOGINs, runs 3..25 operations picked at random
  *            (SELECT/EXAMINE, NOOP, FETCH n (FLAGS UID), [UID] FETCH
@@ -69,6 +72,8 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include <zlib.h>
+
 #define BENCH_MAX_CONNS		100000	/* --conns / --sessions upper bound */
 #define BENCH_MAX_SECONDS	3600	/* --seconds upper bound */
 #define BENCH_MAX_PIDS		256	/* watched processes */
@@ -105,6 +110,7 @@ enum bench_scenario {
 enum bench_state {
 	ST_GREETING,
 	ST_LOGIN,
+	ST_COMPRESS,
 	ST_SELECT,
 	ST_RUN,
 	ST_IDLE_WAIT,
@@ -128,6 +134,8 @@ struct conn {
 	uint64_t		 sent_ns;	/* when the pending command went out */
 	unsigned		 uid;		/* next UID to fetch */
 	bool			 noop_next;	/* ops: alternate NOOP / FETCH */
+	bool			 zswitch;	/* COMPRESS answered OK: wrap bev next */
+	z_stream		*zin, *zout;	/* --compress, once active */
 
 	/* soak: a slot outlives its connections (bev is NULL between them) */
 	unsigned		 slot;
@@ -167,6 +175,9 @@ struct bench {
 	bool			 plain;
 	bool			 resume;
 	bool			 select;	/* session: SELECT before LOGOUT */
+	bool			 compress;	/* COMPRESS DEFLATE after LOGIN */
+	int			 zlevel;	/* our deflate level */
+	unsigned		 settle_ms;	/* idle: wait before the second RSS sample */
 	pid_t			 pids[BENCH_MAX_PIDS];
 	unsigned		 npids;
 	const char		*pid_cmd;
@@ -183,6 +194,7 @@ struct bench {
 	unsigned		 ready;		/* bulk/ops: sessions selected */
 	unsigned		 idling;
 	uint64_t		 bytes;
+	uint64_t		 wire_in;	/* compressed bytes read (--compress) */
 	uint64_t		 ops;
 	uint64_t		 handshakes;
 	uint64_t		 resumed;
@@ -211,6 +223,8 @@ struct bench {
 };
 
 static void conn_open(struct bench *);
+static void conn_read_cb(struct bufferevent *, void *);
+static void conn_event_cb(struct bufferevent *, short, void *);
 static void bench_start_measuring(struct bench *);
 static bool soak_line(struct conn *, const char *, size_t);
 static void soak_event(struct conn *, short);
@@ -429,6 +443,8 @@ bench_report(struct bench *b)
 		break;
 	}
 	}
+	if (b->compress)
+		printf(" compress=1 wire_in=%llu", (unsigned long long)b->wire_in);
 	printf(" client_cpu=%.2f errors=%llu\n", ccpu / wall,
 	    (unsigned long long)b->errors);
 	fflush(stdout);
@@ -464,7 +480,7 @@ conn_close(struct conn *c, bool failed)
 	if (failed && !b->done)
 		b->errors++;
 	LIST_REMOVE(c, link);
-	bufferevent_free(c->bev);
+	bufferevent_free(c->bev);	/* frees the filter's z_streams too */
 	free(c);
 	b->live--;
 	if (b->done)
@@ -529,7 +545,23 @@ conn_tagged(struct conn *c, bool ok)
 			conn_send(c, "LOGOUT");
 			return true;
 		}
+		if (b->compress) {
+			c->state = ST_COMPRESS;
+			conn_send(c, "COMPRESS DEFLATE");
+			return true;
+		}
 		c->state = ST_SELECT;
+		snprintf(cmd, sizeof(cmd), "SELECT \"%s\"", b->mailbox);
+		conn_send(c, cmd);
+		return true;
+	case ST_COMPRESS:
+		if (!ok) {
+			conn_close(c, true);
+			return false;
+		}
+		/* conn_read_cb wraps the connection once this line is consumed. */
+		c->zswitch = true;
+		return true;
 		snprintf(cmd, sizeof(cmd), "SELECT \"%s\"", b->mailbox);
 		conn_send(c, cmd);
 		return true;
@@ -569,7 +601,7 @@ conn_tagged(struct conn *c, bool ok)
 	case ST_LOGOUT:
 		if (ok && b->measuring) {
 			b->handshakes++;
-			if (!b->plain &&
+			if (!b->plain && c->zin == NULL &&
 			    SSL_session_reused(bufferevent_openssl_get_ssl(c->bev)))
 				b->resumed++;
 		}
@@ -629,6 +661,117 @@ conn_fail(struct conn *c, const char *why)
 		conn_close(c, true);
 }
 
+/* --compress: inflate what the server sent (raw deflate, RFC 4978). */
+static enum bufferevent_filter_result
+conn_zin_filter(struct evbuffer *src, struct evbuffer *dst, ev_ssize_t lim,
+    enum bufferevent_flush_mode mode, void *arg)
+{
+	struct conn *c = arg;
+	z_stream *z = c->zin;
+
+	(void)lim;
+	(void)mode;
+	while (evbuffer_get_length(src) > 0) {
+		struct evbuffer_iovec in, out;
+		size_t used, made;
+		int r;
+
+		if (evbuffer_peek(src, -1, NULL, &in, 1) < 1 ||
+		    evbuffer_reserve_space(dst, 65536, &out, 1) < 1)
+			return BEV_ERROR;
+		z->next_in = in.iov_base;
+		z->avail_in = (uInt)in.iov_len;
+		z->next_out = out.iov_base;
+		z->avail_out = (uInt)out.iov_len;
+		r = inflate(z, Z_SYNC_FLUSH);
+		used = in.iov_len - z->avail_in;
+		made = out.iov_len - z->avail_out;
+		out.iov_len = made;
+		evbuffer_commit_space(dst, &out, 1);
+		evbuffer_drain(src, used);
+		if (c->b->measuring)
+			c->b->wire_in += used;
+		if (r != Z_OK && r != Z_BUF_ERROR)
+			return BEV_ERROR;
+		if (used == 0 && made == 0)
+			break;
+	}
+	return BEV_OK;
+}
+
+/* --compress: deflate our commands, one sync flush per write. */
+static enum bufferevent_filter_result
+conn_zout_filter(struct evbuffer *src, struct evbuffer *dst, ev_ssize_t lim,
+    enum bufferevent_flush_mode mode, void *arg)
+{
+	struct conn *c = arg;
+	z_stream *z = c->zout;
+
+	(void)lim;
+	(void)mode;
+	do {
+		struct evbuffer_iovec in, out;
+		size_t used;
+
+		in.iov_base = NULL;
+		in.iov_len = 0;
+		evbuffer_peek(src, -1, NULL, &in, 1);
+		if (evbuffer_reserve_space(dst, 4096, &out, 1) < 1)
+			return BEV_ERROR;
+		z->next_in = in.iov_base;
+		z->avail_in = (uInt)in.iov_len;
+		z->next_out = out.iov_base;
+		z->avail_out = (uInt)out.iov_len;
+		if (deflate(z, Z_SYNC_FLUSH) == Z_STREAM_ERROR)
+			return BEV_ERROR;
+		used = in.iov_len - z->avail_in;
+		out.iov_len -= z->avail_out;
+		evbuffer_commit_space(dst, &out, 1);
+		evbuffer_drain(src, used);
+	} while (evbuffer_get_length(src) > 0 || c->zout->avail_out == 0);
+	return BEV_OK;
+}
+
+/* --compress: the filter is freed: so are the streams. */
+static void
+conn_zfree(void *arg)
+{
+	struct conn *c = arg;
+
+	inflateEnd(c->zin);
+	deflateEnd(c->zout);
+	free(c->zin);
+	free(c->zout);
+}
+
+/* --compress: wrap c's bufferevent in the deflate filter; -1 on failure. */
+static int
+conn_start_deflate(struct conn *c)
+{
+	struct bufferevent *f;
+
+	if ((c->zin = calloc(1, sizeof(*c->zin))) == NULL ||
+	    (c->zout = calloc(1, sizeof(*c->zout))) == NULL)
+		return -1;
+	if (inflateInit2(c->zin, -15) != Z_OK)
+		return -1;
+	if (deflateInit2(c->zout, c->b->zlevel, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
+		inflateEnd(c->zin);
+		return -1;
+	}
+	f = bufferevent_filter_new(c->bev, conn_zin_filter, conn_zout_filter,
+	    BEV_OPT_CLOSE_ON_FREE, conn_zfree, c);
+	if (f == NULL) {
+		conn_zfree(c);
+		c->zin = c->zout = NULL;
+		return -1;
+	}
+	c->bev = f;
+	bufferevent_setcb(f, conn_read_cb, NULL, conn_event_cb, c);
+	bufferevent_enable(f, EV_READ | EV_WRITE);
+	return 0;
+}
+
 /* Input: drain literal bytes by count, hand complete lines to conn_line. */
 static void
 conn_read_cb(struct bufferevent *bev, void *arg)
@@ -682,6 +825,20 @@ conn_read_cb(struct bufferevent *bev, void *arg)
 		if (!conn_line(c, line, (size_t)p.pos))
 			return;
 		evbuffer_drain(in, (size_t)p.pos + eol);
+		if (c->zswitch) {
+			char cmd[BENCH_CMD_MAX];
+
+			/* Nothing follows the OK until we speak: the rest is compressed. */
+			c->zswitch = false;
+			if (evbuffer_get_length(in) > 0 || conn_start_deflate(c) != 0) {
+				conn_fail(c, "cannot start COMPRESS");
+				return;
+			}
+			c->state = ST_SELECT;
+			snprintf(cmd, sizeof(cmd), "SELECT \"%s\"", b->mailbox);
+			conn_send(c, cmd);
+			return;
+		}
 	}
 }
 
@@ -1151,8 +1308,8 @@ bench_start_measuring(struct bench *b)
 		evtimer_add(b->ev_ramp, &tv);
 	}
 	if (b->scenario == BENCH_IDLE) {
-		tv.tv_sec = BENCH_SETTLE_MS / 1000;
-		tv.tv_usec = (BENCH_SETTLE_MS % 1000) * 1000;
+		tv.tv_sec = b->settle_ms / 1000;
+		tv.tv_usec = (suseconds_t)(b->settle_ms % 1000) * 1000;
 		evtimer_add(b->ev_settle, &tv);
 		return;
 	}
@@ -1215,6 +1372,9 @@ bench_usage(FILE *f)
 	    "  --concurrency C   idle: sessions being set up at once (default 200)\n"
 	    "  --setup-timeout S seconds allowed for setup (default 60)\n"
 	    "  --plain           plaintext IMAP instead of TLS\n"
+	    "  --compress        bulk, ops, idle: COMPRESS DEFLATE after LOGIN\n"
+	    "  --zlevel L        our deflate level with --compress (default 6)\n"
+	    "  --settle S        idle: seconds all idle before the RSS sample\n"
 	    "  --resume          connect, session: reuse the TLS session (tickets)\n"
 	    "  --user U --pass P login (default demo/demo; $IMAPBENCH_PASS)\n"
 	    "  --mailbox M       mailbox to SELECT (default INBOX)\n"
@@ -1277,6 +1437,9 @@ bench_options(struct bench *b, int argc, char **argv)
 		{ "concurrency", required_argument, NULL, 'c' },
 		{ "setup-timeout", required_argument, NULL, 'S' },
 		{ "plain", no_argument, NULL, 'P' },
+		{ "compress", no_argument, NULL, 'Z' },
+		{ "zlevel", required_argument, NULL, 'L' },
+		{ "settle", required_argument, NULL, 'W' },
 		{ "resume", no_argument, NULL, 'r' },
 		{ "user", required_argument, NULL, 'u' },
 		{ "pass", required_argument, NULL, 'p' },
@@ -1341,6 +1504,19 @@ bench_options(struct bench *b, int argc, char **argv)
 			break;
 		case 'r':
 			b->resume = true;
+			break;
+		case 'Z':
+			b->compress = true;
+			break;
+		case 'W':
+			b->settle_ms = (unsigned)(atof(optarg) * 1000);
+			if (b->settle_ms > 600000)
+				return -1;
+			break;
+		case 'L':
+			b->zlevel = atoi(optarg);
+			if (b->zlevel < 0 || b->zlevel > 9)
+				return -1;
 			break;
 		case 'u':
 			b->user = optarg;
@@ -1481,6 +1657,8 @@ main(int argc, char **argv)
 	b.user = "demo";
 	b.pass = envpass != NULL ? envpass : "demo";
 	b.mailbox = "INBOX";
+	b.zlevel = 6;
+	b.settle_ms = BENCH_SETTLE_MS;
 	b.seconds = 10;
 	b.setup_timeout = 60;
 	b.concurrency = 200;
