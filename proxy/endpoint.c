@@ -33,16 +33,17 @@
 #define ENDPOINT_STAGE_MAX	16384
 /*
  * COMPRESS=DEFLATE (RFC 4978).  Inflate must take the client's window
- * (up to 32 KiB, raw deflate).  Our own deflater is smaller (8 KiB window,
- * memLevel 6, level 1: fast, most of the gain on mail text) and is only
+ * (up to 32 KiB, raw deflate).  Our own deflater is smaller (4 KiB window,
+ * memLevel 5, level 1: fast, most of the gain on mail text; ~38 KiB) and is only
  * held while the session sends: an idle session gives it back
  * (endpoint_deflate_idle), which leaves the inflater's 32 KiB window as
  * the cost of an idle compressed session.
  */
 #define ENDPOINT_Z_LEVEL	1
-#define ENDPOINT_Z_WBITS	13
-#define ENDPOINT_Z_MEMLEVEL	6
+#define ENDPOINT_Z_WBITS	12
+#define ENDPOINT_Z_MEMLEVEL	5
 #define ENDPOINT_Z_CHUNK	16384	/* bytes (de)compressed per step */
+#define ENDPOINT_Z_IDLE_MS	2000	/* no output this long: the deflater is released */
 
 struct endpoint {
 	struct bufferevent	*bev;
@@ -63,6 +64,7 @@ struct endpoint {
 	struct evbuffer		*plain_in;	/* inflated input the session reads */
 	size_t			 in_high;	/* inflate no further ahead than this */
 	struct event		*zflush;	/* deferred sync flush of zout */
+	struct event		*zidle;		/* no output for a while: release zout */
 	int			 zpending;	/* zout holds bytes not yet flushed */
 };
 
@@ -366,6 +368,21 @@ endpoint_zflush_now(struct endpoint *ep)
 	ep->zpending = 0;
 	if (endpoint_deflate(ep, NULL, 0, Z_SYNC_FLUSH) != 0)
 		endpoint_set_error(ep, "compress: deflate failed");
+	if (ep->zidle != NULL) {
+		/* Re-armed per burst: a timer-heap update, no system call. */
+		struct timeval tv = { ENDPOINT_Z_IDLE_MS / 1000, (ENDPOINT_Z_IDLE_MS % 1000) * 1000 };
+
+		evtimer_add(ep->zidle, &tv);
+	}
+}
+
+/* No output for ENDPOINT_Z_IDLE_MS: give the deflater back. */
+static void
+endpoint_zidle_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	endpoint_deflate_idle(arg);
 }
 
 /* The deferred sync flush: once per burst of output, after the callbacks that made it. */
@@ -681,6 +698,8 @@ endpoint_free(struct endpoint *ep)
 		evbuffer_free(ep->plain_in);
 	if (ep->zflush != NULL)
 		event_free(ep->zflush);
+	if (ep->zidle != NULL)
+		event_free(ep->zidle);
 	free(ep->error);
 	free(ep);
 }
@@ -854,7 +873,8 @@ endpoint_start_deflate(struct endpoint *ep)
 		return -1;
 	}
 	if ((ep->plain_in = evbuffer_new()) == NULL ||
-	    (ep->zflush = event_new(ep->base, -1, 0, endpoint_zflush_cb, ep)) == NULL)
+	    (ep->zflush = event_new(ep->base, -1, 0, endpoint_zflush_cb, ep)) == NULL ||
+	    (ep->zidle = evtimer_new(ep->base, endpoint_zidle_cb, ep)) == NULL)
 		return -1;	/* freed with the endpoint; the caller closes */
 	/* Input beyond what the session took so far is compressed. */
 	return endpoint_inflate(ep);
