@@ -341,6 +341,48 @@ def t_master(env):
     say("   %s" % r.stderr.strip()[:160])
 
 
+def t_ctl_route_delay(env):
+    """The control socket's view of login routing: `ctl route user U` names
+    the map's target (or the refusal, or the hash order for a fallback);
+    `ctl delay user U D` holds U's logins for D (lower bound only), then
+    they go through; `delay ... 0` releases at once."""
+    sock = os.path.join(env.tmp, "route-ctl.sock")
+    g = static_gate(env, extra="control:\n  socket: %s\n" % sock)
+
+    def ctl(*args):
+        r = subprocess.run([env.binary, "ctl", "-S", sock] + list(args), capture_output=True,
+                           text=True, timeout=10)
+        return r.returncode, r.stdout, r.stderr
+
+    import json
+    rc, out, err = ctl("--json", "route", "user", "alice@a.test")
+    got = json.loads(out) if rc == 0 else {}
+    check(got.get("route") == "static" and got.get("server") == "127.0.0.1:%d" % env.dc["a"].port,
+          "route user alice: %d %r %r" % (rc, out, err))
+    rc, out, _ = ctl("--json", "route", "user", "nobody@nowhere.test")
+    check(rc == 0 and json.loads(out).get("route") == "static-reject",
+          "route of an unmatched user: %r" % out)
+    rc, out, err = ctl("delay", "user", "dave", "1500ms")
+    check(rc == 0, "delay user dave: %d %r" % (rc, err))
+    t0 = time.monotonic()
+    line, where = rc_login(g, "dave")
+    took = time.monotonic() - t0
+    check(where == ("b", "dave") and took >= 1.4,
+          "a delayed login: %r %r after %.2fs (want >= 1.4 s)" % (line, where, took))
+    ctl("delay", "user", "dave", "10s")
+    rc, _, err = ctl("delay", "user", "dave", "0")
+    check(rc == 0, "release: %r" % err)
+    line, where = rc_login(g, "dave")
+    check(where == ("b", "dave"), "after the release: %r %r" % (line, where))
+    say("   route user alice -> a; delay user dave 1500ms: login after %.2fs" % took)
+
+
+def rc_login(g, user):
+    """quick_login of user with its password from the test's tables."""
+    pw = USERS_A.get(user) or USERS_B.get(user)
+    return rc.quick_login(g.port, user, pw)
+
+
 def t_summary_metrics(env):
     """The session-end line has route=static and user=; the lookup and login
     counters count exactly what a fresh gate was asked."""
@@ -424,6 +466,7 @@ def main():
         ("stopped server: NO [UNAVAILABLE] at once, retry", t_server_down),
         ("SIGHUP re-reads the map; a broken map is refused", t_reload),
         ("master user credentials", t_master),
+        ("ctl route user and delay user", t_ctl_route_delay),
         ("session-end route= and user=, lookup and login metrics", t_summary_metrics),
         ("gates stop cleanly", t_stop_clean),
     ])
