@@ -3,29 +3,28 @@
 
 #include "logesc.h"
 
-/* Longest escape logesc_quote writes for one byte: \xHH. */
-#define LOGESC_MAX_SEQ	4
-/* Longest escape logesc_json writes for one byte: \u00HH. */
-#define LOGESC_MAX_JSON	6
-
-/* Write v into buf as a quoted value's body; see logesc.h. */
-const char *
-logesc_quote(const char *v, char *buf, size_t size)
+/*
+ * Write v into buf as an escaped body: quote and backslash behind a
+ * backslash, every byte outside printable ASCII as esc (a prefix) and two
+ * hex digits, cut at size.
+ */
+static const char *
+logesc_body(const char *v, char *buf, size_t size, const char *esc)
 {
 	static const char hex[] = "0123456789abcdef";
-	size_t o = 0;
+	size_t o = 0, el = strlen(esc);
 
 	if (size == 0)
 		return buf;
-	for (; *v != '\0' && o + LOGESC_MAX_SEQ < size; v++) {
+	for (; *v != '\0' && o + el + 2 < size; v++) {
 		unsigned char c = (unsigned char)*v;
 
 		if (c == '"' || c == '\\') {
 			buf[o++] = '\\';
 			buf[o++] = (char)c;
 		} else if (c < 0x20 || c >= 0x7f) {
-			buf[o++] = '\\';
-			buf[o++] = 'x';
+			memcpy(buf + o, esc, el);
+			o += el;
 			buf[o++] = hex[c >> 4];
 			buf[o++] = hex[c & 15];
 		} else
@@ -35,33 +34,19 @@ logesc_quote(const char *v, char *buf, size_t size)
 	return buf;
 }
 
+/* Write v into buf as a quoted value's body (\xHH escapes); see logesc.h. */
+const char *
+logesc_quote(const char *v, char *buf, size_t size)
+{
+	return logesc_body(v, buf, size, "\\x");
+}
+
 /*
- * Write v into buf as a JSON string's body: quote and backslash escaped,
- * every byte outside printable ASCII as \u00HH (a byte is a code point:
- * valid JSON whatever the bytes).  Cut at size.
+ * Write v into buf as a JSON string's body: every byte outside printable
+ * ASCII as \u00HH (a byte is a code point: valid JSON whatever the bytes).
  */
 const char *
 logesc_json(const char *v, char *buf, size_t size)
 {
-	static const char hex[] = "0123456789abcdef";
-	size_t o = 0;
-
-	if (size == 0)
-		return buf;
-	for (; *v != '\0' && o + LOGESC_MAX_JSON < size; v++) {
-		unsigned char c = (unsigned char)*v;
-
-		if (c == '"' || c == '\\') {
-			buf[o++] = '\\';
-			buf[o++] = (char)c;
-		} else if (c < 0x20 || c >= 0x7f) {
-			memcpy(buf + o, "\\u00", 4);
-			o += 4;
-			buf[o++] = hex[c >> 4];
-			buf[o++] = hex[c & 15];
-		} else
-			buf[o++] = (char)c;
-	}
-	buf[o] = '\0';
-	return buf;
+	return logesc_body(v, buf, size, "\\u00");
 }
