@@ -26,19 +26,22 @@
 #define AUTHHTTP_IO_SLACK_MS	1000	/* libevent's own timeouts: this much after ours */
 
 /*
- * One request, on its own connection.  No pooling: there is one lookup per
- * login, nginx opens one connection per lookup too (HTTP/1.0, no
- * keep-alive), and a fresh connection keeps whatever a broken server left
- * in one answer out of the next.
+ * One request.  Without a pool it has a connection of its own (HTTP/1.0,
+ * no keep-alive, as nginx asks), and a fresh connection keeps whatever a
+ * broken server left in one answer out of the next.  With a pool
+ * (authhttp_pool_new) it asks in HTTP/1.1 on a kept-alive connection,
+ * which goes back to the pool only after a clean answer: the body read to
+ * its end and not one byte after it (authhttp_keep), so that nothing a
+ * service sends can be taken for the next user's answer.
  *
  * libevent's HTTP client calls back from inside its own stack, where its
  * connection must not be freed, and (a connect that fails at once, e.g. no
  * socket to be had) even from inside evhttp_make_request.  So its
  * callbacks only write the answer and mark it decided; a zero-delay event
- * (done) then frees the connection and calls the caller, from the loop.
- * The request object is ours (evhttp_request_own), so that it has one
- * owner on every path: libevent's "free after the callback" otherwise
- * depends on which of its paths failed.
+ * (done) then frees the connection (or gives it back to the pool) and
+ * calls the caller, from the loop.  The request object is ours
+ * (evhttp_request_own), so that it has one owner on every path: libevent's
+ * "free after the callback" otherwise depends on which of its paths failed.
  */
 struct authhttp {
 	struct event_base		*base;
@@ -54,7 +57,30 @@ struct authhttp {
 	size_t				 sent;		/* request bytes queued (after connect) */
 	int				 decided;	/* answer final: later events are ignored */
 	int				 delivering;	/* cb is running */
+	struct authhttp_pool		*pool;		/* NULL: one connection, HTTP/1.0 */
+	unsigned			 keepalive;	/* the pool's idle bound for this request */
+	int				 reused;	/* evcon was connected when we asked */
+	int				 retried;	/* sent again after a stale connection */
+	int				 retry;		/* done: send again instead of delivering */
+	int				 keep;		/* the answer allows keeping the connection */
+	int				 complete;	/* libevent read the whole answer */
+	char				*path;		/* for a second try */
+	char				 ip[64];	/* the service's address and port */
+	unsigned			 port;
 	struct authhttp_answer		 answer;
+};
+
+/* An idle kept-alive connection; on its pool's list. */
+struct authhttp_idle {
+	TAILQ_ENTRY(authhttp_idle)	 entry;
+	struct evhttp_connection	*evcon;
+	char				 ip[64];	/* where it goes: must match the request */
+	unsigned			 port;
+};
+
+struct authhttp_pool {
+	TAILQ_HEAD(authhttp_idleq, authhttp_idle) idle;	/* oldest first */
+	size_t				 nidle;
 };
 
 /*
@@ -71,6 +97,8 @@ static const char *const authhttp_own_headers[] = {
 	"Proxy-Protocol-Port", "Proxy-Protocol-Server-Addr",
 	"Proxy-Protocol-Server-Port", "Content-Length", "Transfer-Encoding",
 };
+
+static void	authhttp_resend(struct authhttp *);
 
 /* Free what authhttp_url_parse allocated. */
 void
@@ -413,7 +441,71 @@ authhttp_wipe_buffer(struct evbuffer *buf)
 		OPENSSL_cleanse(v[i].iov_base, v[i].iov_len);
 }
 
-/* Free the connection and the request (wiping the passwords they hold). */
+/* Free the request (wiping the passwords it holds). */
+static void
+authhttp_drop_request(struct authhttp *r)
+{
+	if (r->req != NULL) {
+		authhttp_wipe_headers(evhttp_request_get_output_headers(r->req));
+		authhttp_wipe_headers(evhttp_request_get_input_headers(r->req));
+		evhttp_request_free(r->req);
+		r->req = NULL;
+	}
+}
+
+/* Free an idle pool entry and its connection. */
+static void
+authhttp_idle_free(struct authhttp_pool *p, struct authhttp_idle *e)
+{
+	TAILQ_REMOVE(&p->idle, e, entry);
+	p->nidle--;
+	evhttp_connection_free(e->evcon);
+	free(e);
+}
+
+/*
+ * Whether the finished request leaves its connection fit for the next
+ * one: libevent read the whole answer, nothing came after it, the socket
+ * is still open and the answer allows it (HTTP/1.1 without "Connection:
+ * close", or 1.0 with "Connection: keep-alive").
+ */
+static int
+authhttp_reusable(struct authhttp *r)
+{
+	struct bufferevent *bev = evhttp_connection_get_bufferevent(r->evcon);
+
+	return r->pool != NULL && r->keepalive > 0 && r->keep && r->complete &&
+	    evbuffer_get_length(bufferevent_get_input(bev)) == 0 &&
+	    evbuffer_get_length(bufferevent_get_output(bev)) == 0 &&
+	    bufferevent_getfd(bev) >= 0;
+}
+
+/* Give r's connection to the pool (evicting the oldest over the bound). */
+static void
+authhttp_pool_put(struct authhttp *r)
+{
+	struct authhttp_pool *p = r->pool;
+	struct authhttp_idle *e = calloc(1, sizeof(*e));
+	struct timeval idle = { AUTHHTTP_IDLE_S, 0 };
+
+	if (e == NULL) {
+		evhttp_connection_free(r->evcon);
+		r->evcon = NULL;
+		return;
+	}
+	while (p->nidle >= r->keepalive && !TAILQ_EMPTY(&p->idle))
+		authhttp_idle_free(p, TAILQ_FIRST(&p->idle));
+	e->evcon = r->evcon;
+	r->evcon = NULL;
+	/* Idle, libevent's read timeout is how long it stays: closed after it. */
+	evhttp_connection_set_timeout_tv(e->evcon, &idle);
+	memcpy(e->ip, r->ip, sizeof(e->ip));
+	e->port = r->port;
+	TAILQ_INSERT_TAIL(&p->idle, e, entry);
+	p->nidle++;
+}
+
+/* Free the connection (or give it back to the pool) and the request. */
 static void
 authhttp_close(struct authhttp *r)
 {
@@ -424,17 +516,17 @@ authhttp_close(struct authhttp *r)
 			evbuffer_remove_cb_entry(bufferevent_get_input(bev), r->in_cb);
 		if (r->out_cb != NULL)
 			evbuffer_remove_cb_entry(bufferevent_get_output(bev), r->out_cb);
-		authhttp_wipe_buffer(bufferevent_get_input(bev));
-		authhttp_wipe_buffer(bufferevent_get_output(bev));
-		evhttp_connection_free(r->evcon);
-		r->evcon = NULL;
+		r->in_cb = r->out_cb = NULL;
+		if (authhttp_reusable(r))
+			authhttp_pool_put(r);
+		else {
+			authhttp_wipe_buffer(bufferevent_get_input(bev));
+			authhttp_wipe_buffer(bufferevent_get_output(bev));
+			evhttp_connection_free(r->evcon);
+			r->evcon = NULL;
+		}
 	}
-	if (r->req != NULL) {
-		authhttp_wipe_headers(evhttp_request_get_output_headers(r->req));
-		authhttp_wipe_headers(evhttp_request_get_input_headers(r->req));
-		evhttp_request_free(r->req);
-		r->req = NULL;
-	}
+	authhttp_drop_request(r);
 }
 
 /* Free r and everything it holds. */
@@ -447,6 +539,7 @@ authhttp_free(struct authhttp *r)
 	if (r->done != NULL)
 		event_free(r->done);
 	free(r->answer.user);
+	free(r->path);
 	if (r->answer.pass != NULL) {
 		OPENSSL_cleanse(r->answer.pass, r->answer.passlen);
 		free(r->answer.pass);
@@ -644,6 +737,19 @@ authhttp_read_answer(struct authhttp *r, struct evhttp_request *req)
 	authhttp_decide(r);
 }
 
+/* Whether the answer lets the connection stay open for another request. */
+static int
+authhttp_keep(struct evhttp_request *req)
+{
+	const char *c = evhttp_find_header(evhttp_request_get_input_headers(req), "Connection");
+
+	if (req->major != 1)
+		return 0;
+	if (req->minor == 0)
+		return c != NULL && evutil_ascii_strcasecmp(c, "keep-alive") == 0;
+	return c == NULL || evutil_ascii_strcasecmp(c, "close") != 0;
+}
+
 /* libevent: the answer's headers are in. */
 static int
 authhttp_header_cb(struct evhttp_request *req, void *arg)
@@ -652,8 +758,15 @@ authhttp_header_cb(struct evhttp_request *req, void *arg)
 
 	if (!r->decided)
 		authhttp_read_answer(r, req);
-	/* Like nginx, close once the headers are in: the body is never read. */
-	return -1;
+	/*
+	 * Like nginx, close once the headers are in: the body is never read.
+	 * With a pool, read the (bounded) body when the answer allows keeping
+	 * the connection, so that it can serve the next request.
+	 */
+	if (r->pool == NULL || r->keepalive == 0 || !authhttp_keep(req))
+		return -1;
+	r->keep = 1;
+	return 0;
 }
 
 /* libevent: the request failed before its headers were read. */
@@ -669,6 +782,16 @@ authhttp_error_cb(enum evhttp_request_error e, void *arg)
 		break;
 	case EVREQ_HTTP_EOF:
 	case EVREQ_HTTP_BUFFER_ERROR:
+		/*
+		 * A kept-alive connection the service closed just as we asked
+		 * on it: ask once more, on a new connection (from the loop).
+		 */
+		if (r->reused && !r->retried && r->received == 0 && !r->decided) {
+			r->retry = 1;
+			evtimer_del(r->timer);
+			event_active(r->done, EV_TIMEOUT, 0);
+			break;
+		}
 		/* The request goes into the output only once connected. */
 		if (r->sent == 0)
 			authhttp_fail(r, AUTHHTTP_E_CONNECT, "cannot connect");
@@ -703,6 +826,12 @@ authhttp_request_cb(struct evhttp_request *req, void *arg)
 {
 	struct authhttp *r = arg;
 
+	if (r->retry)
+		return;
+	if (r->decided && req != NULL && evhttp_request_get_response_code(req) != 0) {
+		r->complete = 1;	/* the body of an answer read at its headers */
+		return;
+	}
 	if (req != NULL && evhttp_request_get_response_code(req) == 0)
 		authhttp_fail(r, AUTHHTTP_E_CONNECT, "cannot connect");
 	else
@@ -749,6 +878,11 @@ authhttp_done_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
+	if (r->retry) {
+		authhttp_resend(r);
+		return;
+	}
+	r->answer.reused = r->reused;
 	authhttp_close(r);
 	r->delivering = 1;
 	r->cb(&r->answer, r->arg);
@@ -832,53 +966,157 @@ out:
 	return 0;
 }
 
-/* Build the request and the connection, and start them. */
-static int
-authhttp_send(struct authhttp *r, const struct authhttp_conf *c,
-    const struct authhttp_query *q)
+/* A new request object with our callbacks: HTTP/1.0 without a pool, as nginx asks. */
+static struct evhttp_request *
+authhttp_request_new(struct authhttp *r)
 {
-	struct timeval tv, io;
-	struct bufferevent *bev;
+	struct evhttp_request *req = evhttp_request_new(authhttp_request_cb, r);
+
+	if (req == NULL)
+		return NULL;
+	evhttp_request_own(req);
+	evhttp_request_set_header_cb(req, authhttp_header_cb);
+	evhttp_request_set_error_cb(req, authhttp_error_cb);
+	if (r->pool == NULL || r->keepalive == 0) {
+		/* libevent has no setter for the version (1.1 otherwise). */
+		req->major = 1;
+		req->minor = 0;
+	}
+	return req;
+}
+
+/*
+ * A connection for r: the newest idle one to the same address when r may
+ * use the pool (dropping those the service closed or that timed out on
+ * the way), else a new one.
+ */
+static struct evhttp_connection *
+authhttp_connection(struct authhttp *r)
+{
+	struct authhttp_pool *p = r->pool;
+	struct authhttp_idle *e, *prev;
+	struct evhttp_connection *evcon;
+	struct timeval io;
 	uint64_t io_ms = r->timeout_ms + AUTHHTTP_IO_SLACK_MS;
 
-	tv.tv_sec = (time_t)(r->timeout_ms / 1000);
-	tv.tv_usec = (suseconds_t)(r->timeout_ms % 1000 * 1000);
 	io.tv_sec = (time_t)(io_ms / 1000);
 	io.tv_usec = (suseconds_t)(io_ms % 1000 * 1000);
-	if (evtimer_add(r->timer, &tv) != 0)
-		return authhttp_fail(r, AUTHHTTP_E_INTERNAL, "cannot arm the timer");
-
-	if ((r->req = evhttp_request_new(authhttp_request_cb, r)) == NULL)
-		return authhttp_fail(r, AUTHHTTP_E_INTERNAL, "out of memory");
-	evhttp_request_own(r->req);
-	evhttp_request_set_header_cb(r->req, authhttp_header_cb);
-	evhttp_request_set_error_cb(r->req, authhttp_error_cb);
-	/* nginx asks in HTTP/1.0; libevent has no setter for the version. */
-	r->req->major = 1;
-	r->req->minor = 0;
-	if (authhttp_fill(r, c, q) != 0)
-		return -1;
-
-	r->evcon = evhttp_connection_base_new(r->base, NULL, c->url->ip,
-	    (ev_uint16_t)c->url->port);
-	if (r->evcon == NULL)
-		return authhttp_fail(r, AUTHHTTP_E_INTERNAL, "out of memory");
+	if (p != NULL && r->keepalive > 0 && !r->retried) {
+		for (e = TAILQ_LAST(&p->idle, authhttp_idleq); e != NULL; e = prev) {
+			prev = TAILQ_PREV(e, authhttp_idleq, entry);
+			if (bufferevent_getfd(evhttp_connection_get_bufferevent(e->evcon)) < 0) {
+				authhttp_idle_free(p, e);
+				continue;
+			}
+			if (e->port != r->port || strcmp(e->ip, r->ip) != 0)
+				continue;
+			evcon = e->evcon;
+			TAILQ_REMOVE(&p->idle, e, entry);
+			p->nidle--;
+			free(e);
+			r->reused = 1;
+			evhttp_connection_set_timeout_tv(evcon, &io);
+			return evcon;
+		}
+	}
+	evcon = evhttp_connection_base_new(r->base, NULL, r->ip, (ev_uint16_t)r->port);
+	if (evcon == NULL)
+		return NULL;
 	/* Retries would repeat a failed connect behind the caller's back. */
-	evhttp_connection_set_retries(r->evcon, 0);
+	evhttp_connection_set_retries(evcon, 0);
 	/* libevent's per-read/write timeouts only back up the whole-request timer. */
-	evhttp_connection_set_timeout_tv(r->evcon, &io);
-	evhttp_connection_set_max_headers_size(r->evcon, AUTHHTTP_HEADERS_MAX);
-	evhttp_connection_set_max_body_size(r->evcon, AUTHHTTP_BODY_MAX);
+	evhttp_connection_set_timeout_tv(evcon, &io);
+	evhttp_connection_set_max_headers_size(evcon, AUTHHTTP_HEADERS_MAX);
+	evhttp_connection_set_max_body_size(evcon, AUTHHTTP_BODY_MAX);
+	return evcon;
+}
+
+/* Send r->req on a connection (counting its bytes); -1 after deciding. */
+static int
+authhttp_issue(struct authhttp *r)
+{
+	struct bufferevent *bev;
+
+	if ((r->evcon = authhttp_connection(r)) == NULL)
+		return authhttp_fail(r, AUTHHTTP_E_INTERNAL, "out of memory");
 	bev = evhttp_connection_get_bufferevent(r->evcon);
 	r->in_cb = evbuffer_add_cb(bufferevent_get_input(bev), authhttp_input_cb, r);
 	r->out_cb = evbuffer_add_cb(bufferevent_get_output(bev), authhttp_output_cb, r);
 	if (r->in_cb == NULL || r->out_cb == NULL)
 		return authhttp_fail(r, AUTHHTTP_E_INTERNAL, "out of memory");
-
 	/* A connect refused at once calls authhttp_request_cb from in here. */
-	if (evhttp_make_request(r->evcon, r->req, EVHTTP_REQ_GET, c->url->path) != 0)
+	if (evhttp_make_request(r->evcon, r->req, EVHTTP_REQ_GET, r->path) != 0)
 		return authhttp_fail(r, AUTHHTTP_E_INTERNAL, "cannot start the request");
 	return 0;
+}
+
+/* Arm the whole-request timer; -1 after deciding. */
+static int
+authhttp_arm(struct authhttp *r)
+{
+	struct timeval tv;
+
+	tv.tv_sec = (time_t)(r->timeout_ms / 1000);
+	tv.tv_usec = (suseconds_t)(r->timeout_ms % 1000 * 1000);
+	if (evtimer_add(r->timer, &tv) != 0)
+		return authhttp_fail(r, AUTHHTTP_E_INTERNAL, "cannot arm the timer");
+	return 0;
+}
+
+/*
+ * Ask again, on a new connection, after a kept-alive one was found closed
+ * before any answer byte (the service's idle timeout racing our request):
+ * the same headers, copied into a new request.  The timer starts anew.
+ */
+static void
+authhttp_resend(struct authhttp *r)
+{
+	struct evhttp_request *old = r->req;
+	struct evkeyval *kv;
+
+	r->retry = 0;
+	r->retried = 1;
+	r->reused = 0;
+	r->sent = r->received = 0;
+	r->req = NULL;
+	authhttp_close(r);	/* the stale connection, never pooled (not complete) */
+	r->req = authhttp_request_new(r);
+	if (r->req == NULL) {
+		r->req = old;
+		authhttp_fail(r, AUTHHTTP_E_INTERNAL, "out of memory");
+		return;
+	}
+	TAILQ_FOREACH(kv, evhttp_request_get_output_headers(old), next) {
+		if (evhttp_add_header(evhttp_request_get_output_headers(r->req), kv->key,
+		    kv->value) != 0) {
+			authhttp_wipe_headers(evhttp_request_get_output_headers(old));
+			evhttp_request_free(old);
+			authhttp_fail(r, AUTHHTTP_E_INTERNAL, "out of memory");
+			return;
+		}
+	}
+	authhttp_wipe_headers(evhttp_request_get_output_headers(old));
+	authhttp_wipe_headers(evhttp_request_get_input_headers(old));
+	evhttp_request_free(old);
+	if (authhttp_arm(r) == 0)
+		(void)authhttp_issue(r);
+}
+
+/* Build the request, find it a connection and start it. */
+static int
+authhttp_send(struct authhttp *r, const struct authhttp_conf *c,
+    const struct authhttp_query *q)
+{
+	if (authhttp_arm(r) != 0)
+		return -1;
+	if ((r->path = strdup(c->url->path)) == NULL || (r->req = authhttp_request_new(r)) == NULL)
+		return authhttp_fail(r, AUTHHTTP_E_INTERNAL, "out of memory");
+	if (snprintf(r->ip, sizeof(r->ip), "%s", c->url->ip) >= (int)sizeof(r->ip))
+		return authhttp_fail(r, AUTHHTTP_E_INTERNAL, "address too long");
+	r->port = c->url->port;
+	if (authhttp_fill(r, c, q) != 0)
+		return -1;
+	return authhttp_issue(r);
 }
 
 /* Start a lookup; the answer comes to cb from the loop. */
@@ -900,6 +1138,8 @@ authhttp_start(struct event_base *base, const struct authhttp_conf *c,
 		authhttp_free(r);
 		return NULL;
 	}
+	r->pool = c->pool;
+	r->keepalive = c->keepalive > AUTHHTTP_KEEPALIVE_MAX ? AUTHHTTP_KEEPALIVE_MAX : c->keepalive;
 	r->timeout_ms = c->timeout_ms == 0 ? AUTHHTTP_TIMEOUT_DEFAULT_MS : c->timeout_ms;
 	if (r->timeout_ms > AUTHHTTP_TIMEOUT_MAX_MS)
 		r->timeout_ms = AUTHHTTP_TIMEOUT_MAX_MS;
@@ -915,4 +1155,26 @@ authhttp_cancel(struct authhttp *r)
 	if (r == NULL || r->delivering)
 		return;
 	authhttp_free(r);
+}
+
+/* A pool for kept-alive connections (see authhttp.h). */
+struct authhttp_pool *
+authhttp_pool_new(void)
+{
+	struct authhttp_pool *p = calloc(1, sizeof(*p));
+
+	if (p != NULL)
+		TAILQ_INIT(&p->idle);
+	return p;
+}
+
+/* Close every idle connection and free the pool. */
+void
+authhttp_pool_free(struct authhttp_pool *p)
+{
+	if (p == NULL)
+		return;
+	while (!TAILQ_EMPTY(&p->idle))
+		authhttp_idle_free(p, TAILQ_FIRST(&p->idle));
+	free(p);
 }

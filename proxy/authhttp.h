@@ -5,7 +5,9 @@
  * which backend serves them, the way nginx's mail proxy asks its auth_http
  * server, so an existing service works unchanged: one GET carrying Auth-*
  * request headers, an answer in Auth-* response headers, the body ignored.
- * Asynchronous, on libevent's HTTP client, one connection per request.
+ * Asynchronous, on libevent's HTTP client: one connection per request
+ * (HTTP/1.0, as nginx), or with a pool, HTTP/1.1 connections kept open
+ * and reused (authhttp_pool_new).
  * The answer goes to a callback, always from the event loop (never from
  * inside authhttp_start), exactly once unless the request is cancelled.
  * No logging: the answer says what happened and the caller logs it.
@@ -19,6 +21,7 @@
 
 struct event_base;
 struct authhttp;
+struct authhttp_pool;
 
 #define AUTHHTTP_HOST_MAX	255		/* host part of the URL */
 #define AUTHHTTP_PATH_MAX	2048		/* path and query of the URL */
@@ -30,6 +33,8 @@ struct authhttp;
 #define AUTHHTTP_WAIT_MAX	300		/* Auth-Wait seconds; more is cut to this */
 #define AUTHHTTP_TIMEOUT_DEFAULT_MS 60000	/* nginx's auth_http_timeout default */
 #define AUTHHTTP_TIMEOUT_MAX_MS	3600000		/* longest timeout accepted */
+#define AUTHHTTP_KEEPALIVE_MAX	1024		/* idle connections a pool keeps */
+#define AUTHHTTP_IDLE_S		60		/* an idle kept connection is closed after */
 
 /* The lookup's URL, parsed and resolved once, at configuration time. */
 struct authhttp_url {
@@ -52,6 +57,8 @@ struct authhttp_conf {
 	uint64_t			 timeout_ms;	/* whole request; 0: the default */
 	const struct authhttp_header	*headers;	/* auth_http_header, in order */
 	size_t				 nheaders;
+	struct authhttp_pool		*pool;		/* NULL: one connection per request */
+	unsigned			 keepalive;	/* idle connections pool keeps; 0: none */
 };
 
 /*
@@ -117,6 +124,7 @@ struct authhttp_answer {
 	char			*user;		/* OK: Auth-User override, NULL: none */
 	char			*pass;		/* OK: Auth-Pass override, NULL: none */
 	size_t			 passlen;	/*   (wiped and freed after the callback) */
+	int			 reused;	/* asked on a kept-alive connection */
 };
 
 /*
@@ -146,6 +154,23 @@ struct authhttp	*authhttp_start(struct event_base *base, const struct authhttp_c
  * before cb runs, NULL included; inside cb it does nothing.
  */
 void		 authhttp_cancel(struct authhttp *r);
+/*
+ * A pool of idle keep-alive connections, for one event loop.  A request
+ * with a pool and keepalive > 0 asks in HTTP/1.1, takes an idle
+ * connection to its address if there is one, and gives it back after a
+ * clean answer: the whole body read, nothing left after it, HTTP/1.1
+ * without "Connection: close" (or 1.0 with "Connection: keep-alive").
+ * At most keepalive connections stay idle (the oldest go first); one the
+ * service closes, or idle for AUTHHTTP_IDLE_S (below nginx's 75 s
+ * keepalive_timeout, so that we close first), is closed.
+ * A request that finds its reused connection closed before any answer
+ * byte is sent again once, on a new connection.  Free the pool after
+ * every request that used it has ended or been cancelled.
+ */
+struct authhttp_pool	*authhttp_pool_new(void);
+/* Close and free every idle connection, then the pool; NULL is fine. */
+void			 authhttp_pool_free(struct authhttp_pool *p);
+
 /* A short name for e ("timeout", "connect"...), for logs and counters. */
 const char	*authhttp_error_name(enum authhttp_error e);
 

@@ -372,6 +372,8 @@ static const struct config_key config_keys[] = {
 	{ .path = "backend.lookup.url", .type = CFT_STRING, AT(struct config, lookup_url) },
 	{ .path = "backend.lookup.timeout", .type = CFT_DURATION, .def = "5s",
 	  .min = 100, .max = 60 * 1000, AT(struct config, lookup_timeout_ms) },
+	{ .path = "backend.lookup.keepalive", .type = CFT_UINT, .def = "0",
+	  .min = 0, .max = AUTHHTTP_KEEPALIVE_MAX, AT(struct config, lookup_keepalive) },
 	{ .path = "backend.login.credentials", .type = CFT_ENUM, .def = "client",
 	  .words = config_credentials_words, AT(struct config, credentials) },
 	{ .path = "backend.login.master_user", .type = CFT_STRING,
@@ -2146,13 +2148,14 @@ config_route_check(struct config_loader *ld, struct config_scope *sc)
 	static const char *const login_only[] = {
 		"backend.lookup.type", "backend.lookup.key", "backend.lookup.file",
 		"backend.lookup.fallback", "backend.lookup.url", "backend.lookup.timeout",
-		"backend.login.credentials", "backend.login.master_user",
+		"backend.lookup.keepalive", "backend.login.credentials", "backend.login.master_user",
 		"backend.login.master_password_file", "backend.login.master_separator",
 		"backend.login.greeting", "backend.login.oauth", NULL,
 	};
 	struct config *cf = ld->cf;
 	size_t ifile = config_key_index("backend.lookup.file");
 	size_t iurl = config_key_index("backend.lookup.url");
+	size_t ika = config_key_index("backend.lookup.keepalive");
 	size_t ifb = config_key_index("backend.lookup.fallback");
 	size_t ikey = config_key_index("backend.lookup.key");
 	size_t imu = config_key_index("backend.login.master_user");
@@ -2176,6 +2179,9 @@ config_route_check(struct config_loader *ld, struct config_scope *sc)
 		    "backend.lookup.type: static");
 	if (cf->lookup != CONFIG_LOOKUP_HTTP && sc->seen[iurl])
 		config_error(ld, &sc->vmark[iurl], "backend.lookup.url: only used with "
+		    "backend.lookup.type: http");
+	if (cf->lookup != CONFIG_LOOKUP_HTTP && sc->seen[ika])
+		config_error(ld, &sc->vmark[ika], "backend.lookup.keepalive: only used with "
 		    "backend.lookup.type: http");
 	if (cf->lookup == CONFIG_LOOKUP_HTTP && sc->seen[ikey])
 		config_error(ld, &sc->vmark[ikey], "backend.lookup.key: not used with "

@@ -194,6 +194,7 @@ struct config {
 	char			*lookup_url;		/* backend.lookup.url (http) */
 	struct authhttp_url	*lookup_http;		/* parsed at load */
 	uint64_t		 lookup_timeout_ms;	/* backend.lookup.timeout */
+	unsigned		 lookup_keepalive;	/* backend.lookup.keepalive (http) */
 	enum config_credentials	 credentials;		/* backend.login.credentials */
 	char			*master_user;		/* backend.login.master_user */
 	char			*master_password_file;	/* backend.login.master_password_file */

@@ -221,6 +221,9 @@ metrics_render(struct gate *g, struct evbuffer *b)
 	for (int c = 0; c < STATS_LOOKUP_TYPES; c++)
 		metrics_histogram(b, "imapgate_lookup_duration_seconds", "type",
 		    metrics_lookup_types[c], stats.lookup_time[c], &stats.lookup_sum_us[c]);
+	metrics_scalar(b, "imapgate_lookup_http_reused_total", "counter",
+	    "http lookups asked on a kept-alive connection (backend.lookup.keepalive).",
+	    stats_get(&stats.lookup_http_reused));
 	metrics_names(b, "imapgate_logins_total", "result",
 	    "Logins imapgate made for clients (route: login), by result.", &stats.logins);
 	metrics_family(b, "imapgate_backend_logins_total", "counter",

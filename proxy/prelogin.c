@@ -368,6 +368,7 @@ prelogin_http_done(const struct authhttp_answer *a, void *arg)
 	    authhttp_error_name(a->error));
 	stats_name_add(&stats.lookups, name);
 	stats_lookup_time(CONFIG_LOOKUP_HTTP, session_now_us(s) - pl->lookup_started);
+	stats_add(&stats.lookup_http_reused, (uint64_t)(a->reused != 0));
 	switch (a->outcome) {
 	case AUTHHTTP_OK:
 		memcpy(&pl->addr.ss, &a->server, a->serverlen);
@@ -445,6 +446,8 @@ prelogin_http(struct session *s)
 	netaddr_ip((const struct sockaddr *)&s->client_ss, ip, sizeof(ip), &port);
 	c.url = cf->lookup_http;
 	c.timeout_ms = cf->lookup_timeout_ms;
+	c.pool = s->srv->auth_pool;
+	c.keepalive = cf->lookup_keepalive;
 	q.method = pl->creds.mech == LOGIN_MECH_XOAUTH2 || pl->creds.mech == LOGIN_MECH_OAUTHBEARER ?
 	    AUTHHTTP_METHOD_OAUTH : AUTHHTTP_METHOD_PLAIN;
 	q.user = pl->creds.user;

@@ -20,6 +20,7 @@
 #include <event2/thread.h>
 #include <systemd/sd-daemon.h>
 
+#include "authhttp.h"
 #include "config.h"
 #include "endpoint.h"
 #include "connlimit.h"
@@ -869,9 +870,9 @@ server_worker_open(struct gate *g, struct server *srv, unsigned index)
 	srv->ev_drain = evtimer_new(srv->base, server_drain_timeout_cb, srv);
 	srv->ev_ctl = event_new(srv->base, -1, 0, server_ctl_cb, srv);
 	srv->ev_reap = event_new(srv->base, -1, 0, server_reap_cb, srv);
+	srv->auth_pool = authhttp_pool_new();
 	if (srv->ev_stop == NULL || srv->ev_reload == NULL || srv->ev_drain == NULL ||
-	    srv->ev_ctl == NULL ||
-	    srv->ev_reap == NULL)
+	    srv->ev_ctl == NULL || srv->ev_reap == NULL || srv->auth_pool == NULL)
 		return -1;
 	pthread_mutex_init(&srv->lock, NULL);
 	if ((srv->listeners = calloc(cf->nlisten, sizeof(*srv->listeners))) == NULL)
@@ -1031,6 +1032,9 @@ server_worker_close(struct server *srv)
 		session_reap(srv);
 		event_free(srv->ev_reap);
 	}
+	/* After the sessions: their lookups are cancelled, none uses the pool. */
+	authhttp_pool_free(srv->auth_pool);
+	srv->auth_pool = NULL;
 	if (srv->next_gen != NULL)
 		generation_unref(srv->next_gen);
 	if (srv->base != NULL)

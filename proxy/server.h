@@ -37,6 +37,7 @@ struct generation {
 	struct pool		*pool;
 };
 
+struct authhttp_pool;
 struct server_listener;
 struct server_pending;
 
@@ -67,6 +68,7 @@ struct server {
 	uint64_t		 nsessions;	/* open now */
 	uint64_t		 next_id;
 	uint32_t		 id_prefix;
+	struct authhttp_pool	*auth_pool;	/* kept-alive lookup connections */
 };
 
 struct gate {

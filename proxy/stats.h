@@ -81,6 +81,7 @@ struct stats {
 	struct stats_names	logins;		/* by result: ok, failed, unavailable, refused */
 	uint64_t		lookup_time[STATS_LOOKUP_TYPES][STATS_RTT_BUCKETS + 1];
 	uint64_t		lookup_sum_us[STATS_LOOKUP_TYPES];
+	uint64_t		lookup_http_reused;	/* http lookups on a kept-alive connection */
 };
 
 extern const uint64_t stats_rtt_bounds_us[STATS_RTT_BUCKETS];

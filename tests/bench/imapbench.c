@@ -176,6 +176,8 @@ struct bench {
 	bool			 resume;
 	bool			 select;	/* session: SELECT before LOGOUT */
 	bool			 compress;	/* COMPRESS DEFLATE after LOGIN */
+	int			 tls_max;	/* highest TLS version offered; 0: library's */
+	char			 tls_seen[16];	/* version the first finished session used */
 	int			 zlevel;	/* our deflate level */
 	unsigned		 settle_ms;	/* idle: wait before the second RSS sample */
 	pid_t			 pids[BENCH_MAX_PIDS];
@@ -393,7 +395,7 @@ bench_report(struct bench *b)
 		wall = 1e-9;
 	printf("scenario=%s%s target=%s tls=%s conns=%u seconds=%.2f",
 	    b->select ? "session" : names[b->scenario], b->resume ? "-resume" : "", b->target,
-	    b->plain ? "no" : "yes", b->conns, wall);
+	    b->plain ? "no" : b->tls_seen[0] != '\0' ? b->tls_seen : "yes", b->conns, wall);
 	switch (b->scenario) {
 	case BENCH_BULK:
 		printf(" bytes=%llu mbps=%.1f", (unsigned long long)b->bytes,
@@ -601,6 +603,9 @@ conn_tagged(struct conn *c, bool ok)
 	case ST_LOGOUT:
 		if (ok && b->measuring) {
 			b->handshakes++;
+			if (!b->plain && b->tls_seen[0] == '\0')
+				snprintf(b->tls_seen, sizeof(b->tls_seen), "%s",
+				    SSL_get_version(bufferevent_openssl_get_ssl(c->bev)));
 			if (!b->plain && c->zin == NULL &&
 			    SSL_session_reused(bufferevent_openssl_get_ssl(c->bev)))
 				b->resumed++;
@@ -1376,6 +1381,7 @@ bench_usage(FILE *f)
 	    "  --zlevel L        our deflate level with --compress (default 6)\n"
 	    "  --settle S        idle: seconds all idle before the RSS sample\n"
 	    "  --resume          connect, session: reuse the TLS session (tickets)\n"
+	    "  --tls-max V       offer TLS up to V: 1.2 or 1.3 (default: both)\n"
 	    "  --user U --pass P login (default demo/demo; $IMAPBENCH_PASS)\n"
 	    "  --mailbox M       mailbox to SELECT (default INBOX)\n"
 	    "  --uids A-B        UIDs to fetch, in turn (default 1-1)\n"
@@ -1441,6 +1447,7 @@ bench_options(struct bench *b, int argc, char **argv)
 		{ "zlevel", required_argument, NULL, 'L' },
 		{ "settle", required_argument, NULL, 'W' },
 		{ "resume", no_argument, NULL, 'r' },
+		{ "tls-max", required_argument, NULL, 'X' },
 		{ "user", required_argument, NULL, 'u' },
 		{ "pass", required_argument, NULL, 'p' },
 		{ "mailbox", required_argument, NULL, 'm' },
@@ -1504,6 +1511,14 @@ bench_options(struct bench *b, int argc, char **argv)
 			break;
 		case 'r':
 			b->resume = true;
+			break;
+		case 'X':
+			if (strcmp(optarg, "1.2") == 0)
+				b->tls_max = TLS1_2_VERSION;
+			else if (strcmp(optarg, "1.3") == 0)
+				b->tls_max = TLS1_3_VERSION;
+			else
+				return -1;
 			break;
 		case 'Z':
 			b->compress = true;
@@ -1685,6 +1700,8 @@ main(int argc, char **argv)
 			return 1;
 		}
 		SSL_CTX_set_verify(b.ctx, SSL_VERIFY_NONE, NULL);
+		if (b.tls_max != 0)
+			SSL_CTX_set_max_proto_version(b.ctx, b.tls_max);
 		SSL_CTX_set_app_data(b.ctx, &b);
 		if (b.resume) {
 			SSL_CTX_set_session_cache_mode(b.ctx, SSL_SESS_CACHE_CLIENT |

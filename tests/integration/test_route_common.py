@@ -344,6 +344,8 @@ class NginxAuth(_Nginx):
     values per user, e.g. {"ghost": 1} lets that user retry after 1 s).
     overrides: user -> (login, password) sent as `Auth-User` / `Auth-Pass`,
     so the proxy logs in to the backend as someone else (a master user).
+    keepalive: (keepalive_timeout, keepalive_requests) for clients that keep
+    connections (nginx mail never does), e.g. ("2s", 10); None: nginx's.
     fail: user -> Auth-Status error text whatever the password, or one text
     for every request.
 
@@ -352,7 +354,8 @@ class NginxAuth(_Nginx):
     (never the password); requests() parses it.
     """
 
-    def __init__(self, base, routes, fail=None, overrides=None, wait=None, name="nginx-auth"):
+    def __init__(self, base, routes, fail=None, overrides=None, wait=None, name="nginx-auth",
+                 keepalive=None):
         super().__init__(base, name)
         self.port = harness.free_port()
         self.routes = dict(routes)
@@ -394,7 +397,7 @@ class NginxAuth(_Nginx):
                       "client_host:$http_client_host attempt:$http_auth_login_attempt "
                       "ssl:$http_auth_ssl salt:$http_auth_salt "
                       "status:$auth_status route:$route_id request:$request "
-                      "msec:$msec")
+                      "msec:$msec conn:$connection conn_requests:$connection_requests")
         fmt = "{" + ",".join('"%s":"%s"' % tuple(x.split(":", 1)) for x in log_fields.split()) + "}"
         text = self.head() + (
             "http {\n"
@@ -404,7 +407,7 @@ class NginxAuth(_Nginx):
             "    uwsgi_temp_path %(tmp)s/uwsgi;\n"
             "    scgi_temp_path %(tmp)s/scgi;\n"
             "    default_type text/plain;\n"
-            "    server_tokens off;\n"
+            "    server_tokens off;\n%(keepalive)s"
             "    # One JSON object per auth request; Auth-Pass is never logged.\n"
             "    log_format auth escape=json '%(fmt)s';\n"
             "    access_log %(authlog)s auth;\n"
@@ -441,7 +444,9 @@ class NginxAuth(_Nginx):
                 "invalid": INVALID_LOGIN, "statuses": "".join(statuses),
                 "hosts": "".join(hosts), "ports": "".join(ports), "users": "".join(users),
                 "passes": "".join(passes), "waits": "".join(waits), "host": HOST,
-                "port": self.port}
+                "port": self.port,
+                "keepalive": "" if keepalive is None else
+                "    keepalive_timeout %s;\n    keepalive_requests %d;\n" % keepalive}
         self.write(text)
 
     @property
@@ -463,7 +468,8 @@ class NginxAuth(_Nginx):
     def requests(self):
         """Every auth request so far, oldest first, as dicts (user, method,
         protocol, client_ip, client_host, attempt, ssl, salt, status, route,
-        request, msec)."""
+        request, msec, conn: nginx's connection serial number, conn_requests:
+        requests on that connection so far)."""
         try:
             with open(self.authlog, "rb") as f:
                 lines = f.read().decode("utf-8", "replace").splitlines()

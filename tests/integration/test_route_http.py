@@ -82,6 +82,9 @@ BROKEN_ATTEMPTS = 50        # LOGINs per broken kind before descriptors and RSS 
 RSS_SLACK_KIB = 8 * 1024    # loose: 50 failed logins must not keep memory
 ASAN_RSS_FACTOR = 6
 WRONG_PW = "wrong-Pw-q7"    # a distinctive wrong password (searched for in the log)
+KEEP_TIMEOUT = 2.0          # the auth nginx's keepalive_timeout (idle connections it closes)
+KEEP_REQUESTS = 10          # its keepalive_requests (then "Connection: close")
+KEEP_IDLE = 4               # backend.lookup.keepalive of imapgate-keepalive
 STALE = ("stale@a.test", "stale-Pw-8")   # the endpoint's user that no Dovecot has
 UNAVAILABLE = b"NO [UNAVAILABLE] Backend server unavailable, try again later\r\n"
 AUTHFAILED = b"NO [AUTHENTICATIONFAILED] Authentication failed\r\n"
@@ -110,7 +113,7 @@ class Gate:
     (port), an implicit-TLS one (tls_port) and metrics, all on 127.0.0.1."""
 
     def __init__(self, env, name, url, servers, timeout=LOOKUP_TIMEOUT, level="debug",
-                 timeouts="", drain="3s", backend=""):
+                 timeouts="", drain="3s", backend="", extra=""):
         self.name = name
         self.port = harness.free_port()
         self.tls_port = harness.free_port()
@@ -131,10 +134,10 @@ class Gate:
                 "timeouts:\n  login_failure: 0s\n  drain: %s\n%s"
                 "limits:\n  max_connections_per_ip: 0\n"
                 "metrics:\n  address: 127.0.0.1:%d\n"
-                "log:\n  level: %s\n"
+                "log:\n  level: %s\n%s"
                 % (self.port, self.tls_port, env.cert, env.key,
                    "".join("    - address: 127.0.0.1:%d\n" % p for p in servers),
-                   url, timeout, backend, drain, timeouts, self.metrics_port, level))
+                   url, timeout, backend, drain, timeouts, self.metrics_port, level, extra))
         with open(self.conf, "w") as f:
             f.write(text)
 
@@ -338,7 +341,8 @@ def setup(env):
                                                             + MASTER[0], MASTER[1])},
                                 wait={"ghost@a.test": 1, "waiter@a.test": 1},
                                 fail={"locked@a.test": "Account locked",
-                                      "waiter@a.test": "WAIT"}).spawn())
+                                      "waiter@a.test": "WAIT"},
+                                keepalive=("%gs" % KEEP_TIMEOUT, KEEP_REQUESTS)).spawn())
     mail = env.add(rc.NginxMail(env.dir("mail"), auth.url).spawn())
     gate = env.add(Gate(env, "imapgate", auth.http_url, (a.port, b.port, c.port)))
     env.gates = [gate]
@@ -1119,6 +1123,102 @@ def t_prelogin_ends(env):
     env.gates.remove(g)
 
 
+def _plain_login(port, user, pw):
+    """LOGIN in plaintext, then LOGOUT; returns LOGIN's tagged reply."""
+    c = harness.Client(port, timeout=rc.CLIENT_TIMEOUT)
+    try:
+        tagged, _ = c.cmd('LOGIN "%s" "%s"' % (user, pw), ok=False)
+        if b" OK " in tagged:
+            c.logout()
+        return tagged
+    finally:
+        c.close()
+
+
+def _keepalive_requests(auth, start, want, timeout=3.0):
+    """The HTTP/1.1 requests NginxAuth logged past index start, once want
+    of them are in (bounded)."""
+    end = time.monotonic() + timeout
+    while True:
+        reqs = [r for r in auth.requests()[start:] if r["request"] == "GET /auth HTTP/1.1"]
+        if len(reqs) >= want or time.monotonic() >= end:
+            return reqs
+        time.sleep(0.02)
+
+
+def t_keepalive(env):
+    """backend.lookup.keepalive against the real nginx endpoint
+    (keepalive_requests 10, keepalive_timeout 2s): 25 logins in a row, a
+    wrong password every fifth, are asked in HTTP/1.1 on 3 connections
+    (nginx ends each after 10 requests with "Connection: close"); after
+    nginx closed the idle connection the next login works on a new one;
+    8 logins at once, then at most 4 connections stay open; the metric
+    counts the reused lookups; imapgate exits cleanly."""
+    g = env.add(Gate(env, "imapgate-keepalive", env.auth.http_url,
+                     (env.a.port, env.b.port, env.c.port),
+                     backend="    keepalive: %d\n" % KEEP_IDLE,
+                     extra="workers: 1\n"))   # one pool: the counts below are its own
+    env.gates.append(g)
+    g.start()
+    base_fds = g.fds()
+    users = sorted(USERS_A.items())
+    start = len(env.auth.requests())
+    n, want = 25, []
+    for i in range(n):
+        u, pw = users[i % len(users)]
+        wrong = i % 5 == 4
+        tagged = _plain_login(g.port, u, WRONG_PW if wrong else pw)
+        want.append(b"NO [AUTHENTICATIONFAILED]" if wrong else b"OK")
+        check(want[-1] in tagged, "login %d (%s%s): %r" % (i, u, ", wrong password" if wrong
+                                                          else "", tagged))
+    # Only this imapgate asks in HTTP/1.1 (a lookup of an earlier test
+    # may still be logged in between).
+    reqs = _keepalive_requests(env.auth, start, n)
+    check(len(reqs) == n, "%d HTTP/1.1 auth requests logged, want %d" % (len(reqs), n))
+    conns = [r["conn"] for r in reqs]
+    per = {c: conns.count(c) for c in conns}
+    say("   %d lookups on %d connections %r" % (n, len(per), sorted(per.values())))
+    check(len(per) == -(-n // KEEP_REQUESTS) and max(per.values()) == KEEP_REQUESTS,
+          "connections: %r (nginx's keepalive_requests is %d)" % (per, KEEP_REQUESTS))
+
+    # nginx closes the idle connection; the next login opens a new one.
+    time.sleep(KEEP_TIMEOUT + 0.5)
+    start = len(env.auth.requests())
+    tagged = _plain_login(g.port, users[0][0], users[0][1])
+    check(b" OK " in tagged, "login after nginx closed the idle connection: %r" % tagged)
+    r = _keepalive_requests(env.auth, start, 1)
+    check(len(r) == 1 and r[0]["conn"] not in per and r[0]["conn_requests"] == "1",
+          "after the idle close: %r" % r)
+
+    # Eight at once: at most KEEP_IDLE connections kept afterwards.
+    mark = g.mark()
+    results, threads = [], []
+    for i in range(8):
+        u, pw = users[i % len(users)]
+        t = threading.Thread(target=lambda u=u, pw=pw: results.append(
+            _plain_login(g.port, u, pw)))
+        threads.append(t)
+        t.start()
+    for t in threads:
+        t.join(rc.CLIENT_TIMEOUT + 5)
+    check(len(results) == 8 and all(b" OK " in x for x in results),
+          "8 at once: %r" % results)
+    g.wait_ends(8, after=mark)
+    time.sleep(0.2)
+    kept = g.fds() - base_fds
+    check(0 < kept <= KEEP_IDLE, "%d descriptors more than before any lookup, want 1..%d"
+          % (kept, KEEP_IDLE))
+    s = g.metrics()
+    reused = count(s, "imapgate_lookup_http_reused_total")
+    say("   kept afterwards: %d; imapgate_lookup_http_reused_total %g" % (kept, reused))
+    # 25 + 1 + 8 lookups: 3 new connections for the 25, 1 after the idle
+    # close; the burst's lookups reuse what is free when each starts.
+    check(n - 3 <= reused <= n - 3 + 8, "reused %g" % reused)
+    check("level=error" not in g.log_text(), "errors in the log")
+    g.check_clean_exit()
+    env.gates.remove(g)
+
+
 def t_no_password_in_log(env):
     """imapgate's debug log (every test above ran through it) holds no
     password: not raw, not escaped, not in a base64 SASL blob."""
@@ -1203,6 +1303,8 @@ def main():
         ("SIGTERM drain with sessions before login", t_drain),
         ("how a session before login ends: LOGOUT, preauth, TLS handshake, 50 BADs",
          t_prelogin_ends),
+        ("lookup.keepalive: HTTP/1.1 on kept connections, nginx closing them",
+         t_keepalive),
         ("no password in the debug log", t_no_password_in_log),
         ("lookup metrics consistent", t_metrics),
         ("imapgate and nginx stop cleanly", t_stop_clean),

@@ -209,7 +209,7 @@ static void
 lookup(const struct authhttp_url *u, uint64_t timeout_ms, const struct authhttp_header *hdrs,
     size_t nhdrs, const struct authhttp_query *q, struct result *res, struct timeval *t0)
 {
-	struct authhttp_conf c = { u, timeout_ms, hdrs, nhdrs };
+	struct authhttp_conf c = { u, timeout_ms, hdrs, nhdrs, NULL, 0 };
 	struct timeval now;
 
 	gettimeofday(t0 != NULL ? t0 : &now, NULL);
@@ -307,10 +307,13 @@ enum raw_mode {
 	RAW_SILENT,		/* read the request, never answer */
 	RAW_DRIP,		/* a status line, then one header byte every 20 ms */
 	RAW_HUGE,		/* a status line and a 1 MiB header */
+	RAW_KEEP,		/* answer every request on the connection, keep it open */
 };
 
 struct raw_conn {
 	struct bufferevent	*bev;
+	unsigned		 answered;	/* RAW_KEEP: requests answered */
+	struct event		*late;		/* RAW_KEEP: sends srv->late */
 	struct event		*drip;
 	struct raw_server	*srv;
 	LIST_ENTRY(raw_conn)	 next;
@@ -325,6 +328,14 @@ struct raw_server {
 	size_t			 reqlen;
 	int			 got_request;
 	LIST_HEAD(, raw_conn)	 conns;
+	/* RAW_KEEP */
+	unsigned		 accepts;	/* connections accepted */
+	unsigned		 requests;	/* requests seen */
+	unsigned		 answer_max;	/* answer this many per connection, then
+						 * close at the next one (0: no limit) */
+	int			 close_after;	/* close each connection after its answer */
+	const char		*late;		/* sent 20 ms after each answer, unasked */
+	char			 line[64];	/* the last request line */
 };
 
 /* Close one raw connection. */
@@ -334,6 +345,8 @@ raw_close(struct raw_conn *rc)
 	LIST_REMOVE(rc, next);
 	if (rc->drip != NULL)
 		event_free(rc->drip);
+	if (rc->late != NULL)
+		event_free(rc->late);
 	bufferevent_free(rc->bev);
 	free(rc);
 }
@@ -366,6 +379,57 @@ raw_drip_cb(evutil_socket_t fd, short what, void *arg)
 	bufferevent_write(rc->bev, "a", 1);
 }
 
+/* RAW_KEEP: bytes nobody asked for, on a connection the client keeps idle. */
+static void
+raw_late_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct raw_conn *rc = arg;
+
+	(void)fd;
+	(void)what;
+	bufferevent_write(rc->bev, rc->srv->late, strlen(rc->srv->late));
+}
+
+/* RAW_KEEP: answer each whole request in turn, as a keep-alive server would. */
+static void
+raw_keep_read(struct raw_conn *rc)
+{
+	struct raw_server *s = rc->srv;
+	struct evbuffer *in = bufferevent_get_input(rc->bev);
+	struct evbuffer_ptr end;
+	size_t eol;
+
+	for (;;) {
+		end = evbuffer_search(in, "\r\n\r\n", 4, NULL);
+		if (end.pos < 0)
+			return;
+		s->requests++;
+		eol = (size_t)evbuffer_search(in, "\r\n", 2, NULL).pos;
+		if (eol >= sizeof(s->line))
+			eol = sizeof(s->line) - 1;
+		evbuffer_copyout(in, s->line, eol);
+		s->line[eol] = '\0';
+		evbuffer_drain(in, (size_t)end.pos + 4);
+		if (s->answer_max > 0 && rc->answered >= s->answer_max) {
+			raw_close(rc);		/* the keep-alive timeout racing a request */
+			return;
+		}
+		rc->answered++;
+		if (s->close_after)
+			bufferevent_setcb(rc->bev, NULL, raw_write_cb, raw_event_cb, rc);
+		bufferevent_write(rc->bev, s->reply, strlen(s->reply));
+		if (s->late != NULL) {
+			struct timeval tv = { 0, 20000 };
+
+			if (rc->late == NULL)
+				rc->late = evtimer_new(base, raw_late_cb, rc);
+			evtimer_add(rc->late, &tv);
+		}
+		if (s->close_after)
+			return;
+	}
+}
+
 /* Collect the request; once it is whole, act as the mode says. */
 static void
 raw_read_cb(struct bufferevent *bev, void *arg)
@@ -375,6 +439,10 @@ raw_read_cb(struct bufferevent *bev, void *arg)
 	struct evbuffer *in = bufferevent_get_input(bev);
 	size_t n = evbuffer_get_length(in);
 
+	if (s->mode == RAW_KEEP) {
+		raw_keep_read(rc);
+		return;
+	}
 	if (n > RAW_REQ_MAX - s->reqlen)
 		n = RAW_REQ_MAX - s->reqlen;
 	evbuffer_remove(in, s->req + s->reqlen, n);
@@ -411,6 +479,7 @@ raw_read_cb(struct bufferevent *bev, void *arg)
 	}
 	case RAW_SILENT:
 	case RAW_CLOSE_AT_ONCE:
+	case RAW_KEEP:
 		break;
 	}
 }
@@ -427,6 +496,7 @@ raw_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
 	(void)sa;
 	(void)salen;
 	rc->srv = s;
+	s->accepts++;
 	rc->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
 	LIST_INSERT_HEAD(&s->conns, rc, next);
 	if (s->mode == RAW_CLOSE_AT_ONCE) {
@@ -956,7 +1026,7 @@ test_cancel(void)
 	struct raw_server *s = raw_start(RAW_SILENT, NULL);
 	struct authhttp_url u, dead;
 	struct authhttp_query q = query_default();
-	struct authhttp_conf c = { &u, 2000, NULL, 0 };
+	struct authhttp_conf c = { &u, 2000, NULL, 0, NULL, 0 };
 	struct result res;
 
 	authhttp_cancel(NULL);
@@ -1017,6 +1087,265 @@ test_cancel(void)
 	authhttp_url_clear(&u);
 }
 
+/* ---- keep-alive (a pool) ---- */
+
+#define KEEP_OK "HTTP/1.1 200 OK\r\nAuth-Status: OK\r\nAuth-Server: 127.0.0.1\r\n" \
+	"Auth-Port: 143\r\nContent-Length: 0\r\n\r\n"
+
+/* One lookup through pool p (keepalive k) to port; the answer in res. */
+static void
+lookup_pool(struct authhttp_pool *p, unsigned k, unsigned port, struct result *res)
+{
+	struct authhttp_url u;
+	struct authhttp_query q = query_default();
+	struct authhttp_conf c = { &u, 3000, NULL, 0, p, k };
+
+	memset(res, 0, sizeof(*res));
+	url_local(&u, port, "/auth");
+	res->h = authhttp_start(base, &c, &q, result_cb, res);
+	res->started = 1;
+	run_until(&res->calls, WAIT_MS);
+	authhttp_url_clear(&u);
+}
+
+/*
+ * n lookups in a row through a fresh pool to a raw RAW_KEEP server s;
+ * *good counts answers with outcome want; returns how many were reused.
+ */
+static int
+keep_series(struct raw_server *s, unsigned k, int n, enum authhttp_outcome want, int *good)
+{
+	struct authhttp_pool *p = authhttp_pool_new();
+	struct result res;
+	int i, reused = 0;
+
+	*good = 0;
+	for (i = 0; i < n; i++) {
+		lookup_pool(p, k, s->port, &res);
+		if (res.calls == 1 && res.a.outcome == want)
+			(*good)++;
+		reused += res.a.reused;
+		run_for(2);
+	}
+	authhttp_pool_free(p);
+	run_for(20);
+	return reused;
+}
+
+#define SMUGGLED "HTTP/1.1 200 OK\r\nAuth-Status: OK\r\nAuth-Server: 127.0.0.1\r\n" \
+	"Auth-Port: 999\r\nContent-Length: 0\r\n\r\n"
+
+/* Three lookups to s, which sends SMUGGLED unasked: each must get its own answer. */
+static void
+keep_unsmuggled(struct raw_server *s, int pause_ms, const char *what)
+{
+	struct authhttp_pool *p = authhttp_pool_new();
+	struct result res;
+	int i;
+
+	for (i = 0; i < 3; i++) {
+		lookup_pool(p, 4, s->port, &res);
+		CHECK(res.calls == 1 && res.a.outcome == AUTHHTTP_OK && res.a.reused == 0 &&
+		    ntohs(((struct sockaddr_in *)&res.a.server)->sin_port) == 143,
+		    "answer %d after %s: %s, reused %d", i, what, res.a.reason, res.a.reused);
+		run_for(pause_ms);
+	}
+	CHECK(s->accepts == 3, "%s: %u connections for 3 lookups", what, s->accepts);
+	authhttp_pool_free(p);
+	raw_stop(s);
+}
+
+/* Kept-alive connections: reused when the answer allows it, never otherwise. */
+static void
+test_keepalive(void)
+{
+	static const struct {
+		const char		*what;
+		const char		*reply;
+		enum authhttp_outcome	 outcome;
+		unsigned		 conns;
+		int			 reused;
+	} cases[] = {
+		{ "Connection: close", "HTTP/1.1 200 OK\r\nConnection: close\r\n"
+		  "Auth-Status: OK\r\nAuth-Server: 127.0.0.1\r\nAuth-Port: 143\r\n"
+		  "Content-Length: 0\r\n\r\n", AUTHHTTP_OK, 5, 0 },
+		{ "HTTP/1.0", "HTTP/1.0 200 OK\r\nAuth-Status: OK\r\nAuth-Server: 127.0.0.1\r\n"
+		  "Auth-Port: 143\r\nContent-Length: 0\r\n\r\n", AUTHHTTP_OK, 5, 0 },
+		{ "HTTP/1.0 keep-alive", "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n"
+		  "Auth-Status: OK\r\nAuth-Server: 127.0.0.1\r\nAuth-Port: 143\r\n"
+		  "Content-Length: 0\r\n\r\n", AUTHHTTP_OK, 1, 4 },
+		{ "nginx's denial", "HTTP/1.1 204 No Content\r\nServer: nginx\r\n"
+		  "Connection: keep-alive\r\nAuth-Status: Invalid login or password\r\n"
+		  "Auth-Wait: 0\r\n\r\n", AUTHHTTP_DENIED, 1, 4 },
+		{ "with a body", "HTTP/1.1 200 OK\r\nAuth-Status: OK\r\nAuth-Server: 127.0.0.1\r\n"
+		  "Auth-Port: 143\r\nContent-Length: 11\r\n\r\nhello world", AUTHHTTP_OK, 1, 4 },
+	};
+	struct raw_server *s;
+	struct authhttp_pool *p;
+	struct result res, many[5];
+	struct authhttp_url u;
+	struct authhttp_query q = query_default();
+	int good, reused, before, i;
+
+	/* HTTP/1.1 and Content-Length: one connection serves them all. */
+	s = raw_start(RAW_KEEP, KEEP_OK);
+	reused = keep_series(s, 4, 20, AUTHHTTP_OK, &good);
+	CHECK(good == 20 && s->requests == 20, "keep-alive: %d OK, %u requests", good,
+	    s->requests);
+	CHECK(s->accepts == 1 && reused == 19, "keep-alive: %u connections, %d reused",
+	    s->accepts, reused);
+	CHECK(strcmp(s->line, "GET /auth HTTP/1.1") == 0, "pooled request line: %s", s->line);
+	raw_stop(s);
+
+	/* keepalive 0 with a pool: HTTP/1.0 and a connection each, as without. */
+	s = raw_start(RAW_KEEP, KEEP_OK);
+	reused = keep_series(s, 0, 5, AUTHHTTP_OK, &good);
+	CHECK(good == 5 && s->accepts == 5 && reused == 0, "keepalive 0: %d OK, %u conns",
+	    good, s->accepts);
+	CHECK(strcmp(s->line, "GET /auth HTTP/1.0") == 0, "unpooled request line: %s", s->line);
+	raw_stop(s);
+
+	/*
+	 * Five lookups a case: "Connection: close" and HTTP/1.0 without
+	 * keep-alive are never reused; 1.0 with keep-alive, nginx's own
+	 * denial (204, no body) and an answer with a body are.
+	 */
+	for (i = 0; i < (int)(sizeof(cases) / sizeof(cases[0])); i++) {
+		s = raw_start(RAW_KEEP, cases[i].reply);
+		reused = keep_series(s, 4, 5, cases[i].outcome, &good);
+		CHECK(good == 5 && s->accepts == cases[i].conns && reused == cases[i].reused,
+		    "%s: %d as expected, %u conns, %d reused", cases[i].what, good, s->accepts,
+		    reused);
+		raw_stop(s);
+	}
+
+	/*
+	 * Bytes after the answer (a second answer nobody asked for, with
+	 * another port), in the same read or 20 ms later on the idle
+	 * connection: the connection is dropped, and the next user's answer
+	 * is the service's answer to their own request.
+	 */
+	s = raw_start(RAW_KEEP, KEEP_OK SMUGGLED);
+	keep_unsmuggled(s, 5, "trailing bytes");
+	s = raw_start(RAW_KEEP, KEEP_OK);
+	s->late = SMUGGLED;
+	keep_unsmuggled(s, 60, "late bytes");
+
+	/* The service closes a kept connection as the next request comes: asked again, once. */
+	s = raw_start(RAW_KEEP, KEEP_OK);
+	s->answer_max = 1;
+	p = authhttp_pool_new();
+	lookup_pool(p, 4, s->port, &res);
+	run_for(5);
+	lookup_pool(p, 4, s->port, &res);
+	CHECK(res.calls == 1 && res.a.outcome == AUTHHTTP_OK && res.a.reused == 0,
+	    "closed on the next request: %s, reused %d", res.a.reason, res.a.reused);
+	CHECK(s->accepts == 2 && s->requests == 3, "closed on the next request: %u conns, "
+	    "%u requests", s->accepts, s->requests);
+	authhttp_pool_free(p);
+	raw_stop(s);
+
+	/* A new connection closed without an answer is not asked again. */
+	p = authhttp_pool_new();
+	s = raw_start(RAW_REPLY, "");
+	lookup_pool(p, 4, s->port, &res);
+	CHECK(res.calls == 1 && res.a.outcome == AUTHHTTP_ERROR &&
+	    res.a.error == AUTHHTTP_E_CLOSED && s->accepts == 1,
+	    "fresh connection closed: %s, %u conns", res.a.reason, s->accepts);
+	authhttp_pool_free(p);
+	raw_stop(s);
+
+	/* The service closes idle connections: dropped, the next lookup opens a new one. */
+	s = raw_start(RAW_KEEP, KEEP_OK);
+	s->close_after = 1;
+	p = authhttp_pool_new();
+	lookup_pool(p, 4, s->port, &res);
+	run_for(50);
+	lookup_pool(p, 4, s->port, &res);
+	CHECK(res.calls == 1 && res.a.outcome == AUTHHTTP_OK && res.a.reused == 0 &&
+	    s->accepts == 2, "closed while idle: %s, %u conns", res.a.reason, s->accepts);
+	authhttp_pool_free(p);
+	raw_stop(s);
+
+	/* The bound: five at once, at most two kept; freeing the pool closes them. */
+	s = raw_start(RAW_KEEP, KEEP_OK);
+	run_for(20);
+	before = count_fds();
+	p = authhttp_pool_new();
+	url_local(&u, s->port, "/auth");
+	{
+		struct authhttp_conf c = { &u, 3000, NULL, 0, p, 2 };
+		int done = 0;
+
+		for (i = 0; i < 5; i++) {
+			memset(&many[i], 0, sizeof(many[i]));
+			many[i].h = authhttp_start(base, &c, &q, result_cb, &many[i]);
+			many[i].started = 1;
+		}
+		for (i = 0; i < 5; i++) {
+			run_until(&many[i].calls, WAIT_MS);
+			done += many[i].calls == 1 && many[i].a.outcome == AUTHHTTP_OK;
+		}
+		CHECK(done == 5 && s->accepts == 5, "five at once: %d OK, %u conns", done,
+		    s->accepts);
+	}
+	run_for(20);
+	/* Our side of each kept connection, and the raw server's side of it. */
+	CHECK(count_fds() == before + 2 * 2, "kept at most 2: %d descriptors, %d before",
+	    count_fds(), before);
+	authhttp_pool_free(p);
+	run_for(20);
+	CHECK(count_fds() == before, "pool freed: %d descriptors, %d before", count_fds(),
+	    before);
+
+	/* Cancelled mid-request: the connection is closed, not kept. */
+	p = authhttp_pool_new();
+	{
+		struct raw_server *silent = raw_start(RAW_SILENT, NULL);
+		struct authhttp_url su;
+		struct authhttp_conf c = { &su, 3000, NULL, 0, p, 4 };
+
+		url_local(&su, silent->port, "/auth");
+		memset(&res, 0, sizeof(res));
+		res.h = authhttp_start(base, &c, &q, result_cb, &res);
+		run_until(&silent->got_request, WAIT_MS);
+		authhttp_cancel(res.h);
+		run_for(20);
+		CHECK(res.calls == 0 && silent->got_request, "cancelled pooled request");
+		raw_stop(silent);
+		run_for(20);
+		CHECK(count_fds() == before, "cancelled pooled request: %d descriptors, %d before",
+		    count_fds(), before);
+		authhttp_url_clear(&su);
+	}
+	authhttp_pool_free(p);
+	authhttp_url_clear(&u);
+	raw_stop(s);
+
+	/* libevent's own server, with keep-alive: many lookups, one connection, no growth. */
+	{
+		static const struct reply ok = { 200, { "Auth-Status", "OK", "Auth-Server",
+		    "127.0.0.1", "Auth-Port", "143", NULL }, 0 };
+		int n = 0, rn = 0;
+
+		cur_reply = &ok;
+		http_requests = 0;
+		p = authhttp_pool_new();
+		before = count_fds();
+		for (i = 0; i < SEQ_REQUESTS; i++) {
+			lookup_pool(p, 8, http_port, &res);
+			n += res.calls == 1 && res.a.outcome == AUTHHTTP_OK;
+			rn += res.a.reused;
+		}
+		CHECK(n == SEQ_REQUESTS && http_requests == SEQ_REQUESTS &&
+		    rn == SEQ_REQUESTS - 1, "evhttp server: %d OK, %d served, %d reused", n,
+		    http_requests, rn);
+		CHECK(count_fds() <= before + 2, "evhttp server: %d descriptors, %d before",
+		    count_fds(), before);
+		authhttp_pool_free(p);
+	}
+}
+
 /* Many requests one after another leave no descriptor behind. */
 static void
 test_no_fd_growth(void)
@@ -1064,6 +1393,7 @@ main(void)
 	test_bad_query();
 	test_cancel();
 	test_no_fd_growth();
+	test_keepalive();
 
 	evhttp_free(http);
 	event_base_free(base);

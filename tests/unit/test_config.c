@@ -938,7 +938,7 @@ test_route(void)
 		config_free(cf);
 	}
 	snprintf(yaml, sizeof(yaml), LISTEN CERTS BACKEND "  route: login\n"
-	    "  lookup: {type: http, url: 'http://127.0.0.1:9000/auth', timeout: 2s}\n"
+	    "  lookup: {type: http, url: 'http://127.0.0.1:9000/auth', timeout: 2s, keepalive: 16}\n"
 	    "  login: {credentials: master, master_user: admin, master_password_file: %s}\n",
 	    pw);
 	if ((cf = test_load_good(test_write(yaml), __LINE__)) != NULL) {
@@ -946,6 +946,7 @@ test_route(void)
 		CHECK(cf->master_password != NULL && strcmp(cf->master_password, "m4ster") == 0,
 		    "master password read");
 		CHECK(cf->lookup_timeout_ms == 2000, "timeout");
+		CHECK(cf->lookup_keepalive == 16, "keepalive %u", cf->lookup_keepalive);
 		config_free(cf);
 	}
 
@@ -961,6 +962,11 @@ test_route(void)
 	    1, 11, 29, "backend.lookup.url: only used with backend.lookup.type: http");
 	BAD(LISTEN CERTS BACKEND "  route: login\n"
 	    "  lookup: {type: http, url: 'ftp://127.0.0.1/'}\n", 1, 11, 29, "backend.lookup.url: ");
+	BAD(LISTEN CERTS BACKEND "  route: login\n  lookup: {type: hash, keepalive: 4}\n",
+	    1, 11, 35, "backend.lookup.keepalive: only used with backend.lookup.type: http");
+	BAD(LISTEN CERTS BACKEND "  route: login\n"
+	    "  lookup: {type: http, url: 'http://127.0.0.1/', keepalive: 1025}\n", 1, 11, 61,
+	    "backend.lookup.keepalive");
 	/* A master login without a lookup that checks the password. */
 	snprintf(yaml, sizeof(yaml), LISTEN CERTS BACKEND "  route: login\n"
 	    "  login: {credentials: master, master_user: admin, master_password_file: %s}\n", pw);
