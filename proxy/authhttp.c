@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/queue.h>	/* TAILQ_FOREACH over libevent's header lists */
 
 #include <event2/buffer.h>
@@ -65,6 +66,7 @@ struct authhttp {
 	int				 keep;		/* the answer allows keeping the connection */
 	int				 complete;	/* libevent read the whole answer */
 	char				*path;		/* for a second try */
+	uint64_t			 started_ms;	/* monotonic; the timeout counts from here */
 	char				 ip[64];	/* the service's address and port */
 	unsigned			 port;
 	struct authhttp_answer		 answer;
@@ -1050,14 +1052,32 @@ authhttp_issue(struct authhttp *r)
 	return 0;
 }
 
-/* Arm the whole-request timer; -1 after deciding. */
+/* Milliseconds on the monotonic clock. */
+static uint64_t
+authhttp_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/*
+ * Arm the whole-request timer for what is left of the timeout since the
+ * request started (a second try gets no more time); -1 after deciding.
+ */
 static int
 authhttp_arm(struct authhttp *r)
 {
 	struct timeval tv;
+	uint64_t spent = authhttp_now_ms() - r->started_ms, left;
 
-	tv.tv_sec = (time_t)(r->timeout_ms / 1000);
-	tv.tv_usec = (suseconds_t)(r->timeout_ms % 1000 * 1000);
+	if (spent >= r->timeout_ms)
+		return authhttp_fail(r, AUTHHTTP_E_TIMEOUT, "no complete answer within %llu ms",
+		    (unsigned long long)r->timeout_ms);
+	left = r->timeout_ms - spent;
+	tv.tv_sec = (time_t)(left / 1000);
+	tv.tv_usec = (suseconds_t)(left % 1000 * 1000);
 	if (evtimer_add(r->timer, &tv) != 0)
 		return authhttp_fail(r, AUTHHTTP_E_INTERNAL, "cannot arm the timer");
 	return 0;
@@ -1066,7 +1086,7 @@ authhttp_arm(struct authhttp *r)
 /*
  * Ask again, on a new connection, after a kept-alive one was found closed
  * before any answer byte (the service's idle timeout racing our request):
- * the same headers, copied into a new request.  The timer starts anew.
+ * the same headers, copied into a new request, within the same timeout.
  */
 static void
 authhttp_resend(struct authhttp *r)
@@ -1107,6 +1127,7 @@ static int
 authhttp_send(struct authhttp *r, const struct authhttp_conf *c,
     const struct authhttp_query *q)
 {
+	r->started_ms = authhttp_now_ms();
 	if (authhttp_arm(r) != 0)
 		return -1;
 	if ((r->path = strdup(c->url->path)) == NULL || (r->req = authhttp_request_new(r)) == NULL)

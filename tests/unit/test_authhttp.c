@@ -314,6 +314,7 @@ struct raw_conn {
 	struct bufferevent	*bev;
 	unsigned		 answered;	/* RAW_KEEP: requests answered */
 	struct event		*late;		/* RAW_KEEP: sends srv->late */
+	struct event		*closer;	/* RAW_KEEP: close_delay_ms */
 	struct event		*drip;
 	struct raw_server	*srv;
 	LIST_ENTRY(raw_conn)	 next;
@@ -335,6 +336,8 @@ struct raw_server {
 						 * close at the next one (0: no limit) */
 	int			 close_after;	/* close each connection after its answer */
 	const char		*late;		/* sent 20 ms after each answer, unasked */
+	unsigned		 silent_from;	/* from this accept on, never answer (0: off) */
+	int			 close_delay_ms;	/* answer_max: close this much later */
 	char			 line[64];	/* the last request line */
 };
 
@@ -347,6 +350,8 @@ raw_close(struct raw_conn *rc)
 		event_free(rc->drip);
 	if (rc->late != NULL)
 		event_free(rc->late);
+	if (rc->closer != NULL)
+		event_free(rc->closer);
 	bufferevent_free(rc->bev);
 	free(rc);
 }
@@ -390,6 +395,15 @@ raw_late_cb(evutil_socket_t fd, short what, void *arg)
 	bufferevent_write(rc->bev, rc->srv->late, strlen(rc->srv->late));
 }
 
+/* RAW_KEEP: close_delay_ms is over. */
+static void
+raw_closer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	raw_close(arg);
+}
+
 /* RAW_KEEP: answer each whole request in turn, as a keep-alive server would. */
 static void
 raw_keep_read(struct raw_conn *rc)
@@ -410,8 +424,17 @@ raw_keep_read(struct raw_conn *rc)
 		evbuffer_copyout(in, s->line, eol);
 		s->line[eol] = '\0';
 		evbuffer_drain(in, (size_t)end.pos + 4);
+		if (s->silent_from > 0 && s->accepts >= s->silent_from)
+			continue;
 		if (s->answer_max > 0 && rc->answered >= s->answer_max) {
-			raw_close(rc);		/* the keep-alive timeout racing a request */
+			/* The keep-alive timeout racing a request. */
+			if (s->close_delay_ms > 0 && rc->closer == NULL) {
+				struct timeval tv = { 0, s->close_delay_ms * 1000 };
+
+				rc->closer = evtimer_new(base, raw_closer_cb, rc);
+				evtimer_add(rc->closer, &tv);
+			} else if (s->close_delay_ms == 0)
+				raw_close(rc);
 			return;
 		}
 		rc->answered++;
@@ -1242,6 +1265,33 @@ test_keepalive(void)
 	    "closed on the next request: %s, reused %d", res.a.reason, res.a.reused);
 	CHECK(s->accepts == 2 && s->requests == 3, "closed on the next request: %u conns, "
 	    "%u requests", s->accepts, s->requests);
+	authhttp_pool_free(p);
+	raw_stop(s);
+
+	/* The second try gets what is left of the timeout, not a new one. */
+	s = raw_start(RAW_KEEP, KEEP_OK);
+	s->answer_max = 1;
+	p = authhttp_pool_new();
+	lookup_pool(p, 4, s->port, &res);
+	run_for(5);
+	s->silent_from = 2;
+	s->close_delay_ms = 250;
+	{
+		struct authhttp_url tu;
+		struct authhttp_conf c = { &tu, 400, NULL, 0, p, 4 };
+		struct timeval t0;
+
+		url_local(&tu, s->port, "/auth");
+		memset(&res, 0, sizeof(res));
+		gettimeofday(&t0, NULL);
+		res.h = authhttp_start(base, &c, &q, result_cb, &res);
+		res.started = 1;
+		run_until(&res.calls, WAIT_MS);
+		CHECK(res.calls == 1 && res.a.error == AUTHHTTP_E_TIMEOUT && s->accepts == 2 &&
+		    ms_between(&t0, &res.at) < 400 + 150, "retry within the timeout: %s after "
+		    "%ld ms, %u conns", res.a.reason, ms_between(&t0, &res.at), s->accepts);
+		authhttp_url_clear(&tu);
+	}
 	authhttp_pool_free(p);
 	raw_stop(s);
 
