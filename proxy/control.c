@@ -69,6 +69,7 @@ enum control_op {
 	CONTROL_JOB_LIST,
 	CONTROL_JOB_COUNT,
 	CONTROL_JOB_KICK,
+	CONTROL_JOB_UNKICK,	/* server S enable/disable after a drain: its kicks called off */
 };
 
 /* A command's work for the workers; the answer is written when all are done. */
@@ -114,6 +115,8 @@ static pthread_mutex_t control_delay_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct control_delay control_delays[CONTROL_MAX_DELAYS];
 
 static const struct endpoint_cbs control_cbs;
+
+static void	control_servers(struct control_conn *, int);
 
 /* Monotonic microseconds. */
 static uint64_t
@@ -375,8 +378,16 @@ control_job_done(evutil_socket_t fd, short what, void *arg)
 			log_info("msg=control-kick sessions=%llu spread_ms=%llu",
 			    (unsigned long long)total, (unsigned long long)j->spread_ms);
 			break;
+		case CONTROL_JOB_UNKICK:
+			/* The answer "server S enable/disable" always gives: the servers. */
+			log_info("msg=control-kick-cancelled server=%s sessions=%llu",
+			    j->f.server, (unsigned long long)total);
+			break;
 		}
-		control_answer(j->conn, NULL, b);
+		if (j->op == CONTROL_JOB_UNKICK)
+			control_servers(j->conn, j->json);
+		else
+			control_answer(j->conn, NULL, b);
 	} else if (j->conn != NULL)
 		control_answer(j->conn, "out of memory", NULL);
 	if (b != NULL)
@@ -422,6 +433,10 @@ control_worker_run(struct server *srv)
 		case CONTROL_JOB_KICK:
 			/* This worker's share, spread evenly over the window. */
 			session_kick(s, n > 0 ? j->spread_ms * k++ / n : 0, j->text);
+			break;
+		case CONTROL_JOB_UNKICK:
+			if (!session_kick_cancel(s))
+				continue;	/* count only the kicks called off */
 			break;
 		}
 		j->count[srv->index]++;
@@ -693,11 +708,35 @@ control_command(struct control_conn *c, char *line)
 			control_answer(c, "no such server (write it as in backend.servers)", NULL);
 			return;
 		}
-		if (strcmp(w[2], "enable") == 0 && n == 3)
-			pool_admin_set(p, s, POOL_ADMIN_ENABLED);
-		else if (strcmp(w[2], "disable") == 0 && n == 3)
-			pool_admin_set(p, s, POOL_ADMIN_DISABLED);
-		else if (strcmp(w[2], "weight") == 0 && n == 4) {
+		if ((strcmp(w[2], "enable") == 0 || strcmp(w[2], "disable") == 0) && n == 3) {
+			int was = pool_admin(p, s);
+
+			/*
+			 * After a drain, its kicks still waiting for their turn in
+			 * the spread are called off (by the workers: a job), so that
+			 * "enable" or "disable" stops the kicking too.  Refused
+			 * before the state changes if a job runs, as drain is.
+			 */
+			if (was == POOL_ADMIN_DRAINING && (control.job != NULL ||
+			    control.g->stopping)) {
+				control_answer(c, control.g->stopping ? "shutting down" :
+				    "busy: another command runs, try again", NULL);
+				return;
+			}
+			pool_admin_set(p, s, strcmp(w[2], "enable") == 0 ? POOL_ADMIN_ENABLED :
+			    POOL_ADMIN_DISABLED);
+			if (was == POOL_ADMIN_DRAINING) {
+				if ((j = control_job_new(CONTROL_JOB_UNKICK, json)) == NULL ||
+				    (j->f.server = strdup(w[1])) == NULL) {
+					if (j != NULL)
+						control_job_free(j);
+					control_answer(c, "out of memory", NULL);
+					return;
+				}
+				control_job_start(c, j);
+				return;
+			}
+		} else if (strcmp(w[2], "weight") == 0 && n == 4) {
 			char *end;
 			unsigned long v = strtoul(w[3], &end, 10);
 

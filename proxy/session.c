@@ -589,6 +589,19 @@ session_kick(struct session *s, uint64_t delay_ms, const char *text)
 	session_due(s, SESSION_DUE_DRAIN, delay_ms);
 }
 
+/* Call off a kick still waiting for its delay (a server drain taken back). */
+int
+session_kick_cancel(struct session *s)
+{
+	if (!session_live(s) || s->draining || s->kick_text == NULL ||
+	    s->due[SESSION_DUE_DRAIN] == 0)
+		return 0;
+	s->due[SESSION_DUE_DRAIN] = 0;	/* the timer finds nothing due */
+	free(s->kick_text);
+	s->kick_text = NULL;
+	return 1;
+}
+
 /* The next session of the same worker. */
 struct session *
 session_next(struct session *s)

@@ -42,6 +42,11 @@ void	session_drain(struct session *s);
  * BYE (a spread drain), else "* BYE [UNAVAILABLE] text" (a kick).
  */
 void	session_kick(struct session *s, uint64_t delay_ms, const char *text);
+/*
+ * Call off a kick of s that has not begun (its delay still running);
+ * returns 1 if there was one.  A shutdown's drain is never called off.
+ */
+int	session_kick_cancel(struct session *s);
 
 struct control_filter;
 struct evbuffer;

@@ -1672,6 +1672,59 @@ def t_sigterm_spread(env):
     check(rel[-1] <= 6.0, "last BYE %.2fs after SIGTERM (spread 3s)" % rel[-1])
 
 
+def t_drain_called_off(env):
+    """server A drain spread 3s, then at once server A enable: the kicks of
+    the spread's first turn (due at once) happen, the others are called
+    off (msg=control-kick-cancelled) and those sessions live on past the
+    window; the same with disable."""
+    users = {"demo": "demo"}
+    A, B = dovecots(env, ["A", "B"], users)
+    g = start_gate(env, [A.port, B.port])
+    a = g.names[0]
+    for word, want in (("enable", "enabled"), ("disable", "disabled")):
+        on_a, others = [], []
+        for _ in range(40):
+            if len(on_a) == 5:
+                break
+            c = tlsc.tls_client(g.port, common_ctx[0])
+            c.login("demo", "demo")
+            (on_a if landed(c)[0] == "A" else others).append(c)
+        check(len(on_a) == 5, "only %d sessions landed on A" % len(on_a))
+        for c in others:
+            c.logout()
+        mark = len(g.log_text())
+        _, out, _ = ctl(g, "server", a, "drain", "spread", "3s")
+        check("kicked 5 session(s) over 3000 ms" in out, "drain answer %r" % out)
+        _, out, _ = ctl(g, "server", a, word)
+        check(re.search(r"%s +up +%s" % (re.escape(a), want), out), "%s answer %r" % (word, out))
+        line = g.wait_log(r"msg=control-kick-cancelled server=%s sessions=\d+" % re.escape(a),
+                          after=mark)
+        check(line is not None, "no msg=control-kick-cancelled line")
+        m = re.search(r"sessions=(\d+)", line)
+        cancelled = int(m.group(1))
+        time.sleep(3.5)     # past the whole spread
+        alive, byes = 0, 0
+        for c in on_a:
+            try:
+                tagged, items = c.cmd("NOOP", ok=False)
+                bye = any(t.startswith(b"* BYE") for t, _ in items)
+            except (OSError, Fail):
+                bye = True
+            if bye:
+                byes += 1
+            else:
+                alive += 1
+                c.logout()
+        say("   %s: %d pending kicks called off, %d sessions alive after the window, %d BYE"
+            % (word, cancelled, alive, byes))
+        # Each worker's first of the five was due at once (kicked before
+        # the command could take it back: two workers, so one or two); the
+        # others were waiting and live on.
+        check(3 <= cancelled <= 4 and alive == cancelled and byes == 5 - cancelled,
+              "%s after drain: %d called off, %d alive, %d BYE" % (word, cancelled, alive, byes))
+        ctl(g, "server", a, "enable")
+
+
 def main():
     env = common.GuardEnv(sys.argv)
     if shutil.which("dovecot") is None:
@@ -1687,6 +1740,8 @@ def main():
         ("kick waits for a quiet point: mid-APPEND, stalled FETCH", t_kick_quiet_point),
         ("IDLE keepalive 2s, and 0", t_idle_keepalive),
         ("SIGTERM with drain_spread: BYEs spread, exit 0", t_sigterm_spread),
+        ("server drain taken back by enable/disable: pending kicks called off",
+         t_drain_called_off),
     ]
     only = os.environ.get("IMAPGATE_TEST_ONLY")     # e.g. "1,3": run only those checks
     if only:
