@@ -12,40 +12,18 @@
  *
  * Usage: node ctl_imapflow.js PORT USER PASS
  */
-const { ImapFlow } = require('imapflow');
+const { say, fail, deadline, connect: login } = require('./imapflow_client');
 
 const DEADLINE_MS = 40000;     // the whole run
 const CLOSE_WAIT_MS = 25000;   // for the kick to come after IDLE began
 
 const [port, user, pass] = process.argv.slice(2);
 
-/* Print one protocol line for the test. */
-function say(line) {
-    process.stdout.write(line + '\n');
-}
-
-/* Give up: report and exit non-zero. */
-function fail(msg) {
-    say('ERROR ' + msg);
-    process.exit(1);
-}
-
-setTimeout(() => fail('deadline of ' + DEADLINE_MS + ' ms passed'), DEADLINE_MS).unref();
+deadline(DEADLINE_MS);
 
 /* A connected, logged-in client. */
-async function connect() {
-    const client = new ImapFlow({
-        host: '127.0.0.1',
-        port: Number(port),
-        secure: true,
-        tls: { rejectUnauthorized: false },
-        auth: { user, pass },
-        logger: false,
-        disableAutoIdle: true
-    });
-    client.on('error', err => say('EVENT error ' + (err && err.message)));
-    await client.connect();
-    return client;
+function connect() {
+    return login(port, user, pass);
 }
 
 /* The whole scenario. */
