@@ -634,24 +634,38 @@ class Env:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def run_one(env, name, fn, after=None):
+    """Run one named check fn(env): print `== name`, then `ok (seconds)`,
+    `skipped` (fn returned "skip") or `FAIL: error` (with the traceback of
+    anything but a failed check).  after(), if given, runs once fn has
+    returned, and its failure fails the check.  Returns "ok", "skip" or
+    "fail"."""
+    say("== %s" % name)
+    t0 = time.monotonic()
+    try:
+        r = fn(env)
+        if after is not None:
+            after()
+        if r == "skip":
+            say("   skipped")
+            return "skip"
+        say("   ok (%.2fs)" % (time.monotonic() - t0))
+        return "ok"
+    except Exception as e:  # a failed check or any crash of the test
+        say("   FAIL: %s" % e)
+        if not isinstance(e, Fail):
+            traceback.print_exc(file=sys.stdout)
+        return "fail"
+
+
 def run_tests(env, tests):
     """Run (name, function) pairs; print each result; exit 0/1 (77 if all skipped)."""
     failed, skipped = [], 0
     for name, fn in tests:
-        say("== %s" % name)
-        t0 = time.monotonic()
-        try:
-            r = fn(env)
-            if r == "skip":
-                skipped += 1
-                say("   skipped")
-                continue
-            say("   ok (%.2fs)" % (time.monotonic() - t0))
-        except Exception as e:  # a failed check or any crash of the test
+        r = run_one(env, name, fn)
+        if r == "fail":
             failed.append(name)
-            say("   FAIL: %s" % e)
-            if not isinstance(e, Fail):
-                traceback.print_exc(file=sys.stdout)
+        skipped += r == "skip"
     if env.proxy and env.proxy.proc.alive():
         # Last check of every run: a clean exit (no crash, no sanitizer report).
         say("== imapgate exits cleanly on SIGTERM")

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 
 import harness
 from harness import Fail, check, say
@@ -279,39 +278,30 @@ def run(env, tests):
     """Run (name, fn) pairs, each fn(env) with its own gates; exit 0/1/77."""
     failed, skipped = [], 0
     for name, fn in tests:
-        say("== %s" % name)
-        t0 = time.monotonic()
         mark = len(env.gates)
         bmark = len(env.backends)
-        try:
-            r = fn(env)
-            # Every gate the test started must stop cleanly.
+
+        def stop_gates(mark=mark):
+            """Every gate the test started must stop cleanly."""
             for g in list(env.gates[mark:]):
                 env.stop_gate(g)
-            if r == "skip":
-                skipped += 1
-                say("   skipped")
-                continue
-            say("   ok (%.2fs)" % (time.monotonic() - t0))
-        except Exception as e:      # a failed check or any crash of the test
+        r = harness.run_one(env, name, fn, after=stop_gates)
+        skipped += r == "skip"
+        if r == "fail":
             failed.append(name)
-            say("   FAIL: %s" % e)
-            if not isinstance(e, Fail):
-                traceback.print_exc(file=sys.stdout)
             env.dump_logs()
             for g in list(env.gates[mark:]):
                 try:
                     env.stop_gate(g)
                 except Fail:
                     pass
-        finally:
-            # The test's backends stop with it.
-            for b in env.backends[bmark:]:
-                try:
-                    b.stop()
-                except Exception:   # best effort; cleanup tries again
-                    pass
-            del env.backends[bmark:]
+        # The test's backends stop with it.
+        for b in env.backends[bmark:]:
+            try:
+                b.stop()
+            except Exception:   # best effort; cleanup tries again
+                pass
+        del env.backends[bmark:]
     if failed:
         say("FAILED: %s" % ", ".join(failed))
     else:

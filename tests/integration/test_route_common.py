@@ -1036,20 +1036,10 @@ def run(env, tests, started=None):
     failed, skipped = [], 0
     t_all = time.monotonic() if started is None else started
     for name, fn in tests:
-        say("== %s" % name)
-        t0 = time.monotonic()
-        try:
-            r = fn(env)
-            if r == "skip":
-                skipped += 1
-                say("   skipped")
-                continue
-            say("   ok (%.2fs)" % (time.monotonic() - t0))
-        except Exception as e:      # a failed check or any crash of the test
+        r = harness.run_one(env, name, fn)
+        if r == "fail":
             failed.append(name)
-            say("   FAIL: %s" % e)
-            if not isinstance(e, Fail):
-                traceback.print_exc(file=sys.stdout)
+        skipped += r == "skip"
     if failed:
         env.dump_logs()
         say("FAILED: %s" % ", ".join(failed))
