@@ -629,6 +629,7 @@ class Client:
         self.events = []            # ("C"|"S", bytes) for failure reports
         self.violations = []        # client-side check failures
         self.tls_failed = None      # why the handshake after a STARTTLS OK failed
+        self.starttls_refused = set()   # id() of STARTTLS Cmds seen answered other than OK
         # COMPRESS=DEFLATE (raw deflate both ways once imapgate said OK)
         self.zparams = None         # compressobj parameters (Plan.zparams)
         self.zin = None             # inflates imapgate's output
@@ -993,6 +994,8 @@ def run_client(plan, port, backend):
             if cmd.special == "starttls" and plan.listener == "starttls" and c.reads:
                 how, idx = c.wait_for(cmd.tag, since, False, REPLY_WAIT * 2, starttls=True)
                 if how == "tagged":
+                    if c.items[idx - 1][0] != cmd.tag + STARTTLS_OK:
+                        c.starttls_refused.add(id(cmd))
                     c.upgrade(cmd, idx)
             elif cmd.wait and c.reads:
                 c.wait_for(cmd.tag, since, False, REPLY_WAIT)
@@ -1381,7 +1384,9 @@ class Fuzzer:
             if tag in sent and text == tag + STARTTLS_OK and own[tag.decode("latin-1")] < sent[tag]:
                 own[tag.decode("latin-1")] += 1
         for c in plan.cmds:
-            if c.special == "starttls" and c.inject and own[c.tag.decode("latin-1")]:
+            # (an OK to an earlier STARTTLS with the same tag does not count)
+            if c.special == "starttls" and c.inject and own[c.tag.decode("latin-1")] \
+                    and id(c) not in client.starttls_refused:
                 injected.append(c.inject.decode("latin-1"))
         return own, injected
 
