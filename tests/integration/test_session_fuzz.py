@@ -14,7 +14,18 @@ Environment:
   IMAPGATE_TEST_KEEP        1: keep the temporary directory (logs, config)
 
 Sessions run one at a time (each with its own seeded generator, so one can be
-replayed alone).  After each session:
+replayed alone).  A quarter go to a plain listener with `compress: true`:
+they log in (mostly), send COMPRESS DEFLATE at a random point (sometimes
+before login, pipelined behind a command, twice, or with a command deflated
+right behind it before the OK) and, once imapgate said OK, go on through a
+raw deflate stream (RFC 1951, wbits -9..-15, random level, memLevel and
+strategy) with random flush points: a sync flush per command, per several
+commands (only before the client waits), full/partial flushes, a sync flush
+mid-command or mid-literal, byte-at-a-time writes.  Some break their stream
+after COMPRESS (a reserved block type, bad stored lengths, a final block, a
+zlib header, plain text, random bytes; checked against a mirror of
+imapgate's inflater to fail without inflating a byte) and send plain
+commands behind it.  After each session:
   1. imapgate is alive: the process runs and a new connection is greeted;
   2. the commands the backend framed equal imapgate's c2s debug trace for that
      session (kind, tag, name, bytes; SPEC "Debug trace").  A missing tail is
@@ -27,10 +38,19 @@ replayed alone).  After each session:
      line as a command, nothing but DONE during IDLE, no SASL line past
      max_line;
   3. every tagged OK the client read was sent by the backend for that session
-     (imapgate's own `TAG OK Begin TLS negotiation now` excepted), counted per
-     tag; the backend's answer to imapgate's own ID never reaches the client;
-     a line pipelined behind an accepted STARTTLS never reaches the backend;
-  4. no sanitizer report in imapgate's log.
+     (imapgate's own `TAG OK Begin TLS negotiation now` to STARTTLS and one
+     `TAG OK DEFLATE active` to COMPRESS on the compress listener
+     excepted), counted per tag; the backend's answer to imapgate's own ID
+     never reaches the client; a line pipelined behind an accepted STARTTLS
+     never reaches the backend;
+  4. COMPRESS: the command never reaches the backend (any listener); at
+     most one OK to it, never to one sent before any LOGIN/AUTHENTICATE;
+     imapgate's deflate stream inflates and never ends; a broken client
+     stream ends the session with reason=client-compress-error and a
+     compressed `* BYE Compression error` (unless the backend ended it
+     first) and none of the commands behind it reaches the backend; a valid
+     stream never ends with reason=client-compress-error;
+  5. no sanitizer report in imapgate's log.
 At the end imapgate must exit with status 0 on SIGTERM.  On a failure the
 seed, the session number and id, a compact diff and the replay command are
 printed and the exit status is 1.  Python 3 standard library only.
@@ -49,6 +69,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 
 import harness
 from harness import say
@@ -66,6 +87,10 @@ MAX_LINE = 2048             # limits.max_line in the generated config
 RESPONSE_LITERAL_MAX = 16 << 20  # larger "{n}" in a response: not read as a literal
 KEEP_RX = 4 << 20           # bytes of client input kept for the checks
 STARTTLS_OK = b" OK Begin TLS negotiation now\r\n"
+COMPRESS_OK = b" OK DEFLATE active\r\n"
+COMPRESS_BYE = b"* BYE Compression error\r\n"
+# Client flushes of its deflate stream (None: no flush, data may stay in the deflater).
+ZFLUSHES = [None, zlib.Z_SYNC_FLUSH, zlib.Z_FULL_FLUSH, zlib.Z_PARTIAL_FLUSH]
 LIT_RX = re.compile(rb"~?\{([0-9]+)\+?\}\r?\n$")
 SANITIZER_RX = re.compile(r"ERROR: (Address|Leak|Thread|Memory)Sanitizer|runtime error:")
 FIELD_RX = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
@@ -100,12 +125,15 @@ class Cmd:
         self.label, self.tag, self.chunks = label, tag, chunks
         self.rude = rude            # send every chunk without waiting
         self.wait = wait            # wait for the tagged reply afterwards
-        self.special = special      # "starttls" or None
+        self.special = special      # "starttls", "compress" or None
         self.bytewise = False       # the first bytes go out one at a time
         self.pause = 0.05           # seconds of a "pause" gate
         self.inject = None          # tag of a line pipelined behind STARTTLS
         self.reject = False         # SPEC: imapgate answers this line itself
         self.plus_tags = []         # tags of lines sent as LITERAL+ data after it
+        self.zflush = zlib.Z_SYNC_FLUSH     # deflate flush after each chunk (compressed)
+        self.zcut = None            # (chunk, offset): a sync flush and a pause there
+        self.zspec = None           # COMPRESS: a command deflated right behind it
 
     def data(self):
         """All bytes of the command."""
@@ -255,7 +283,7 @@ class Gen:
         if k == 10:
             return self.starttls_cmd(t)
         if k == 11:
-            return Cmd("COMPRESS", t, build(t, [b" COMPRESS DEFLATE"]))
+            return self.compress_cmd(t)
         if k == 12:
             return Cmd("UID", t, build(t, [b" UID FETCH 1:* (UID FLAGS)"]))
         if k == 13:
@@ -317,6 +345,12 @@ class Gen:
             c.inject = b"inj%d" % self.n
             c.chunks = [("none", c.chunks[0][1] + c.inject + b" NOOP\r\n")]
         return c
+
+    def compress_cmd(self, t):
+        """COMPRESS DEFLATE (imapgate answers it: OK and raw deflate from the
+        next byte on a listener with compress: true after login, else NO/BAD)."""
+        name = self.rng.choice([b"COMPRESS DEFLATE", b"COMPRESS DEFLATE", b"compress deflate"])
+        return Cmd("COMPRESS", t, [("none", t + b" " + name + b"\r\n")], special="compress")
 
     def invalid(self):
         """A line imapgate must answer itself (SPEC: never forwarded), often
@@ -403,18 +437,32 @@ class Plan:
         rng = random.Random("%d:%d" % (seed, n))
         self.n = n
         self.backend_seed = "%d:%d:backend" % (seed, n)
-        self.listener = "starttls" if rng.random() < 0.25 else "plain"
+        k = rng.random()
+        self.listener = "starttls" if k < 0.25 else ("compress" if k < 0.5 else "plain")
+        compress = self.listener == "compress"
         self.reads = rng.random() >= 0.08
         gen = Gen(rng)
         self.cmds = []
         if self.listener == "starttls" and rng.random() < 0.5:
             self.cmds.append(gen.starttls_cmd(gen.tag()))
-        if rng.random() < 0.6:          # log in first: deeper sessions under client_state: bye
+        if compress and rng.random() < 0.15:    # before login: NO/BAD, stays plain
+            self.cmds.append(gen.compress_cmd(gen.tag(fresh=True)))
+        if rng.random() < (0.9 if compress else 0.6):  # log in first: deeper sessions
             t = gen.tag()
             self.cmds.append(Cmd("LOGIN", t, build(t, [b" LOGIN ", gen.astring(b"demo"), b" ",
                                                         gen.astring(b"pw")])))
         count = rng.choice([1, 2, 3, 5, 8, 12, 16])
         self.cmds += [gen.command() for _ in range(count)]
+        zat = []                        # indexes of the COMPRESS commands inserted here
+        if compress:
+            first = len(self.cmds) - count
+            for _ in range(1 if rng.random() < 0.8 else 2):     # sometimes twice
+                i = rng.randrange(first, len(self.cmds) + 1)
+                if rng.random() < 0.4:  # right after login (or the start)
+                    i = first
+                self.cmds.insert(i, gen.compress_cmd(gen.tag(fresh=True)))
+                zat = [j + (j >= i) for j in zat] + [i]
+                first = i + 1
         if not self.reads:
             for c in self.cmds:
                 c.rude, c.wait = True, False
@@ -426,6 +474,45 @@ class Plan:
                 c.bytewise = True
             if rng.random() < 0.35:
                 c.wait = False          # pipelined: the next command follows at once
+        # COMPRESS=DEFLATE: how the client's deflate stream is written.
+        self.zparams = None             # compressobj (level, wbits, memLevel, strategy)
+        self.zgarbage = None            # (commands after COMPRESS, kind): break the stream
+        if compress:
+            self.zparams = (rng.choice([0, 1, 6, 9]), rng.choice([9, 12, 15, 15]),
+                            rng.choice([1, 8, 9]),
+                            rng.choice([zlib.Z_DEFAULT_STRATEGY, zlib.Z_DEFAULT_STRATEGY,
+                                        zlib.Z_FILTERED, zlib.Z_HUFFMAN_ONLY, zlib.Z_RLE,
+                                        zlib.Z_FIXED]))
+            # sync flush per command, per several commands, random kinds, cuts
+            policy = rng.choice(["command", "several", "random", "cuts"])
+            for c in self.cmds:
+                if policy == "command":
+                    c.zflush = zlib.Z_SYNC_FLUSH
+                elif policy == "several":
+                    c.zflush = zlib.Z_SYNC_FLUSH if rng.random() < 0.3 else None
+                else:
+                    c.zflush = rng.choice(ZFLUSHES)
+                if policy == "cuts" or rng.random() < 0.1:  # mid-command / mid-literal
+                    i = rng.randrange(len(c.chunks))
+                    c.zcut = (i, rng.randrange(len(c.chunks[i][1]) + 1))
+                if rng.random() < 0.12:
+                    c.bytewise = True
+            for c in self.cmds:
+                if c.label == "LOGIN" and self.reads and rng.random() < 0.8:
+                    c.wait = True       # mostly logged in when COMPRESS comes
+            for i in zat:
+                c = self.cmds[i]
+                if i > 0 and rng.random() < 0.3:
+                    self.cmds[i - 1].wait = False   # pipelined right behind a command
+                c.wait = True
+                if rng.random() < 0.25:     # deflate right behind it, before the OK
+                    c.zspec = gen.valid() if rng.random() < 0.5 else None
+                    if c.zspec is None or c.zspec.special or len(c.zspec.chunks) != 1:
+                        t = gen.tag()
+                        c.zspec = Cmd("NOOP", t, build(t, [b" NOOP"]))
+            if self.reads and rng.random() < 0.25:
+                self.zgarbage = (rng.randrange(4), rng.choice(
+                    ["reserved", "stored", "final", "zlib", "plain", "random"]))
         if self.reads:
             self.end = rng.choices(["graceful", "close", "reset", "mid"], [55, 15, 15, 15])[0]
         else:
@@ -445,10 +532,11 @@ class Plan:
 
     def summary(self):
         """One line: listener, modes, command labels."""
-        return "%s reads=%s end=%s cmds=%s" % (
+        return "%s reads=%s end=%s%s cmds=%s" % (
             self.listener, "yes" if self.reads else "no", self.end,
+            " garbage=%d:%s" % self.zgarbage if self.zgarbage else "",
             " ".join(c.label + ("!" if c.rude else "") + ("~" if c.bytewise else "")
-                     for c in self.cmds))
+                     + ("+" + c.zspec.label if c.zspec else "") for c in self.cmds))
 
 
 # =================================================================== client
@@ -463,6 +551,8 @@ class Responses:
 
     def __init__(self):
         self.items = []             # complete responses: (text, [literals])
+        self.switch_at = None       # a response after which the stream is deflate
+        self.switched = False       # switch_at was seen
         self.restart()
 
     def restart(self):
@@ -475,7 +565,9 @@ class Responses:
         return self.text + b"".join(self.lits) + bytes(self.rx)
 
     def feed(self, data):
-        """Add received bytes; complete responses are appended to items."""
+        """Add received bytes; complete responses are appended to items.
+        Returns the bytes after the response switch_at (they are deflate;
+        switch_at is reset), else b""."""
         self.rx += data
         pos = 0
         while True:
@@ -498,7 +590,14 @@ class Responses:
                 continue
             self.items.append((self.text, self.lits))
             self.text, self.lits = b"", []
+            if self.switch_at is not None and self.items[-1][0] == self.switch_at:
+                self.switch_at = None
+                self.switched = True
+                rest = bytes(self.rx[pos:])
+                self.rx = bytearray()
+                return rest
         del self.rx[:pos]
+        return b""
 
     def tagged_oks(self):
         """Counter of the tags of tagged OK responses (latin-1 strings)."""
@@ -530,6 +629,18 @@ class Client:
         self.events = []            # ("C"|"S", bytes) for failure reports
         self.violations = []        # client-side check failures
         self.tls_failed = None      # why the handshake after a STARTTLS OK failed
+        self.starttls_refused = set()   # id() of STARTTLS Cmds seen answered other than OK
+        # COMPRESS=DEFLATE (raw deflate both ways once imapgate said OK)
+        self.zparams = None         # compressobj parameters (Plan.zparams)
+        self.zin = None             # inflates imapgate's output
+        self.zout = None            # deflates ours
+        self.zmirror = None         # inflates what we deflated (imapgate's view of it)
+        self.zdirty = False         # deflate data not flushed yet
+        self.zoks = 0               # `TAG OK DEFLATE active` seen (the switch)
+        self.zunsure = False        # imapgate's view of the stream unknown: send no more
+        self.zblind = False         # a non-reading client sent COMPRESS (either may be)
+        self.zanswers = []          # (Cmd, status or None, sent before any login)
+        self.zgarbage = None        # (kind, smuggled tags) once a broken stream was sent
 
     # -- input
 
@@ -549,10 +660,27 @@ class Client:
             if not data:
                 self.gone = "eof"
                 return
-            self.events.append(("S", data[:300]))
-            if len(self.seen) < KEEP_RX:
-                self.seen += data
-            self.resp.feed(data)
+            while data:
+                if self.zin is not None:
+                    try:
+                        data = self.zin.decompress(data)
+                    except zlib.error as e:
+                        self.violations.append("imapgate's deflate stream is broken: %s" % e)
+                        self.gone = "inflate-error"
+                        return
+                    if self.zin.eof:
+                        self.violations.append("imapgate ended its deflate stream")
+                        self.gone = "inflate-eof"
+                        return
+                self.events.append(("S", data[:300]))
+                if len(self.seen) < KEEP_RX:
+                    self.seen += data
+                data = self.resp.feed(data)
+                if self.resp.switched:      # imapgate's OK to COMPRESS: deflate from here
+                    self.resp.switched = False
+                    self.zoks += 1
+                    self.zin = zlib.decompressobj(-15)
+                    self.events.append(("S", b"<deflate from here>"))
 
     def pump(self, timeout):
         """Wait up to timeout for input and read it."""
@@ -572,13 +700,45 @@ class Client:
 
     # -- output
 
-    def send(self, data, bytewise=False):
-        """Send data (reading meanwhile unless the client never reads);
-        raises Gone if the connection ends, stalls or time runs out."""
+    def send(self, data, bytewise=False, flush=zlib.Z_SYNC_FLUSH):
+        """Send data, deflated once COMPRESS is on (then flushed with flush,
+        None: not flushed); raises Gone like send_raw."""
+        if self.zout is None:
+            self.send_raw(data, bytewise)
+            return
+        self.events.append(("C", b"<deflate> " + bytes(data[:290])))
+        wire = self.zout.compress(data)
+        self.zdirty = True
+        if flush is not None:
+            wire += self.zout.flush(flush)
+            self.zdirty = False
+        self.send_raw(wire, bytewise, log=False)
+
+    def zflush(self, how=zlib.Z_SYNC_FLUSH):
+        """Flush our deflate stream so imapgate can inflate all we sent."""
+        if self.zout is not None and self.zdirty:
+            self.zdirty = False
+            self.send_raw(self.zout.flush(how), log=False)
+
+    def zstart(self):
+        """Deflate what we send from now on (raw deflate, Plan.zparams)."""
+        level, wbits, mem, strategy = self.zparams
+        self.zout = zlib.compressobj(level, zlib.DEFLATED, -wbits, mem, strategy)
+        self.zmirror = zlib.decompressobj(-15)
+        self.zdirty = False
+        self.events.append(("C", b"<deflate from here>"))
+
+    def send_raw(self, data, bytewise=False, log=True, plain=0):
+        """Send data as it is (reading meanwhile unless the client never reads);
+        raises Gone if the connection ends, stalls or time runs out.  The
+        bytes from plain on are deflate if COMPRESS is on."""
+        if self.zmirror is not None and len(data) > plain:
+            self.zmirror.decompress(data[plain:])   # imapgate's inflater, as we know it
         view = memoryview(data)
         off, slow = 0, 120 if bytewise else 0
         stall_end = time.monotonic() + STALL
-        self.events.append(("C", bytes(data[:300])))
+        if log:
+            self.events.append(("C", bytes(data[:300])))
         while off < len(data):
             if self.gone is not None:
                 raise Gone(self.gone)
@@ -613,6 +773,7 @@ class Client:
         responses from index since on: ("cont"|"tagged"|"timeout"|"gone", index).
         With starttls, only imapgate's own OK or a tagged non-OK count (the
         tag may be the same as an earlier command's)."""
+        self.zflush()
         end = time.monotonic() + min(timeout, max(0.0, self.left()))
         prefix = tag + b" "
         i = since
@@ -660,13 +821,103 @@ class Client:
                                          if cmd.inject else "")
             raise Gone("tls-failed")
 
+    # -- COMPRESS
+
+    def compress(self, cmd, logged_in):
+        """Send COMPRESS (sometimes with a command deflated right behind it)
+        and wait for its answer; switch on OK.  Sets zunsure when imapgate's
+        view of the stream is unknown (no answer, or deflate sent behind a
+        COMPRESS that was refused): the client then sends nothing more."""
+        since = len(self.items)
+        line = cmd.chunks[0][1]
+        was = self.zout is not None
+        spec = cmd.zspec if not was else None
+        if not self.reads:                  # it will never know: switch or not, blindly
+            self.zblind = True
+            self.send(line, cmd.bytewise, cmd.zflush)
+            if spec is not None:
+                self.zstart()
+                self.send(spec.data(), cmd.bytewise, cmd.zflush)
+            return
+        if self.zin is None:
+            self.resp.switch_at = cmd.tag + COMPRESS_OK
+        if spec is not None:                # RFC 4978 lets it start right after the CRLF
+            self.zstart()
+            self.events.append(("C", b"<deflate> " + spec.data()[:290]))
+            wire = self.zout.compress(spec.data()) + self.zout.flush(zlib.Z_SYNC_FLUSH)
+            self.send_raw(line + wire, cmd.bytewise, plain=len(line))
+        else:
+            self.send(line, cmd.bytewise, cmd.zflush)
+        how, idx = self.wait_for(cmd.tag, since, False, REPLY_WAIT * 2)
+        status = None
+        if how == "tagged":
+            text = self.items[idx - 1][0]
+            status = text.split(b" ", 2)[1].rstrip(b"\r\n").upper().decode("latin-1")
+            if text == cmd.tag + COMPRESS_OK and not was:
+                if self.zout is None:
+                    self.zstart()
+            elif not was:
+                self.resp.switch_at = None
+                if spec is not None:
+                    self.zunsure = True     # our deflate went to a plain parser
+        elif not was:
+            self.zunsure = True
+        self.zanswers.append((cmd, status, not logged_in))
+
+    def break_stream(self, kind, rng):
+        """Send bytes that are not a valid continuation of our deflate
+        stream, then plain commands that must never reach the backend."""
+        self.send_raw(self.zout.flush(zlib.Z_SYNC_FLUSH), log=False)   # byte-aligned
+        tags = [b"zsmug%d" % i for i in range(rng.randrange(1, 3))]
+        smug = b"".join(t + rng.choice([b" NOOP\r\n", b" LOGOUT\r\n", b" DELETE INBOX\r\n"])
+                        for t in tags)
+        if kind == "reserved":              # block type 3
+            bad = bytes([rng.choice([6, 7])]) + rng.randbytes(rng.randrange(20)) + smug
+        elif kind == "stored":              # NLEN is not the complement of LEN
+            bad = b"\x00" + struct.pack("<HH", len(smug), len(smug)) + smug
+        elif kind == "final":               # a final block ends the stream: an error too
+            z = zlib.compressobj(6, zlib.DEFLATED, -15)
+            bad = self.zout.flush(zlib.Z_FINISH) + z.compress(smug) + z.flush(zlib.Z_SYNC_FLUSH)
+        elif kind == "zlib":                # a zlib header where raw deflate is due
+            bad = zlib.compress(smug, 6)
+        elif kind == "plain":
+            bad = smug
+        else:
+            bad = rng.randbytes(rng.randrange(1, 64)) + smug
+        # The mirror of imapgate's inflater must fail (or end) on these
+        # bytes without inflating a byte; if not, a reserved block type first.
+        m, out, failed = self.zmirror.copy(), b"", False
+        for i in range(len(bad)):
+            try:
+                out += m.decompress(bad[i:i + 1])
+            except zlib.error:
+                failed = True
+                break
+            if m.eof:
+                failed = True
+                break
+        if out or not failed:
+            bad = b"\x06" + bad
+        self.zmirror = None
+        self.zgarbage = (kind, [t.decode() for t in tags])
+        self.events.append(("C", b"<broken deflate: %s>" % kind.encode()))
+        self.send_raw(bad, log=False)
+
     # -- ending
 
     def finish(self, how, mid=b"", mid_how="close"):
         """End the session: graceful (half-close, read to EOF), close,
-        reset, or mid (a partial command, then close or reset).  Returns
-        True if the client saw imapgate close after a half-close."""
+        reset, or mid (a partial command, then close or reset); after a
+        broken deflate stream: read to EOF.  Returns True if the client saw
+        imapgate close after a half-close."""
         try:
+            if self.zgarbage is not None:
+                end = time.monotonic() + GRACEFUL_WAIT
+                while self.gone is None and time.monotonic() < end:
+                    self.pump(0.1)
+                return False
+            if how == "mid" and self.zunsure:
+                how = mid_how
             if how == "mid" and self.gone is None:
                 try:
                     self.send(mid)
@@ -675,8 +926,9 @@ class Client:
                 how = mid_how
             if how == "graceful" and self.gone is None and not self.tls:
                 try:
+                    self.zflush()
                     self.sock.shutdown(socket.SHUT_WR)
-                except OSError:
+                except (OSError, Gone):
                     return False
                 end = time.monotonic() + GRACEFUL_WAIT
                 while self.gone is None and time.monotonic() < end:
@@ -703,30 +955,57 @@ class Client:
 def run_client(plan, port, backend):
     """Run a plan's client; returns (client, graceful_eof)."""
     c = Client(port, time.monotonic() + SESSION_LIMIT, plan.reads)
+    c.zparams = plan.zparams
     backend.register(c.port, plan.backend_seed)
     graceful = False
+    logged_in = False           # a LOGIN or AUTHENTICATE was sent
+    zsent = 0                   # commands sent deflated after imapgate's OK to COMPRESS
+    zrng = random.Random(plan.backend_seed + ":garbage")
     try:
         for cmd in plan.cmds:
             since = len(c.items)
-            for gate, chunk in cmd.chunks:
+            if cmd.special == "compress":
+                c.compress(cmd, logged_in)
+                if c.zunsure or c.gone is not None:
+                    break
+                if c.zoks == 1 and plan.zgarbage and zsent >= plan.zgarbage[0]:
+                    c.break_stream(plan.zgarbage[1], zrng)
+                    break
+                continue
+            for i, (gate, chunk) in enumerate(cmd.chunks):
                 if gate == "cont" and not cmd.rude:
                     how, since = c.wait_for(cmd.tag, since, True, REPLY_WAIT)
                     if how in ("tagged", "gone"):
                         break           # refused (or over): the rest is not sent
                 elif gate == "pause":
+                    c.zflush()
                     end = time.monotonic() + cmd.pause
                     while time.monotonic() < end and c.gone is None:
                         c.pump(end - time.monotonic())
+                if c.zout is not None and cmd.zcut and cmd.zcut[0] == i:
+                    # a sync flush mid-command (mid-literal), a moment, the rest
+                    c.send(chunk[:cmd.zcut[1]], cmd.bytewise, zlib.Z_SYNC_FLUSH)
+                    time.sleep(0.01)
+                    chunk = chunk[cmd.zcut[1]:]
                 if chunk:
-                    c.send(chunk, cmd.bytewise)
+                    c.send(chunk, cmd.bytewise, cmd.zflush)
+            if cmd.label in ("LOGIN", "AUTHENTICATE"):
+                logged_in = True
             if cmd.special == "starttls" and plan.listener == "starttls" and c.reads:
                 how, idx = c.wait_for(cmd.tag, since, False, REPLY_WAIT * 2, starttls=True)
                 if how == "tagged":
+                    if c.items[idx - 1][0] != cmd.tag + STARTTLS_OK:
+                        c.starttls_refused.add(id(cmd))
                     c.upgrade(cmd, idx)
             elif cmd.wait and c.reads:
                 c.wait_for(cmd.tag, since, False, REPLY_WAIT)
             if c.gone is not None:
                 break
+            if c.zoks and c.zout is not None:
+                zsent += 1
+                if c.zoks == 1 and plan.zgarbage and zsent >= plan.zgarbage[0]:
+                    c.break_stream(plan.zgarbage[1], zrng)
+                    break
     except Gone:
         pass
     finally:
@@ -944,11 +1223,13 @@ class Fuzzer:
         cert, key = harness.make_cert(self.tmp)
         bport = self.backend.start()
         self.plain_port, self.tls_port = harness.free_port(), harness.free_port()
+        self.z_port = harness.free_port()
         conf = os.path.join(self.tmp, "imapgate.yaml")
         with open(conf, "w") as f:
             f.write("listen:\n"
                     "  - address: 127.0.0.1:%d\n    tls: none\n"
                     "  - address: 127.0.0.1:%d\n    tls: starttls\n    require_tls: false\n"
+                    "  - address: 127.0.0.1:%d\n    tls: none\n    compress: true\n"
                     "tls:\n  certificates:\n    - cert: %s\n      key: %s\n"
                     "backend:\n  client_ip: id\n  connect_tries: 1\n"
                     "  health: {interval: 1h, timeout: 2s, rise: 1, fall: 100}\n"
@@ -957,7 +1238,7 @@ class Fuzzer:
                     "limits:\n  max_line: %d\n  buffer: 64KiB\n  max_connections_per_ip: 0\n"
                     "timeouts:\n  preauth: 5m\n  backend_response: 2s\n  drain: 0s\n"
                     "guard:\n  client_state: %s\n"
-                    % (self.plain_port, self.tls_port, cert, key, bport, MAX_LINE,
+                    % (self.plain_port, self.tls_port, self.z_port, cert, key, bport, MAX_LINE,
                        self.client_state))
         r = subprocess.run([self.binary, "-t", "-c", conf], capture_output=True,
                            timeout=harness.START_TIMEOUT)
@@ -968,6 +1249,7 @@ class Fuzzer:
         self.proc = harness.Proc("imapgate", [self.binary, "-c", conf], self.logfile)
         harness.wait_port(self.plain_port, self.proc)
         harness.wait_port(self.tls_port, self.proc)
+        harness.wait_port(self.z_port, self.proc)
         self.log = LogIndex(self.logfile)
 
     def alive(self):
@@ -994,7 +1276,8 @@ class Fuzzer:
     def session(self, n):
         """Run session n and check it; returns a failure message or None."""
         plan = Plan(self.seed, n)
-        port = self.tls_port if plan.listener == "starttls" else self.plain_port
+        port = {"starttls": self.tls_port, "compress": self.z_port}.get(plan.listener,
+                                                                         self.plain_port)
         t0 = time.monotonic()
         self.log.update()
         mark = self.log.lines
@@ -1042,6 +1325,8 @@ class Fuzzer:
                     sent[tag] += 1
         seen = client.resp.tagged_oks()
         own, injected = self.starttls_oks(plan, client)
+        zown, zproblems = self.compress_checks(plan, client, entries, reason, recs)
+        own.update(zown)
         fake = {t: k for t, k in seen.items() if k > sent[t] + own[t]}
         if fake:
             problems.append("tagged OK the backend did not send: %s" % ", ".join(
@@ -1054,6 +1339,7 @@ class Fuzzer:
         if leaked:
             problems.append("lines pipelined behind an accepted STARTTLS reached the backend: %s"
                             % leaked)
+        problems += zproblems
         problems += client.violations
         problems += ["fuzz backend error (a bug in the fuzzer): %s" % r.end
                      for r in recs if str(r.end).startswith("backend-error")]
@@ -1064,6 +1350,13 @@ class Fuzzer:
         self.stats["sessions"] += 1
         self.stats["exact"] += exact
         self.stats["starttls upgrades"] += client.tls
+        self.stats["compress listener"] += plan.listener == "compress"
+        self.stats["compress active"] += client.zoks > 0
+        self.stats["compress broken by client"] += client.zgarbage is not None
+        self.stats["compress unsure"] += client.zunsure
+        if plan.listener == "compress":
+            for _, status, _ in client.zanswers:
+                self.stats["compress answer %s" % status] += 1
         for e in entries:
             self.stats["framed " + e.kind] += 1
         self.stats["reason " + str(reason)] += 1
@@ -1091,9 +1384,53 @@ class Fuzzer:
             if tag in sent and text == tag + STARTTLS_OK and own[tag.decode("latin-1")] < sent[tag]:
                 own[tag.decode("latin-1")] += 1
         for c in plan.cmds:
-            if c.special == "starttls" and c.inject and own[c.tag.decode("latin-1")]:
+            # (an OK to an earlier STARTTLS with the same tag does not count)
+            if c.special == "starttls" and c.inject and own[c.tag.decode("latin-1")] \
+                    and id(c) not in client.starttls_refused:
                 injected.append(c.inject.decode("latin-1"))
         return own, injected
+
+    @staticmethod
+    def compress_checks(plan, client, entries, reason, recs):
+        """(imapgate's own COMPRESS OK per tag, problems): COMPRESS never
+        reaches the backend; at most one OK, never before a login was sent,
+        only on the compress listener; a broken client stream ends the
+        session with the compressed BYE, and nothing behind it is framed;
+        a valid one never counts as broken."""
+        own, out = collections.Counter(), []
+        framed = [e for e in entries if e.kind == "command" and e.name == "COMPRESS"]
+        if framed:
+            out.append("COMPRESS reached the backend: %s" % show(framed[0]))
+        tags = {c.tag for c in plan.cmds if c.special == "compress"}
+        oks = []
+        for text, _ in client.items:
+            tag = text.split(b" ", 1)[0]
+            if tag in tags and text == tag + COMPRESS_OK:
+                oks.append(tag)
+        if plan.listener == "compress" and oks:
+            own[oks[0].decode("latin-1")] += 1      # the rest count as fabricated
+            if len(oks) > 1:
+                out.append("imapgate said OK to COMPRESS %d times" % len(oks))
+        for cmd, status, prelogin in client.zanswers:
+            if prelogin and status == "OK":
+                out.append("COMPRESS before any login got OK (%r)" % cmd.tag)
+        if client.zgarbage is not None:
+            kind, smug = client.zgarbage
+            leaked = [e.tag for e in entries if e.kind == "command" and e.tag in smug]
+            if leaked:
+                out.append("commands behind a broken deflate stream (%s) reached the "
+                           "backend: %s" % (kind, leaked))
+            ended = any(r.closed_by_backend or r.hung for r in recs)
+            if reason == "client-compress-error":
+                if COMPRESS_BYE not in (t for t, _ in client.items):
+                    out.append("broken deflate stream (%s): no `* BYE Compression error` "
+                               "before the close" % kind)
+            elif not ended:
+                out.append("broken deflate stream (%s) ended the session with reason=%s "
+                           "(client-compress-error expected)" % (kind, reason))
+        elif reason == "client-compress-error" and not client.zblind:
+            out.append("imapgate found the client's valid deflate stream broken")
+        return own, out
 
     def forwarding_checks(self, plan, entries):
         """SPEC rules about what imapgate never forwards, on the backend's entries."""
@@ -1231,9 +1568,9 @@ def main(argv):
             say("FAIL: setup: %s" % e)
             fz.failures.append((None, None, "setup failed"))
             return 1
-        say("imapgate pid %d: plain 127.0.0.1:%d, starttls 127.0.0.1:%d; backend "
-            "127.0.0.1:%d; tmp %s"
-            % (fz.proc.pid, fz.plain_port, fz.tls_port, fz.backend.port, fz.tmp))
+        say("imapgate pid %d: plain 127.0.0.1:%d, starttls 127.0.0.1:%d, compress "
+            "127.0.0.1:%d; backend 127.0.0.1:%d; tmp %s"
+            % (fz.proc.pid, fz.plain_port, fz.tls_port, fz.z_port, fz.backend.port, fz.tmp))
         numbers = iter(only) if only else iter(range(1 << 30))
         for n in numbers:
             if not only and time.monotonic() - t0 > seconds - SESSION_LIMIT:
