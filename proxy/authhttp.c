@@ -739,17 +739,78 @@ authhttp_read_answer(struct authhttp *r, struct evhttp_request *req)
 	authhttp_decide(r);
 }
 
-/* Whether the answer lets the connection stay open for another request. */
+/* Whether a Connection header of h lists option opt (a comma list, any case). */
+static int
+authhttp_conn_option(struct evkeyvalq *h, const char *opt)
+{
+	struct evkeyval *kv;
+	size_t olen = strlen(opt), n;
+	const char *p;
+
+	TAILQ_FOREACH(kv, h, next) {
+		if (evutil_ascii_strcasecmp(kv->key, "Connection") != 0)
+			continue;
+		for (p = kv->value; *p != '\0'; p += n) {
+			p += strspn(p, " \t,");
+			n = strcspn(p, " \t,");
+			if (n == olen && evutil_ascii_strncasecmp(p, opt, n) == 0)
+				return 1;
+		}
+	}
+	return 0;
+}
+
+/*
+ * Whether the answer's end is where libevent ends it, so that no later
+ * byte of it can be read as the next answer: a final status (not 1xx),
+ * and one length both sides read alike: 204 or 304 without a body (no
+ * length, or 0), else exactly one Transfer-Encoding: chunked, or exactly
+ * one Content-Length of digits and no Transfer-Encoding.  Not: a body
+ * that ends at the close (libevent takes any Connection header for "no
+ * body"), two lengths, "+5", a coding libevent does not know.
+ */
+static int
+authhttp_framed(struct evhttp_request *req)
+{
+	struct evkeyval *kv;
+	const char *cl = NULL, *te = NULL;
+	int ncl = 0, nte = 0, code = evhttp_request_get_response_code(req);
+
+	if (code < 200)
+		return 0;
+	TAILQ_FOREACH(kv, evhttp_request_get_input_headers(req), next) {
+		if (evutil_ascii_strcasecmp(kv->key, "Content-Length") == 0) {
+			ncl++;
+			cl = kv->value;
+		} else if (evutil_ascii_strcasecmp(kv->key, "Transfer-Encoding") == 0) {
+			nte++;
+			te = kv->value;
+		}
+	}
+	if (ncl > 1 || nte > 1 || (cl != NULL && te != NULL))
+		return 0;
+	if (cl != NULL && (*cl == '\0' || cl[strspn(cl, "0123456789")] != '\0'))
+		return 0;
+	if (code == 204 || code == 304)
+		return te == NULL && (cl == NULL || cl[strspn(cl, "0")] == '\0');
+	if (te != NULL)
+		return evutil_ascii_strcasecmp(te, "chunked") == 0;
+	return cl != NULL;
+}
+
+/*
+ * Whether the answer lets the connection stay open for another request:
+ * framed (above), and HTTP/1.1 without a "close" option, or 1.0 with
+ * "keep-alive" (every Connection header, every option in it).
+ */
 static int
 authhttp_keep(struct evhttp_request *req)
 {
-	const char *c = evhttp_find_header(evhttp_request_get_input_headers(req), "Connection");
+	struct evkeyvalq *h = evhttp_request_get_input_headers(req);
 
-	if (req->major != 1)
+	if (req->major != 1 || !authhttp_framed(req) || authhttp_conn_option(h, "close"))
 		return 0;
-	if (req->minor == 0)
-		return c != NULL && evutil_ascii_strcasecmp(c, "keep-alive") == 0;
-	return c == NULL || evutil_ascii_strcasecmp(c, "close") != 0;
+	return req->minor > 0 || authhttp_conn_option(h, "keep-alive");
 }
 
 /* libevent: the answer's headers are in. */

@@ -1396,6 +1396,92 @@ test_keepalive(void)
 	}
 }
 
+/*
+ * Two lookups in a row through one pool to s (which answers the first
+ * request on a connection with its reply, then sends s->late 20 ms later
+ * and never answers a second request): the second lookup must not take
+ * the late bytes, meant for the first, as its own answer.
+ */
+static void
+keep_no_late_answer(struct raw_server *s, const char *what)
+{
+	struct authhttp_pool *p = authhttp_pool_new();
+	struct result res;
+
+	s->answer_max = 1;
+	s->close_delay_ms = 300;
+	s->late = SMUGGLED;
+	lookup_pool(p, 4, s->port, &res);
+	lookup_pool(p, 4, s->port, &res);
+	CHECK(res.calls == 1 && !(res.a.outcome == AUTHHTTP_OK &&
+	    ntohs(((struct sockaddr_in *)&res.a.server)->sin_port) == 999),
+	    "%s: the second lookup got the first one's late answer (%s, reused %d)", what,
+	    res.a.reason, res.a.reused);
+	CHECK(s->accepts == 2, "%s: %u connections for 2 lookups", what, s->accepts);
+	authhttp_pool_free(p);
+	run_for(20);
+	raw_stop(s);
+}
+
+/* Framing an attacker or a careless service can use to smuggle an answer. */
+static void
+test_keepalive_attack(void)
+{
+#define AUTH_OK "Auth-Status: OK\r\nAuth-Server: 127.0.0.1\r\nAuth-Port: 143\r\n"
+	static const struct {
+		const char	*what;
+		const char	*reply;
+	} unkeepable[] = {
+		{ "1xx", "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n" },
+		{ "1.1 body to the close", "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\n" AUTH_OK
+		  "\r\n" },
+		{ "1.0 body to the close", "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n" AUTH_OK
+		  "\r\n" },
+		{ "two Content-Lengths", "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n"
+		  "Content-Length: 5\r\n" AUTH_OK "\r\n" },
+		{ "Content-Length +0", "HTTP/1.1 200 OK\r\nContent-Length: +0\r\n" AUTH_OK "\r\n" },
+		{ "204 with a length", "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n" AUTH_OK
+		  "\r\n" },
+		{ "keep-alive, close", "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n"
+		  "Connection: keep-alive, close\r\n" AUTH_OK "\r\n" },
+		{ "a second Connection: close", "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n"
+		  "Connection: keep-alive\r\nConnection: Close\r\n" AUTH_OK "\r\n" },
+	};
+	struct raw_server *s;
+	size_t i;
+
+	/*
+	 * Answers after which more bytes of their own may come: an interim
+	 * 1xx (the final answer follows), a body whose end is the close
+	 * (RFC 9112 6.3: no Content-Length nor chunked, whatever Connection
+	 * says; libevent takes any Connection header for "no body"), lengths
+	 * libevent reads one way and a service may mean another (two
+	 * Content-Lengths, "+0", a 204 with a length), or a "close" among
+	 * other Connection options.  None may leave its connection kept.
+	 */
+	for (i = 0; i < sizeof(unkeepable) / sizeof(unkeepable[0]); i++)
+		keep_no_late_answer(raw_start(RAW_KEEP, unkeepable[i].reply), unkeepable[i].what);
+
+	/* What stays kept: a chunked body with a trailer, a 204 saying "Content-Length: 0". */
+	{
+		static const char *const keepable[] = {
+			"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n" AUTH_OK
+			"\r\n5\r\nhello\r\n0\r\nX-Trailer: t\r\n\r\n",
+			"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n"
+			"Auth-Status: Invalid login\r\n\r\n",
+		};
+		int good, reused;
+
+		for (i = 0; i < sizeof(keepable) / sizeof(keepable[0]); i++) {
+			s = raw_start(RAW_KEEP, keepable[i]);
+			reused = keep_series(s, 4, 5, i == 0 ? AUTHHTTP_OK : AUTHHTTP_DENIED, &good);
+			CHECK(good == 5 && s->accepts == 1 && reused == 4, "keepable %zu: %d as "
+			    "expected, %u conns, %d reused", i, good, s->accepts, reused);
+			raw_stop(s);
+		}
+	}
+}
+
 /* Many requests one after another leave no descriptor behind. */
 static void
 test_no_fd_growth(void)
@@ -1444,6 +1530,7 @@ main(void)
 	test_cancel();
 	test_no_fd_growth();
 	test_keepalive();
+	test_keepalive_attack();
 
 	evhttp_free(http);
 	event_base_free(base);
