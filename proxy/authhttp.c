@@ -1,5 +1,6 @@
 /* authhttp: nginx mail auth_http lookups over libevent's HTTP client. */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -453,6 +454,28 @@ authhttp_drop_request(struct authhttp *r)
 		evhttp_request_free(r->req);
 		r->req = NULL;
 	}
+}
+
+/*
+ * Whether an idle connection has anything to read: bytes the service sent
+ * after its answer, or its close, already in the socket though libevent
+ * has not looked yet (it would close the connection at its next look).
+ * Such a connection must not be asked again: those bytes would be read as
+ * the answer.
+ */
+static int
+authhttp_idle_dirty(struct evhttp_connection *evcon)
+{
+	struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
+	evutil_socket_t fd = bufferevent_getfd(bev);
+	char c;
+
+	if (fd < 0 || evbuffer_get_length(bufferevent_get_input(bev)) > 0)
+		return 1;
+	if (recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) < 0 &&
+	    (errno == EAGAIN || errno == EWOULDBLOCK))
+		return 0;
+	return 1;
 }
 
 /* Free an idle pool entry and its connection. */
@@ -1073,6 +1096,10 @@ authhttp_connection(struct authhttp *r)
 			}
 			if (e->port != r->port || strcmp(e->ip, r->ip) != 0)
 				continue;
+			if (authhttp_idle_dirty(e->evcon)) {
+				authhttp_idle_free(p, e);
+				continue;
+			}
 			evcon = e->evcon;
 			TAILQ_REMOVE(&p->idle, e, entry);
 			p->nidle--;

@@ -1482,6 +1482,44 @@ test_keepalive_attack(void)
 	}
 }
 
+/* Bytes already in our socket, not yet read by libevent, when the next lookup takes it. */
+static void
+test_keepalive_pending(void)
+{
+	struct raw_server *s;
+	struct authhttp_pool *p;
+	struct result res;
+
+	/* The service sends a second answer unasked; it reaches the socket before we ask again. */
+	s = raw_start(RAW_KEEP, KEEP_OK);
+	p = authhttp_pool_new();
+	lookup_pool(p, 4, s->port, &res);
+	CHECK(res.calls == 1 && res.a.outcome == AUTHHTTP_OK, "pending bytes: first %s",
+	    res.a.reason);
+	send(bufferevent_getfd(LIST_FIRST(&s->conns)->bev), SMUGGLED, strlen(SMUGGLED), 0);
+	lookup_pool(p, 4, s->port, &res);
+	CHECK(res.calls == 1 && res.a.outcome == AUTHHTTP_OK &&
+	    ntohs(((struct sockaddr_in *)&res.a.server)->sin_port) == 143,
+	    "pending bytes: the second lookup got %s, port %u, reused %d", res.a.reason,
+	    ntohs(((struct sockaddr_in *)&res.a.server)->sin_port), res.a.reused);
+	authhttp_pool_free(p);
+	run_for(20);
+	raw_stop(s);
+
+	/* The service closed it while idle, the close not yet seen: a new connection, no retry. */
+	s = raw_start(RAW_KEEP, KEEP_OK);
+	p = authhttp_pool_new();
+	lookup_pool(p, 4, s->port, &res);
+	shutdown(bufferevent_getfd(LIST_FIRST(&s->conns)->bev), SHUT_WR);
+	lookup_pool(p, 4, s->port, &res);
+	CHECK(res.calls == 1 && res.a.outcome == AUTHHTTP_OK && res.a.reused == 0 &&
+	    s->accepts == 2 && s->requests == 2, "pending close: %s, reused %d, %u conns, "
+	    "%u requests", res.a.reason, res.a.reused, s->accepts, s->requests);
+	authhttp_pool_free(p);
+	run_for(20);
+	raw_stop(s);
+}
+
 /* Many requests one after another leave no descriptor behind. */
 static void
 test_no_fd_growth(void)
@@ -1531,6 +1569,7 @@ main(void)
 	test_no_fd_growth();
 	test_keepalive();
 	test_keepalive_attack();
+	test_keepalive_pending();
 
 	evhttp_free(http);
 	event_base_free(base);
