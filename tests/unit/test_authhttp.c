@@ -1155,6 +1155,9 @@ keep_series(struct raw_server *s, unsigned k, int n, enum authhttp_outcome want,
 	return reused;
 }
 
+/* The headers of an OK answer to 127.0.0.1:143. */
+#define AUTH_OK "Auth-Status: OK\r\nAuth-Server: 127.0.0.1\r\nAuth-Port: 143\r\n"
+
 #define SMUGGLED "HTTP/1.1 200 OK\r\nAuth-Status: OK\r\nAuth-Server: 127.0.0.1\r\n" \
 	"Auth-Port: 999\r\nContent-Length: 0\r\n\r\n"
 
@@ -1427,7 +1430,6 @@ keep_no_late_answer(struct raw_server *s, const char *what)
 static void
 test_keepalive_attack(void)
 {
-#define AUTH_OK "Auth-Status: OK\r\nAuth-Server: 127.0.0.1\r\nAuth-Port: 143\r\n"
 	static const struct {
 		const char	*what;
 		const char	*reply;
@@ -1518,6 +1520,88 @@ test_keepalive_pending(void)
 	authhttp_pool_free(p);
 	run_for(20);
 	raw_stop(s);
+
+	/* A body still coming after the headers: answered at once, the connection not kept. */
+	s = raw_start(RAW_KEEP, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n" AUTH_OK "\r\n");
+	s->late = "hello";
+	p = authhttp_pool_new();
+	{
+		struct timeval t0;
+
+		gettimeofday(&t0, NULL);
+		lookup_pool(p, 4, s->port, &res);
+		CHECK(res.calls == 1 && res.a.outcome == AUTHHTTP_OK && ms_between(&t0, &res.at) < 15,
+		    "body later: %s after %ld ms", res.a.reason, ms_between(&t0, &res.at));
+	}
+	run_for(60);
+	lookup_pool(p, 4, s->port, &res);
+	CHECK(res.calls == 1 && res.a.outcome == AUTHHTTP_OK && res.a.reused == 0 &&
+	    s->accepts == 2, "body later: %s, reused %d, %u conns", res.a.reason, res.a.reused,
+	    s->accepts);
+	authhttp_pool_free(p);
+	run_for(20);
+	raw_stop(s);
+}
+
+/*
+ * Cancel a lookup on a kept connection after every number of loop turns,
+ * to a server that answers (mode 0), closes the kept connection at the
+ * request so that it is asked again (1), or never answers (2): nothing is
+ * called back after the cancel, no descriptor stays, the pool keeps its bound.
+ */
+static void
+test_keepalive_cancel_stages(void)
+{
+	struct raw_server *s;
+	struct authhttp_pool *p;
+	struct result res;
+	struct authhttp_url u;
+	struct authhttp_query q = query_default();
+	int mode, k, j, before, cancelled, delivered;
+
+	run_for(20);
+	before = count_fds();
+	for (mode = 0; mode < 3; mode++) {
+		cancelled = delivered = 0;
+		for (k = 0; k < 40; k++) {
+			struct authhttp_conf c = { &u, 2000, NULL, 0, NULL, 1 };
+
+			s = raw_start(RAW_KEEP, KEEP_OK);
+			p = authhttp_pool_new();
+			c.pool = p;
+			url_local(&u, s->port, "/auth");
+			lookup_pool(p, 1, s->port, &res);	/* a kept connection */
+			if (mode == 1)
+				s->answer_max = 1;
+			if (mode == 2)
+				s->silent_from = 1;
+			memset(&res, 0, sizeof(res));
+			res.h = authhttp_start(base, &c, &q, result_cb, &res);
+			res.started = 1;
+			for (j = 0; j < k && res.calls == 0; j++) {
+				if (j % 2 == 1)
+					usleep(100);
+				event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+			}
+			if (res.calls == 0) {
+				authhttp_cancel(res.h);
+				cancelled++;
+			} else
+				delivered++;
+			run_for(5);
+			CHECK(res.calls <= 1, "mode %d, cancel after %d turns: %d calls", mode, k,
+			    res.calls);
+			authhttp_pool_free(p);
+			authhttp_url_clear(&u);
+			raw_stop(s);
+		}
+		CHECK(cancelled > 1 && (mode == 2 || delivered > 0), "mode %d: %d cancelled, "
+		    "%d delivered", mode, cancelled,
+		    delivered);
+	}
+	run_for(20);
+	CHECK(count_fds() == before, "cancel stages: %d descriptors, %d before", count_fds(),
+	    before);
 }
 
 /* Many requests one after another leave no descriptor behind. */
@@ -1570,6 +1654,7 @@ main(void)
 	test_keepalive();
 	test_keepalive_attack();
 	test_keepalive_pending();
+	test_keepalive_cancel_stages();
 
 	evhttp_free(http);
 	event_base_free(base);
