@@ -11,6 +11,7 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -336,6 +337,7 @@ struct raw_server {
 						 * close at the next one (0: no limit) */
 	int			 close_after;	/* close each connection after its answer */
 	const char		*late;		/* sent 20 ms after each answer, unasked */
+	int			 late_ms;	/* instead of 20 ms (0: 20 ms) */
 	unsigned		 silent_from;	/* from this accept on, never answer (0: off) */
 	int			 close_delay_ms;	/* answer_max: close this much later */
 	char			 line[64];	/* the last request line */
@@ -442,7 +444,7 @@ raw_keep_read(struct raw_conn *rc)
 			bufferevent_setcb(rc->bev, NULL, raw_write_cb, raw_event_cb, rc);
 		bufferevent_write(rc->bev, s->reply, strlen(s->reply));
 		if (s->late != NULL) {
-			struct timeval tv = { 0, 20000 };
+			struct timeval tv = { 0, (s->late_ms > 0 ? s->late_ms : 20) * 1000 };
 
 			if (rc->late == NULL)
 				rc->late = evtimer_new(base, raw_late_cb, rc);
@@ -521,6 +523,12 @@ raw_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
 	rc->srv = s;
 	s->accepts++;
 	rc->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (s->late_ms > 0) {
+		/* Split answers: the rest goes out at once, not after a delayed ACK. */
+		int one = 1;
+
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	}
 	LIST_INSERT_HEAD(&s->conns, rc, next);
 	if (s->mode == RAW_CLOSE_AT_ONCE) {
 		raw_close(rc);
@@ -1604,6 +1612,59 @@ test_keepalive_cancel_stages(void)
 	    before);
 }
 
+/*
+ * Answers split in two at every byte (the rest 1 ms later): each lookup
+ * gets its own answer whole, and a connection is kept only when the rest
+ * held the end of the headers (the answer is taken at its headers, and a
+ * body still to come closes the connection).
+ */
+static void
+test_keepalive_splits(void)
+{
+	static const char *const answers[] = {
+		"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n" AUTH_OK "\r\nhello",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n" AUTH_OK
+		"\r\n5\r\nhello\r\n0\r\nX-Trailer: t\r\n\r\n",
+	};
+	char head[256];
+	size_t a, i, len, hlen, bad = 0, wrongly_kept = 0, kept = 0, tries = 0;
+	struct raw_server *s;
+	struct authhttp_pool *p;
+	struct result res;
+	int n;
+
+	for (a = 0; a < sizeof(answers) / sizeof(answers[0]); a++) {
+		len = strlen(answers[a]);
+		hlen = (size_t)(strstr(answers[a], "\r\n\r\n") - answers[a]) + 4;
+		for (i = 1; i < len && i < sizeof(head); i++) {
+			memcpy(head, answers[a], i);
+			head[i] = '\0';
+			s = raw_start(RAW_KEEP, head);
+			s->late = answers[a] + i;
+			s->late_ms = 1;
+			p = authhttp_pool_new();
+			for (n = 0; n < 2; n++) {
+				lookup_pool(p, 4, s->port, &res);
+				tries++;
+				if (res.calls != 1 || res.a.outcome != AUTHHTTP_OK ||
+				    ntohs(((struct sockaddr_in *)&res.a.server)->sin_port) != 143) {
+					bad++;
+					printf("split %zu at %zu, lookup %d: %s\n", a, i, n,
+					    res.a.reason);
+				}
+				kept += res.a.reused;
+				wrongly_kept += res.a.reused && i >= hlen;
+				run_for(3);
+			}
+			authhttp_pool_free(p);
+			raw_stop(s);
+		}
+	}
+	CHECK(bad == 0, "splits: %zu of %zu lookups without their own answer", bad, tries);
+	CHECK(wrongly_kept == 0 && kept > 0, "splits: %zu kept after a body that came late, "
+	    "%zu kept in all", wrongly_kept, kept);
+}
+
 /* Many requests one after another leave no descriptor behind. */
 static void
 test_no_fd_growth(void)
@@ -1655,6 +1716,7 @@ main(void)
 	test_keepalive_attack();
 	test_keepalive_pending();
 	test_keepalive_cancel_stages();
+	test_keepalive_splits();
 
 	evhttp_free(http);
 	event_base_free(base);
