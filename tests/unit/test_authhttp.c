@@ -1457,6 +1457,11 @@ test_keepalive_attack(void)
 		{ "a second Connection: close", "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n"
 		  "Connection: keep-alive\r\nConnection: Close\r\n" AUTH_OK "\r\n" },
 	};
+	static const char *const badchunks[] = {
+		"5;ext=1\r\nhello\r\n0\r\n\r\n", "-1\r\n\r\n", "zz\r\nhello\r\n0\r\n\r\n",
+		"ffffffffffffffffff\r\nhello\r\n0\r\n\r\n", "5\r\nhelloXX0\r\n\r\n",
+		"5\r\nhello\r\n0\r\nBad trailer\r\n\r\n",
+	};
 	struct raw_server *s;
 	size_t i;
 
@@ -1471,6 +1476,34 @@ test_keepalive_attack(void)
 	 */
 	for (i = 0; i < sizeof(unkeepable) / sizeof(unkeepable[0]); i++)
 		keep_no_late_answer(raw_start(RAW_KEEP, unkeepable[i].reply), unkeepable[i].what);
+
+	/*
+	 * Bad chunked bodies (an extension libevent refuses, a negative, a
+	 * non-hex, an overflowing size, data without its CRLF) under a good
+	 * OK: the answer counts (nginx never reads the body), the connection
+	 * does not.
+	 */
+	for (i = 0; i < sizeof(badchunks) / sizeof(badchunks[0]); i++) {
+		struct authhttp_pool *p = authhttp_pool_new();
+		struct result res;
+		char reply[512];
+		int n;
+
+		snprintf(reply, sizeof(reply), "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+		    AUTH_OK "\r\n%s", badchunks[i]);
+		s = raw_start(RAW_KEEP, reply);
+		for (n = 0; n < 2; n++) {
+			lookup_pool(p, 4, s->port, &res);
+			CHECK(res.calls == 1 && res.a.outcome == AUTHHTTP_OK && res.a.reused == 0,
+			    "bad chunk %zu, lookup %d: %s, reused %d", i, n, res.a.reason,
+			    res.a.reused);
+			run_for(2);
+		}
+		CHECK(s->accepts == 2, "bad chunk %zu: %u connections", i, s->accepts);
+		authhttp_pool_free(p);
+		run_for(20);
+		raw_stop(s);
+	}
 
 	/* What stays kept: a chunked body with a trailer, a 204 saying "Content-Length: 0". */
 	{
@@ -1499,7 +1532,10 @@ test_keepalive_pending(void)
 	struct raw_server *s;
 	struct authhttp_pool *p;
 	struct result res;
+	int before;
 
+	run_for(20);
+	before = count_fds();
 	/* The service sends a second answer unasked; it reaches the socket before we ask again. */
 	s = raw_start(RAW_KEEP, KEEP_OK);
 	p = authhttp_pool_new();
@@ -1549,6 +1585,7 @@ test_keepalive_pending(void)
 	authhttp_pool_free(p);
 	run_for(20);
 	raw_stop(s);
+	CHECK(count_fds() == before, "pending: %d descriptors, %d before", count_fds(), before);
 }
 
 /*
