@@ -567,7 +567,8 @@ raw_stop(struct raw_server *s)
 {
 	while (!LIST_EMPTY(&s->conns))
 		raw_close(LIST_FIRST(&s->conns));
-	evconnlistener_free(s->l);
+	if (s->l != NULL)
+		evconnlistener_free(s->l);
 	free(s);
 }
 
@@ -1505,6 +1506,31 @@ test_keepalive_attack(void)
 		raw_stop(s);
 	}
 
+	/* Two services on one pool (a reload that changed the URL): each keeps its own. */
+	{
+		struct raw_server *sa = raw_start(RAW_KEEP, KEEP_OK);
+		struct raw_server *sb = raw_start(RAW_KEEP, "HTTP/1.1 200 OK\r\nAuth-Status: OK\r\n"
+		    "Auth-Server: 127.0.0.1\r\nAuth-Port: 144\r\nContent-Length: 0\r\n\r\n");
+		struct authhttp_pool *p = authhttp_pool_new();
+		struct result res;
+		int n, good = 0, reused = 0;
+
+		for (n = 0; n < 8; n++) {
+			lookup_pool(p, 4, n % 2 ? sb->port : sa->port, &res);
+			good += res.calls == 1 && res.a.outcome == AUTHHTTP_OK &&
+			    ntohs(((struct sockaddr_in *)&res.a.server)->sin_port) == (n % 2 ? 144 : 143);
+			reused += res.a.reused;
+		}
+		CHECK(good == 8 && reused == 6 && sa->accepts == 1 && sb->accepts == 1 &&
+		    sa->requests == 4 && sb->requests == 4, "two services: %d right, %d reused, "
+		    "%u+%u conns, %u+%u requests", good, reused, sa->accepts, sb->accepts,
+		    sa->requests, sb->requests);
+		authhttp_pool_free(p);
+		run_for(20);
+		raw_stop(sa);
+		raw_stop(sb);
+	}
+
 	/* What stays kept: a chunked body with a trailer, a 204 saying "Content-Length: 0". */
 	{
 		static const char *const keepable[] = {
@@ -1585,6 +1611,26 @@ test_keepalive_pending(void)
 	authhttp_pool_free(p);
 	run_for(20);
 	raw_stop(s);
+	/* The kept connection closed at the request, the service gone: the second try fails at once. */
+	s = raw_start(RAW_KEEP, KEEP_OK);
+	s->answer_max = 1;
+	p = authhttp_pool_new();
+	lookup_pool(p, 4, s->port, &res);
+	evconnlistener_free(s->l);
+	s->l = NULL;
+	{
+		struct timeval t0;
+
+		gettimeofday(&t0, NULL);
+		lookup_pool(p, 4, s->port, &res);
+		CHECK(res.calls == 1 && res.a.error == AUTHHTTP_E_CONNECT &&
+		    ms_between(&t0, &res.at) < 500, "service gone: %s after %ld ms", res.a.reason,
+		    ms_between(&t0, &res.at));
+	}
+	authhttp_pool_free(p);
+	run_for(20);
+	raw_stop(s);
+
 	CHECK(count_fds() == before, "pending: %d descriptors, %d before", count_fds(), before);
 }
 
