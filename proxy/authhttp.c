@@ -1,5 +1,6 @@
 /* authhttp: nginx mail auth_http lookups over libevent's HTTP client. */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -455,6 +456,28 @@ authhttp_drop_request(struct authhttp *r)
 	}
 }
 
+/*
+ * Whether an idle connection has anything to read: bytes the service sent
+ * after its answer, or its close, already in the socket though libevent
+ * has not looked yet (it would close the connection at its next look).
+ * Such a connection must not be asked again: those bytes would be read as
+ * the answer.
+ */
+static int
+authhttp_idle_dirty(struct evhttp_connection *evcon)
+{
+	struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
+	evutil_socket_t fd = bufferevent_getfd(bev);
+	char c;
+
+	if (fd < 0 || evbuffer_get_length(bufferevent_get_input(bev)) > 0)
+		return 1;
+	if (recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) < 0 &&
+	    (errno == EAGAIN || errno == EWOULDBLOCK))
+		return 0;
+	return 1;
+}
+
 /* Free an idle pool entry and its connection. */
 static void
 authhttp_idle_free(struct authhttp_pool *p, struct authhttp_idle *e)
@@ -739,17 +762,78 @@ authhttp_read_answer(struct authhttp *r, struct evhttp_request *req)
 	authhttp_decide(r);
 }
 
-/* Whether the answer lets the connection stay open for another request. */
+/* Whether a Connection header of h lists option opt (a comma list, any case). */
+static int
+authhttp_conn_option(struct evkeyvalq *h, const char *opt)
+{
+	struct evkeyval *kv;
+	size_t olen = strlen(opt), n;
+	const char *p;
+
+	TAILQ_FOREACH(kv, h, next) {
+		if (evutil_ascii_strcasecmp(kv->key, "Connection") != 0)
+			continue;
+		for (p = kv->value; *p != '\0'; p += n) {
+			p += strspn(p, " \t,");
+			n = strcspn(p, " \t,");
+			if (n == olen && evutil_ascii_strncasecmp(p, opt, n) == 0)
+				return 1;
+		}
+	}
+	return 0;
+}
+
+/*
+ * Whether the answer's end is where libevent ends it, so that no later
+ * byte of it can be read as the next answer: a final status (not 1xx),
+ * and one length both sides read alike: 204 or 304 without a body (no
+ * length, or 0), else exactly one Transfer-Encoding: chunked, or exactly
+ * one Content-Length of digits and no Transfer-Encoding.  Not: a body
+ * that ends at the close (libevent takes any Connection header for "no
+ * body"), two lengths, "+5", a coding libevent does not know.
+ */
+static int
+authhttp_framed(struct evhttp_request *req)
+{
+	struct evkeyval *kv;
+	const char *cl = NULL, *te = NULL;
+	int ncl = 0, nte = 0, code = evhttp_request_get_response_code(req);
+
+	if (code < 200)
+		return 0;
+	TAILQ_FOREACH(kv, evhttp_request_get_input_headers(req), next) {
+		if (evutil_ascii_strcasecmp(kv->key, "Content-Length") == 0) {
+			ncl++;
+			cl = kv->value;
+		} else if (evutil_ascii_strcasecmp(kv->key, "Transfer-Encoding") == 0) {
+			nte++;
+			te = kv->value;
+		}
+	}
+	if (ncl > 1 || nte > 1 || (cl != NULL && te != NULL))
+		return 0;
+	if (cl != NULL && (*cl == '\0' || cl[strspn(cl, "0123456789")] != '\0'))
+		return 0;
+	if (code == 204 || code == 304)
+		return te == NULL && (cl == NULL || cl[strspn(cl, "0")] == '\0');
+	if (te != NULL)
+		return evutil_ascii_strcasecmp(te, "chunked") == 0;
+	return cl != NULL;
+}
+
+/*
+ * Whether the answer lets the connection stay open for another request:
+ * framed (above), and HTTP/1.1 without a "close" option, or 1.0 with
+ * "keep-alive" (every Connection header, every option in it).
+ */
 static int
 authhttp_keep(struct evhttp_request *req)
 {
-	const char *c = evhttp_find_header(evhttp_request_get_input_headers(req), "Connection");
+	struct evkeyvalq *h = evhttp_request_get_input_headers(req);
 
-	if (req->major != 1)
+	if (req->major != 1 || !authhttp_framed(req) || authhttp_conn_option(h, "close"))
 		return 0;
-	if (req->minor == 0)
-		return c != NULL && evutil_ascii_strcasecmp(c, "keep-alive") == 0;
-	return c == NULL || evutil_ascii_strcasecmp(c, "close") != 0;
+	return req->minor > 0 || authhttp_conn_option(h, "keep-alive");
 }
 
 /* libevent: the answer's headers are in. */
@@ -1012,6 +1096,10 @@ authhttp_connection(struct authhttp *r)
 			}
 			if (e->port != r->port || strcmp(e->ip, r->ip) != 0)
 				continue;
+			if (authhttp_idle_dirty(e->evcon)) {
+				authhttp_idle_free(p, e);
+				continue;
+			}
 			evcon = e->evcon;
 			TAILQ_REMOVE(&p->idle, e, entry);
 			p->nidle--;

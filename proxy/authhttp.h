@@ -158,8 +158,10 @@ void		 authhttp_cancel(struct authhttp *r);
  * A pool of idle keep-alive connections, for one event loop.  A request
  * with a pool and keepalive > 0 asks in HTTP/1.1, takes an idle
  * connection to its address if there is one, and gives it back after a
- * clean answer: the whole body read, nothing left after it, HTTP/1.1
- * without "Connection: close" (or 1.0 with "Connection: keep-alive").
+ * clean answer: a final status, one unambiguous length (Content-Length
+ * or chunked; none only for 204/304), the whole body read, nothing left
+ * after it, HTTP/1.1 without a "close" Connection option (or 1.0 with
+ * "keep-alive").
  * At most keepalive connections stay idle (the oldest go first); one the
  * service closes, or idle for AUTHHTTP_IDLE_S (below nginx's 75 s
  * keepalive_timeout, so that we close first), is closed.

@@ -11,6 +11,7 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -336,6 +337,7 @@ struct raw_server {
 						 * close at the next one (0: no limit) */
 	int			 close_after;	/* close each connection after its answer */
 	const char		*late;		/* sent 20 ms after each answer, unasked */
+	int			 late_ms;	/* instead of 20 ms (0: 20 ms) */
 	unsigned		 silent_from;	/* from this accept on, never answer (0: off) */
 	int			 close_delay_ms;	/* answer_max: close this much later */
 	char			 line[64];	/* the last request line */
@@ -442,7 +444,7 @@ raw_keep_read(struct raw_conn *rc)
 			bufferevent_setcb(rc->bev, NULL, raw_write_cb, raw_event_cb, rc);
 		bufferevent_write(rc->bev, s->reply, strlen(s->reply));
 		if (s->late != NULL) {
-			struct timeval tv = { 0, 20000 };
+			struct timeval tv = { 0, (s->late_ms > 0 ? s->late_ms : 20) * 1000 };
 
 			if (rc->late == NULL)
 				rc->late = evtimer_new(base, raw_late_cb, rc);
@@ -521,6 +523,12 @@ raw_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
 	rc->srv = s;
 	s->accepts++;
 	rc->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (s->late_ms > 0) {
+		/* Split answers: the rest goes out at once, not after a delayed ACK. */
+		int one = 1;
+
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	}
 	LIST_INSERT_HEAD(&s->conns, rc, next);
 	if (s->mode == RAW_CLOSE_AT_ONCE) {
 		raw_close(rc);
@@ -559,7 +567,8 @@ raw_stop(struct raw_server *s)
 {
 	while (!LIST_EMPTY(&s->conns))
 		raw_close(LIST_FIRST(&s->conns));
-	evconnlistener_free(s->l);
+	if (s->l != NULL)
+		evconnlistener_free(s->l);
 	free(s);
 }
 
@@ -1155,6 +1164,9 @@ keep_series(struct raw_server *s, unsigned k, int n, enum authhttp_outcome want,
 	return reused;
 }
 
+/* The headers of an OK answer to 127.0.0.1:143. */
+#define AUTH_OK "Auth-Status: OK\r\nAuth-Server: 127.0.0.1\r\nAuth-Port: 143\r\n"
+
 #define SMUGGLED "HTTP/1.1 200 OK\r\nAuth-Status: OK\r\nAuth-Server: 127.0.0.1\r\n" \
 	"Auth-Port: 999\r\nContent-Length: 0\r\n\r\n"
 
@@ -1396,6 +1408,346 @@ test_keepalive(void)
 	}
 }
 
+/*
+ * Two lookups in a row through one pool to s (which answers the first
+ * request on a connection with its reply, then sends s->late 20 ms later
+ * and never answers a second request): the second lookup must not take
+ * the late bytes, meant for the first, as its own answer.
+ */
+static void
+keep_no_late_answer(struct raw_server *s, const char *what)
+{
+	struct authhttp_pool *p = authhttp_pool_new();
+	struct result res;
+
+	s->answer_max = 1;
+	s->close_delay_ms = 300;
+	s->late = SMUGGLED;
+	lookup_pool(p, 4, s->port, &res);
+	lookup_pool(p, 4, s->port, &res);
+	CHECK(res.calls == 1 && !(res.a.outcome == AUTHHTTP_OK &&
+	    ntohs(((struct sockaddr_in *)&res.a.server)->sin_port) == 999),
+	    "%s: the second lookup got the first one's late answer (%s, reused %d)", what,
+	    res.a.reason, res.a.reused);
+	CHECK(s->accepts == 2, "%s: %u connections for 2 lookups", what, s->accepts);
+	authhttp_pool_free(p);
+	run_for(20);
+	raw_stop(s);
+}
+
+/* Framing an attacker or a careless service can use to smuggle an answer. */
+static void
+test_keepalive_attack(void)
+{
+	static const struct {
+		const char	*what;
+		const char	*reply;
+	} unkeepable[] = {
+		{ "1xx", "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n" },
+		{ "1.1 body to the close", "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\n" AUTH_OK
+		  "\r\n" },
+		{ "1.0 body to the close", "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n" AUTH_OK
+		  "\r\n" },
+		{ "two Content-Lengths", "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n"
+		  "Content-Length: 5\r\n" AUTH_OK "\r\n" },
+		{ "Content-Length +0", "HTTP/1.1 200 OK\r\nContent-Length: +0\r\n" AUTH_OK "\r\n" },
+		{ "204 with a length", "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n" AUTH_OK
+		  "\r\n" },
+		{ "keep-alive, close", "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n"
+		  "Connection: keep-alive, close\r\n" AUTH_OK "\r\n" },
+		{ "a second Connection: close", "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n"
+		  "Connection: keep-alive\r\nConnection: Close\r\n" AUTH_OK "\r\n" },
+	};
+	static const char *const badchunks[] = {
+		"5;ext=1\r\nhello\r\n0\r\n\r\n", "-1\r\n\r\n", "zz\r\nhello\r\n0\r\n\r\n",
+		"ffffffffffffffffff\r\nhello\r\n0\r\n\r\n", "5\r\nhelloXX0\r\n\r\n",
+		"5\r\nhello\r\n0\r\nBad trailer\r\n\r\n",
+	};
+	struct raw_server *s;
+	size_t i;
+
+	/*
+	 * Answers after which more bytes of their own may come: an interim
+	 * 1xx (the final answer follows), a body whose end is the close
+	 * (RFC 9112 6.3: no Content-Length nor chunked, whatever Connection
+	 * says; libevent takes any Connection header for "no body"), lengths
+	 * libevent reads one way and a service may mean another (two
+	 * Content-Lengths, "+0", a 204 with a length), or a "close" among
+	 * other Connection options.  None may leave its connection kept.
+	 */
+	for (i = 0; i < sizeof(unkeepable) / sizeof(unkeepable[0]); i++)
+		keep_no_late_answer(raw_start(RAW_KEEP, unkeepable[i].reply), unkeepable[i].what);
+
+	/*
+	 * Bad chunked bodies (an extension libevent refuses, a negative, a
+	 * non-hex, an overflowing size, data without its CRLF) under a good
+	 * OK: the answer counts (nginx never reads the body), the connection
+	 * does not.
+	 */
+	for (i = 0; i < sizeof(badchunks) / sizeof(badchunks[0]); i++) {
+		struct authhttp_pool *p = authhttp_pool_new();
+		struct result res;
+		char reply[512];
+		int n;
+
+		snprintf(reply, sizeof(reply), "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+		    AUTH_OK "\r\n%s", badchunks[i]);
+		s = raw_start(RAW_KEEP, reply);
+		for (n = 0; n < 2; n++) {
+			lookup_pool(p, 4, s->port, &res);
+			CHECK(res.calls == 1 && res.a.outcome == AUTHHTTP_OK && res.a.reused == 0,
+			    "bad chunk %zu, lookup %d: %s, reused %d", i, n, res.a.reason,
+			    res.a.reused);
+			run_for(2);
+		}
+		CHECK(s->accepts == 2, "bad chunk %zu: %u connections", i, s->accepts);
+		authhttp_pool_free(p);
+		run_for(20);
+		raw_stop(s);
+	}
+
+	/* Two services on one pool (a reload that changed the URL): each keeps its own. */
+	{
+		struct raw_server *sa = raw_start(RAW_KEEP, KEEP_OK);
+		struct raw_server *sb = raw_start(RAW_KEEP, "HTTP/1.1 200 OK\r\nAuth-Status: OK\r\n"
+		    "Auth-Server: 127.0.0.1\r\nAuth-Port: 144\r\nContent-Length: 0\r\n\r\n");
+		struct authhttp_pool *p = authhttp_pool_new();
+		struct result res;
+		int n, good = 0, reused = 0;
+
+		for (n = 0; n < 8; n++) {
+			lookup_pool(p, 4, n % 2 ? sb->port : sa->port, &res);
+			good += res.calls == 1 && res.a.outcome == AUTHHTTP_OK &&
+			    ntohs(((struct sockaddr_in *)&res.a.server)->sin_port) == (n % 2 ? 144 : 143);
+			reused += res.a.reused;
+		}
+		CHECK(good == 8 && reused == 6 && sa->accepts == 1 && sb->accepts == 1 &&
+		    sa->requests == 4 && sb->requests == 4, "two services: %d right, %d reused, "
+		    "%u+%u conns, %u+%u requests", good, reused, sa->accepts, sb->accepts,
+		    sa->requests, sb->requests);
+		authhttp_pool_free(p);
+		run_for(20);
+		raw_stop(sa);
+		raw_stop(sb);
+	}
+
+	/* What stays kept: a chunked body with a trailer, a 204 saying "Content-Length: 0". */
+	{
+		static const char *const keepable[] = {
+			"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n" AUTH_OK
+			"\r\n5\r\nhello\r\n0\r\nX-Trailer: t\r\n\r\n",
+			"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n"
+			"Auth-Status: Invalid login\r\n\r\n",
+		};
+		int good, reused;
+
+		for (i = 0; i < sizeof(keepable) / sizeof(keepable[0]); i++) {
+			s = raw_start(RAW_KEEP, keepable[i]);
+			reused = keep_series(s, 4, 5, i == 0 ? AUTHHTTP_OK : AUTHHTTP_DENIED, &good);
+			CHECK(good == 5 && s->accepts == 1 && reused == 4, "keepable %zu: %d as "
+			    "expected, %u conns, %d reused", i, good, s->accepts, reused);
+			raw_stop(s);
+		}
+	}
+}
+
+/* Bytes already in our socket, not yet read by libevent, when the next lookup takes it. */
+static void
+test_keepalive_pending(void)
+{
+	struct raw_server *s;
+	struct authhttp_pool *p;
+	struct result res;
+	int before;
+
+	run_for(20);
+	before = count_fds();
+	/* The service sends a second answer unasked; it reaches the socket before we ask again. */
+	s = raw_start(RAW_KEEP, KEEP_OK);
+	p = authhttp_pool_new();
+	lookup_pool(p, 4, s->port, &res);
+	CHECK(res.calls == 1 && res.a.outcome == AUTHHTTP_OK, "pending bytes: first %s",
+	    res.a.reason);
+	send(bufferevent_getfd(LIST_FIRST(&s->conns)->bev), SMUGGLED, strlen(SMUGGLED), 0);
+	lookup_pool(p, 4, s->port, &res);
+	CHECK(res.calls == 1 && res.a.outcome == AUTHHTTP_OK &&
+	    ntohs(((struct sockaddr_in *)&res.a.server)->sin_port) == 143,
+	    "pending bytes: the second lookup got %s, port %u, reused %d", res.a.reason,
+	    ntohs(((struct sockaddr_in *)&res.a.server)->sin_port), res.a.reused);
+	authhttp_pool_free(p);
+	run_for(20);
+	raw_stop(s);
+
+	/* The service closed it while idle, the close not yet seen: a new connection, no retry. */
+	s = raw_start(RAW_KEEP, KEEP_OK);
+	p = authhttp_pool_new();
+	lookup_pool(p, 4, s->port, &res);
+	shutdown(bufferevent_getfd(LIST_FIRST(&s->conns)->bev), SHUT_WR);
+	lookup_pool(p, 4, s->port, &res);
+	CHECK(res.calls == 1 && res.a.outcome == AUTHHTTP_OK && res.a.reused == 0 &&
+	    s->accepts == 2 && s->requests == 2, "pending close: %s, reused %d, %u conns, "
+	    "%u requests", res.a.reason, res.a.reused, s->accepts, s->requests);
+	authhttp_pool_free(p);
+	run_for(20);
+	raw_stop(s);
+
+	/* A body still coming after the headers: answered at once, the connection not kept. */
+	s = raw_start(RAW_KEEP, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n" AUTH_OK "\r\n");
+	s->late = "hello";
+	p = authhttp_pool_new();
+	{
+		struct timeval t0;
+
+		gettimeofday(&t0, NULL);
+		lookup_pool(p, 4, s->port, &res);
+		CHECK(res.calls == 1 && res.a.outcome == AUTHHTTP_OK && ms_between(&t0, &res.at) < 15,
+		    "body later: %s after %ld ms", res.a.reason, ms_between(&t0, &res.at));
+	}
+	run_for(60);
+	lookup_pool(p, 4, s->port, &res);
+	CHECK(res.calls == 1 && res.a.outcome == AUTHHTTP_OK && res.a.reused == 0 &&
+	    s->accepts == 2, "body later: %s, reused %d, %u conns", res.a.reason, res.a.reused,
+	    s->accepts);
+	authhttp_pool_free(p);
+	run_for(20);
+	raw_stop(s);
+	/* The kept connection closed at the request, the service gone: the second try fails at once. */
+	s = raw_start(RAW_KEEP, KEEP_OK);
+	s->answer_max = 1;
+	p = authhttp_pool_new();
+	lookup_pool(p, 4, s->port, &res);
+	evconnlistener_free(s->l);
+	s->l = NULL;
+	{
+		struct timeval t0;
+
+		gettimeofday(&t0, NULL);
+		lookup_pool(p, 4, s->port, &res);
+		CHECK(res.calls == 1 && res.a.error == AUTHHTTP_E_CONNECT &&
+		    ms_between(&t0, &res.at) < 500, "service gone: %s after %ld ms", res.a.reason,
+		    ms_between(&t0, &res.at));
+	}
+	authhttp_pool_free(p);
+	run_for(20);
+	raw_stop(s);
+
+	CHECK(count_fds() == before, "pending: %d descriptors, %d before", count_fds(), before);
+}
+
+/*
+ * Cancel a lookup on a kept connection after every number of loop turns,
+ * to a server that answers (mode 0), closes the kept connection at the
+ * request so that it is asked again (1), or never answers (2): nothing is
+ * called back after the cancel, no descriptor stays, the pool keeps its bound.
+ */
+static void
+test_keepalive_cancel_stages(void)
+{
+	struct raw_server *s;
+	struct authhttp_pool *p;
+	struct result res;
+	struct authhttp_url u;
+	struct authhttp_query q = query_default();
+	int mode, k, j, before, cancelled, delivered;
+
+	run_for(20);
+	before = count_fds();
+	for (mode = 0; mode < 3; mode++) {
+		cancelled = delivered = 0;
+		for (k = 0; k < 40; k++) {
+			struct authhttp_conf c = { &u, 2000, NULL, 0, NULL, 1 };
+
+			s = raw_start(RAW_KEEP, KEEP_OK);
+			p = authhttp_pool_new();
+			c.pool = p;
+			url_local(&u, s->port, "/auth");
+			lookup_pool(p, 1, s->port, &res);	/* a kept connection */
+			if (mode == 1)
+				s->answer_max = 1;
+			if (mode == 2)
+				s->silent_from = 1;
+			memset(&res, 0, sizeof(res));
+			res.h = authhttp_start(base, &c, &q, result_cb, &res);
+			res.started = 1;
+			for (j = 0; j < k && res.calls == 0; j++) {
+				if (j % 2 == 1)
+					usleep(100);
+				event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+			}
+			if (res.calls == 0) {
+				authhttp_cancel(res.h);
+				cancelled++;
+			} else
+				delivered++;
+			run_for(5);
+			CHECK(res.calls <= 1, "mode %d, cancel after %d turns: %d calls", mode, k,
+			    res.calls);
+			authhttp_pool_free(p);
+			authhttp_url_clear(&u);
+			raw_stop(s);
+		}
+		CHECK(cancelled > 1 && (mode == 2 || delivered > 0), "mode %d: %d cancelled, "
+		    "%d delivered", mode, cancelled,
+		    delivered);
+	}
+	run_for(20);
+	CHECK(count_fds() == before, "cancel stages: %d descriptors, %d before", count_fds(),
+	    before);
+}
+
+/*
+ * Answers split in two at every byte (the rest 1 ms later): each lookup
+ * gets its own answer whole, and a connection is kept only when the rest
+ * held the end of the headers (the answer is taken at its headers, and a
+ * body still to come closes the connection).
+ */
+static void
+test_keepalive_splits(void)
+{
+	static const char *const answers[] = {
+		"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n" AUTH_OK "\r\nhello",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n" AUTH_OK
+		"\r\n5\r\nhello\r\n0\r\nX-Trailer: t\r\n\r\n",
+	};
+	char head[256];
+	size_t a, i, len, hlen, bad = 0, wrongly_kept = 0, kept = 0, tries = 0;
+	struct raw_server *s;
+	struct authhttp_pool *p;
+	struct result res;
+	int n;
+
+	for (a = 0; a < sizeof(answers) / sizeof(answers[0]); a++) {
+		len = strlen(answers[a]);
+		hlen = (size_t)(strstr(answers[a], "\r\n\r\n") - answers[a]) + 4;
+		for (i = 1; i < len && i < sizeof(head); i++) {
+			memcpy(head, answers[a], i);
+			head[i] = '\0';
+			s = raw_start(RAW_KEEP, head);
+			s->late = answers[a] + i;
+			s->late_ms = 1;
+			p = authhttp_pool_new();
+			for (n = 0; n < 2; n++) {
+				lookup_pool(p, 4, s->port, &res);
+				tries++;
+				if (res.calls != 1 || res.a.outcome != AUTHHTTP_OK ||
+				    ntohs(((struct sockaddr_in *)&res.a.server)->sin_port) != 143) {
+					bad++;
+					printf("split %zu at %zu, lookup %d: %s\n", a, i, n,
+					    res.a.reason);
+				}
+				kept += res.a.reused;
+				wrongly_kept += res.a.reused && i >= hlen;
+				run_for(3);
+			}
+			authhttp_pool_free(p);
+			raw_stop(s);
+		}
+	}
+	CHECK(bad == 0, "splits: %zu of %zu lookups without their own answer", bad, tries);
+	CHECK(wrongly_kept == 0 && kept > 0, "splits: %zu kept after a body that came late, "
+	    "%zu kept in all", wrongly_kept, kept);
+}
+
 /* Many requests one after another leave no descriptor behind. */
 static void
 test_no_fd_growth(void)
@@ -1444,6 +1796,10 @@ main(void)
 	test_cancel();
 	test_no_fd_growth();
 	test_keepalive();
+	test_keepalive_attack();
+	test_keepalive_pending();
+	test_keepalive_cancel_stages();
+	test_keepalive_splits();
 
 	evhttp_free(http);
 	event_base_free(base);
