@@ -500,6 +500,36 @@ control_job_new(enum control_op op, int json)
 	return j;
 }
 
+/*
+ * Answer busy (another command's job runs) or "shutting down" if no job
+ * can start now; 1 if it answered.  Asked before a command changes any
+ * state, so that a refused command leaves everything as it was.
+ */
+static int
+control_refuse_job(struct control_conn *c)
+{
+	if (control.job == NULL && !control.g->stopping)
+		return 0;
+	control_answer(c, control.g->stopping ? "shutting down" :
+	    "busy: another command runs, try again", NULL);
+	return 1;
+}
+
+/* A job of op for the sessions on server name; NULL after answering "out of memory". */
+static struct control_job *
+control_server_job(struct control_conn *c, enum control_op op, int json, const char *name)
+{
+	struct control_job *j = control_job_new(op, json);
+
+	if (j == NULL || (j->f.server = strdup(name)) == NULL) {
+		if (j != NULL)
+			control_job_free(j);
+		control_answer(c, "out of memory", NULL);
+		return NULL;
+	}
+	return j;
+}
+
 /* "servers": every pool server with its state. */
 static void
 control_servers(struct control_conn *c, int json)
@@ -717,23 +747,13 @@ control_command(struct control_conn *c, char *line)
 			 * "enable" or "disable" stops the kicking too.  Refused
 			 * before the state changes if a job runs, as drain is.
 			 */
-			if (was == POOL_ADMIN_DRAINING && (control.job != NULL ||
-			    control.g->stopping)) {
-				control_answer(c, control.g->stopping ? "shutting down" :
-				    "busy: another command runs, try again", NULL);
+			if (was == POOL_ADMIN_DRAINING && control_refuse_job(c))
 				return;
-			}
 			pool_admin_set(p, s, strcmp(w[2], "enable") == 0 ? POOL_ADMIN_ENABLED :
 			    POOL_ADMIN_DISABLED);
 			if (was == POOL_ADMIN_DRAINING) {
-				if ((j = control_job_new(CONTROL_JOB_UNKICK, json)) == NULL ||
-				    (j->f.server = strdup(w[1])) == NULL) {
-					if (j != NULL)
-						control_job_free(j);
-					control_answer(c, "out of memory", NULL);
-					return;
-				}
-				control_job_start(c, j);
+				if ((j = control_server_job(c, CONTROL_JOB_UNKICK, json, w[1])) != NULL)
+					control_job_start(c, j);
 				return;
 			}
 		} else if (strcmp(w[2], "weight") == 0 && n == 4) {
@@ -757,18 +777,9 @@ control_command(struct control_conn *c, char *line)
 			 * answer busy after the server was already set draining, and
 			 * its sessions would then never be kicked.
 			 */
-			if (control.job != NULL || control.g->stopping) {
-				control_answer(c, control.g->stopping ? "shutting down" :
-				    "busy: another command runs, try again", NULL);
+			if (control_refuse_job(c) ||
+			    (j = control_server_job(c, CONTROL_JOB_KICK, json, w[1])) == NULL)
 				return;
-			}
-			if ((j = control_job_new(CONTROL_JOB_KICK, json)) == NULL ||
-			    (j->f.server = strdup(w[1])) == NULL) {
-				if (j != NULL)
-					control_job_free(j);
-				control_answer(c, "out of memory", NULL);
-				return;
-			}
 			j->spread_ms = (uint64_t)ms;
 			snprintf(j->text, sizeof(j->text), "%s", CONTROL_DRAIN_TEXT);
 			/* No new sessions first, then the existing ones leave over the window. */
